@@ -1,0 +1,333 @@
+"""The single-image ("mono") source: one photo, a pyramid built once, batches from a backend.
+
+``MonoSource`` yields the project's batch contract: ``uint8`` tensors of shape (B, 3, S, S) in
+channels-last memory (so NHWC bytes) on the target device. Patch ``i`` of epoch ``e`` depends
+only on ``(seed, e, i)`` (see :mod:`fastssl.spec`), so every backend, batch size, worker count
+and number of DDP ranks sees the same patches.
+
+Sharding: the epoch is cut into global batches of ``batch_size`` patches; rank ``r`` of ``W``
+takes global batches ``r, r + W, r + 2W, ...``, so ranks see disjoint streams. Every rank runs
+the same number of steps (DDP needs that); where the global batch count does not divide by
+``W``, the last step of some ranks wraps around to the first batches, as torch's
+DistributedSampler pads.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .errors import FastSSLError
+from .image import load_image
+from .spec import PAPER_EPOCH, AugmentSpec, PatchParams, check_image_fits, num_levels, sample_params
+
+BACKENDS = ("auto", "numba", "torch")
+
+
+def backend_available(name: str, device: torch.device) -> str | None:
+    """None when ``name`` can run on ``device``, else the reason it cannot."""
+    if name == "numba":
+        if device.type != "cpu":
+            return None  # runs on the CPU, batches are copied to the device
+        try:
+            import numba  # noqa: F401
+        except ImportError:
+            return "numba is not installed (pip install numba)"
+        return None
+    if name == "torch":
+        return None
+    return f"unknown backend {name!r}; choose one of {', '.join(BACKENDS)}"
+
+
+def resolve_backend(name: str, device: torch.device) -> str:
+    """``auto``: torch on a CUDA device, numba on the CPU (torch when numba is missing)."""
+    if name == "auto":
+        if device.type == "cuda":
+            return "torch"
+        return "numba" if backend_available("numba", device) is None else "torch"
+    why = backend_available(name, device)
+    if why:
+        raise FastSSLError(f"backend {name!r} is unavailable: {why}")
+    return name
+
+
+def resolve_device(device) -> torch.device:
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise FastSSLError(f"device {device!r} asked for, but CUDA is not available; use --device cpu")
+    return dev
+
+
+class Renderer:
+    """Applies sampled parameters with one backend; holds the pyramid resident on its device."""
+
+    def __init__(self, image: np.ndarray, spec: AugmentSpec, backend: str = "auto", device="cpu", threads=None):
+        from .kernels.pyramid import build_pyramid
+
+        self.spec = spec
+        self.device = resolve_device(device)
+        self.backend = resolve_backend(backend, self.device)
+        self.height, self.width = image.shape[:2]
+        self.pyramid = build_pyramid(image, num_levels(self.height, self.width))
+        if self.backend == "numba":
+            import numba
+
+            if threads:
+                numba.set_num_threads(int(threads))
+            self.threads = numba.get_num_threads()
+        else:
+            from .kernels.torch_warp import TorchPyramid
+
+            if threads and self.device.type == "cpu":
+                torch.set_num_threads(int(threads))
+            self.threads = torch.get_num_threads() if self.device.type == "cpu" else 0
+            self.tpyr = TorchPyramid(self.pyramid.levels, self.device)
+
+    def params(self, start: int, stop: int, seed: int = 0, epoch: int = 0) -> PatchParams:
+        return sample_params(self.spec, self.height, self.width, start, stop, seed=seed, epoch=epoch)
+
+    def render_numpy(self, p: PatchParams, out: np.ndarray | None = None) -> np.ndarray:
+        """(n, S, S, 3) uint8 numpy (CPU) from the numba backend."""
+        from .kernels import numba_warp
+
+        S = self.spec.size
+        if out is None:
+            out = np.empty((len(p), S, S, 3), dtype=np.uint8)
+        arrays = numba_warp.prepare(p.level_matrix(), p.box, p.level, p.jitter, p.factors, p.order)
+        return numba_warp.run(self.pyramid, arrays, out)
+
+    def render(self, p: PatchParams) -> torch.Tensor:
+        """(n, 3, S, S) uint8 channels-last tensor on the device."""
+        if self.backend == "numba":
+            nhwc = torch.from_numpy(self.render_numpy(p))
+            if self.device.type != "cpu":
+                nhwc = nhwc.pin_memory().to(self.device, non_blocking=True)
+            return nhwc.permute(0, 3, 1, 2)
+        from .kernels import torch_warp
+
+        dev = self.device
+        t = lambda a, dt: torch.as_tensor(a, dtype=dt).to(dev)  # noqa: E731
+        return torch_warp.run(
+            self.tpyr,
+            t(p.level_matrix(), torch.float64),
+            t(p.box, torch.float64),
+            t(p.level, torch.int64),
+            t(p.jitter, torch.bool),
+            t(p.factors, torch.float32),
+            t(p.order, torch.int64),
+            self.spec.size,
+        )
+
+    def render_nhwc(self, p: PatchParams) -> np.ndarray:
+        """(n, S, S, 3) uint8 numpy from whichever backend (for export and comparison)."""
+        if self.backend == "numba":
+            return self.render_numpy(p)
+        return self.render(p).permute(0, 2, 3, 1).cpu().numpy()
+
+
+def image_for(image, spec: AugmentSpec) -> np.ndarray:
+    """A path (None: the built-in photo) or an array, checked to fit ``spec``."""
+    arr = image if isinstance(image, np.ndarray) else load_image(image)
+    if arr.ndim != 3 or arr.shape[2] != 3 or arr.dtype != np.uint8:
+        raise FastSSLError(f"image array must be (h, w, 3) uint8, got {arr.shape} {arr.dtype}")
+    check_image_fits(spec, arr.shape[0], arr.shape[1])
+    return arr
+
+
+def _dist_rank_world() -> tuple[int, int]:
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
+
+
+class MonoSource:
+    """Batches of augmented patches of one image.
+
+    >>> src = MonoSource(None, AugmentSpec(size=64), batch_size=128, epoch_length=1024)
+    >>> for batch in src: ...   # (128, 3, 64, 64) uint8, channels-last
+    """
+
+    def __init__(
+        self,
+        image: str | os.PathLike | np.ndarray | None = None,
+        spec: AugmentSpec | None = None,
+        *,
+        backend: str = "auto",
+        batch_size: int = 256,
+        device="cpu",
+        epoch_length: int = PAPER_EPOCH,
+        seed: int = 0,
+        rank: int | None = None,
+        world_size: int | None = None,
+        drop_last: bool = False,
+        threads: int | None = None,
+    ):
+        if batch_size < 1:
+            raise FastSSLError(f"batch_size must be >= 1, got {batch_size}")
+        if epoch_length < 1:
+            raise FastSSLError(f"epoch_length must be >= 1, got {epoch_length}")
+        self.spec = spec or AugmentSpec()
+        arr = image_for(image, self.spec)
+        self.renderer = Renderer(arr, self.spec, backend, device, threads)
+        r, w = _dist_rank_world()
+        self.rank = r if rank is None else rank
+        self.world_size = w if world_size is None else world_size
+        if not 0 <= self.rank < self.world_size:
+            raise FastSSLError(f"rank {self.rank} out of range for world size {self.world_size}")
+        self.batch_size = batch_size
+        self.epoch_length = epoch_length
+        self.seed = seed
+        self.drop_last = drop_last
+        self.epoch = 0
+
+    @property
+    def backend(self) -> str:
+        return self.renderer.backend
+
+    @property
+    def device(self) -> torch.device:
+        return self.renderer.device
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    @property
+    def global_batches(self) -> int:
+        f = math.floor if self.drop_last else math.ceil
+        return max(int(f(self.epoch_length / self.batch_size)), 0)
+
+    def __len__(self) -> int:
+        return math.ceil(self.global_batches / self.world_size)
+
+    def batch_range(self, step: int) -> tuple[int, int]:
+        """Patch index range of this rank's ``step``-th batch."""
+        g = step * self.world_size + self.rank
+        if g >= self.global_batches:  # pad by wrapping, so every rank runs len(self) steps
+            g %= self.global_batches
+        start = g * self.batch_size
+        return start, min(start + self.batch_size, self.epoch_length)
+
+    def params(self, step: int) -> PatchParams:
+        a, b = self.batch_range(step)
+        return self.renderer.params(a, b, self.seed, self.epoch)
+
+    def batch(self, step: int) -> torch.Tensor:
+        return self.renderer.render(self.params(step))
+
+    def __iter__(self):
+        for step in range(len(self)):
+            yield self.batch(step)
+
+
+def export(
+    image,
+    n: int,
+    out: str | os.PathLike,
+    spec: AugmentSpec | None = None,
+    *,
+    seed: int = 0,
+    backend: str = "auto",
+    batch_size: int = 256,
+    jpeg_quality: int = 95,
+    progress: bool = True,
+    overwrite: bool = False,
+) -> Path:
+    """Write patches 0..n-1 of epoch 0: a ``.npy`` (uint8, n x S x S x 3) or a JPEG folder.
+
+    A folder is laid out as ``OUT/mono/0000000.jpg ...`` (one pseudo-class, so ImageFolder
+    readers take it): the paper's fixed-dataset protocol. Written under a temporary name and
+    renamed when complete, so an interrupted export leaves nothing behind.
+    """
+    from tqdm import tqdm
+
+    spec = spec or AugmentSpec()
+    if n < 1:
+        raise FastSSLError(f"--n must be >= 1, got {n}")
+    if not 1 <= jpeg_quality <= 100:
+        raise FastSSLError(f"JPEG quality must be in 1..100, got {jpeg_quality}")
+    out = Path(out)
+    as_npy = out.suffix.lower() == ".npy"
+    if out.exists() and not overwrite:
+        raise FastSSLError(f"output exists: {out} (remove it or pass --overwrite)")
+    if not out.parent.exists():
+        raise FastSSLError(f"output folder does not exist: {out.parent}")
+    arr = image_for(image, spec)
+    rend = Renderer(arr, spec, backend, "cpu")
+    S = spec.size
+    tmp = None
+    try:
+        if as_npy:
+            fd, tmp = tempfile.mkstemp(prefix=out.name + ".", suffix=".partial", dir=out.parent)
+            os.close(fd)
+            mm = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(n, S, S, 3))
+        else:
+            tmp = tempfile.mkdtemp(prefix=out.name + ".", suffix=".partial", dir=out.parent)
+            os.mkdir(os.path.join(tmp, "mono"))
+        bar = tqdm(total=n, unit="patch", unit_scale=True, desc=f"export {rend.backend}", disable=not progress)
+        from PIL import Image
+
+        for a in range(0, n, batch_size):
+            b = min(a + batch_size, n)
+            p = rend.params(a, b, seed=seed, epoch=0)
+            if as_npy and rend.backend == "numba":
+                rend.render_numpy(p, out=mm[a:b])
+            else:
+                x = rend.render_nhwc(p)
+                if as_npy:
+                    mm[a:b] = x
+                else:
+                    for i in range(b - a):
+                        Image.fromarray(x[i]).save(os.path.join(tmp, "mono", f"{a + i:07d}.jpg"), quality=jpeg_quality)
+            bar.update(b - a)
+        bar.close()
+        if as_npy:
+            mm.flush()
+            del mm
+        if out.exists():  # overwrite
+            shutil.rmtree(out) if out.is_dir() else out.unlink()
+        os.replace(tmp, out)
+        tmp = None
+    except OSError as e:
+        raise FastSSLError(f"could not write {out}: {e}") from None
+    finally:
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True) if os.path.isdir(tmp) else Path(tmp).unlink(missing_ok=True)
+    return out
+
+
+def preview(image, out: str | os.PathLike, spec: AugmentSpec | None = None, *, n: int = 64, seed: int = 0,
+            backend: str = "auto", pad: int = 2) -> Path:
+    """A grid of ``n`` sample patches as a PNG (like the paper's figure)."""
+    from PIL import Image
+
+    spec = spec or AugmentSpec()
+    if n < 1:
+        raise FastSSLError(f"--n must be >= 1, got {n}")
+    out = Path(out)
+    if not out.parent.exists():
+        raise FastSSLError(f"output folder does not exist: {out.parent}")
+    arr = image_for(image, spec)
+    rend = Renderer(arr, spec, backend, "cpu")
+    x = rend.render_nhwc(rend.params(0, n, seed=seed))
+    cols = math.ceil(math.sqrt(n))
+    rows = math.ceil(n / cols)
+    S = spec.size
+    grid = np.full((rows * (S + pad) + pad, cols * (S + pad) + pad, 3), 255, dtype=np.uint8)
+    for i in range(n):
+        r, c = divmod(i, cols)
+        grid[pad + r * (S + pad) : pad + r * (S + pad) + S, pad + c * (S + pad) : pad + c * (S + pad) + S] = x[i]
+    fd, tmp = tempfile.mkstemp(prefix=out.name + ".", suffix=".partial.png", dir=out.parent)
+    os.close(fd)
+    try:
+        Image.fromarray(grid).save(tmp, format="PNG")
+        os.replace(tmp, out)
+    except OSError as e:
+        Path(tmp).unlink(missing_ok=True)
+        raise FastSSLError(f"could not write {out}: {e}") from None
+    return out

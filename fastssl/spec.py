@@ -1,0 +1,326 @@
+"""The paper's single-image augmentation chain as data, and the one sampler every backend uses.
+
+:class:`AugmentSpec` holds the generator chain of Asano et al. (ICLR 2020), section 1 of
+``PAPER.md``; every field defaults to the paper's value. :func:`sample_params` draws the
+per-patch parameters for any range of patch indices at once (vectorised numpy) and composes
+the whole geometry (initial crop, random-resized crop, rotation + shear, flips, centre crop)
+into one 2x3 matrix per patch.
+
+Coordinates: pixel *centres* sit at integer coordinates; ``matrix @ (x, y, 1)`` maps the
+output pixel ``(x, y)`` (column, row) to a point of the level-0 source image. ``box`` maps
+the same pixel to normalised coordinates of the random-resized crop (the ``R x R`` image of
+the PIL chain): the pixel is inside that image, so gets a texel, iff both lie in ``[0, 1)``,
+else it takes the fill value (0), exactly as PIL's affine transform with ``fillcolor=0``.
+
+Determinism: patch ``i`` of epoch ``e`` is a pure function of ``(seed, e, i)``. Parameters are
+drawn in blocks of :data:`BLOCK` patches, each block from its own counter-based Philox stream
+keyed by ``(seed, epoch, block)``. So the stream does not depend on the batch size, the number
+of workers or the number of DDP ranks: a rank only chooses which patch indices it draws.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from .errors import FastSSLError
+
+BLOCK = 256
+COLOUR_OPS = ("brightness", "contrast", "saturation", "hue")
+PAPER_EPOCH = 1_281_167  # patches per epoch in the paper: the size of ImageNet-train
+
+
+@dataclass(frozen=True)
+class AugmentSpec:
+    """The augmentation chain; defaults are the paper's (PAPER.md section 1)."""
+
+    size: int = 256  # final patch side S
+    initial_crop: float | None = 0.5  # square crop of this fraction of the short side; None: off
+    scale: tuple[float, float] = (1 / 500, 1.0)  # random-resized-crop area fraction
+    ratio: tuple[float, float] = (3 / 4, 4 / 3)  # aspect ratio, sampled log-uniformly
+    margin: float = math.sqrt(2)  # the RRC output is round(margin * S) before the affine
+    rotation: float = 30.0  # degrees, uniform in [-rotation, rotation]
+    shear: float = 30.0  # degrees (x-shear), uniform in [-shear, shear]
+    vflip: float = 0.0  # probability of a vertical flip
+    hflip: float = 0.0  # probability of a horizontal flip
+    jitter_p: float = 0.5  # probability that colour jitter is applied to a patch
+    brightness: float = 0.4
+    contrast: float = 0.4
+    saturation: float = 0.4
+    hue: float = 0.1
+    random_order: bool = True  # the four colour ops in a random order per patch
+    antialias: bool = True  # sample from the pyramid level matching the local scale
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def replace(self, **changes) -> AugmentSpec:
+        return dataclasses.replace(self, **changes)
+
+    @property
+    def resized(self) -> int:
+        """Side of the random-resized crop, ``round(margin * size)``."""
+        return int(round(self.margin * self.size))
+
+    def validate(self) -> None:
+        def bad(msg: str) -> None:
+            raise FastSSLError(f"invalid augmentation spec: {msg}")
+
+        if not isinstance(self.size, (int, np.integer)) or isinstance(self.size, bool):
+            bad(f"size must be an integer, got {self.size!r}")
+        if not 1 <= self.size <= 4096:
+            bad(f"size must be between 1 and 4096 pixels, got {self.size}")
+        if self.initial_crop is not None and not 0 < self.initial_crop <= 1:
+            bad(f"initial_crop must be in (0, 1] (or None to disable), got {self.initial_crop}")
+        for name, lo_min, hi_max in (("scale", 0.0, 1.0), ("ratio", 0.0, math.inf)):
+            pair = getattr(self, name)
+            if len(pair) != 2:
+                bad(f"{name} must be a (low, high) pair, got {pair!r}")
+            lo, hi = pair
+            if not (math.isfinite(lo) and (math.isfinite(hi) or hi_max == math.inf)):
+                bad(f"{name} must be finite, got {pair!r}")
+            if not lo_min < lo <= hi <= hi_max:
+                bad(f"{name} must satisfy {lo_min:g} < low <= high <= {hi_max:g}, got {pair!r}")
+        if not math.isfinite(self.ratio[1]):
+            bad(f"ratio must be finite, got {self.ratio!r}")
+        if not 1 <= self.margin <= 4:
+            bad(f"margin must be in [1, 4], got {self.margin}")
+        if not 0 <= self.rotation <= 180:
+            bad(f"rotation must be in [0, 180] degrees, got {self.rotation}")
+        if not 0 <= self.shear < 80:
+            bad(f"shear must be in [0, 80) degrees, got {self.shear}")
+        for name in ("vflip", "hflip", "jitter_p"):
+            p = getattr(self, name)
+            if not 0 <= p <= 1:
+                bad(f"{name} is a probability and must be in [0, 1], got {p}")
+        for name in ("brightness", "contrast", "saturation"):
+            v = getattr(self, name)
+            if not 0 <= v <= 10:
+                bad(f"{name} must be in [0, 10], got {v}")
+        if not 0 <= self.hue <= 0.5:
+            bad(f"hue must be in [0, 0.5], got {self.hue}")
+
+
+@dataclass
+class PatchParams:
+    """Per-patch parameters for ``n`` patches; what every backend applies."""
+
+    size: int
+    matrix: np.ndarray  # (n, 2, 3) float64: output pixel -> level-0 source pixel
+    box: np.ndarray  # (n, 2, 3) float64: output pixel -> normalised RRC coords, valid in [0, 1)
+    level: np.ndarray  # (n,) int32: pyramid level to sample from
+    jitter: np.ndarray  # (n,) bool: colour jitter applied
+    factors: np.ndarray  # (n, 4) float32: brightness, contrast, saturation, hue
+    order: np.ndarray  # (n, 4) int8: permutation of COLOUR_OPS indices
+    # the raw draws, kept for the PIL reference chain and for inspection
+    crop: np.ndarray  # (n, 4) float64: RRC box x0, y0, w, h in level-0 source pixels (edges)
+    angle: np.ndarray  # (n,) degrees
+    shear: np.ndarray  # (n,) degrees
+    flips: np.ndarray  # (n, 2) bool: horizontal, vertical
+
+    def __len__(self) -> int:
+        return len(self.level)
+
+    def level_matrix(self) -> np.ndarray:
+        """``matrix`` expressed in the coordinates of each patch's own pyramid level."""
+        return level_matrix(self.matrix, self.level)
+
+    def subset(self, idx) -> PatchParams:
+        kw = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        return PatchParams(**{k: (v if k == "size" else v[idx]) for k, v in kw.items()})
+
+
+def level_matrix(matrix: np.ndarray, level: np.ndarray) -> np.ndarray:
+    """Map level-0 pixel-centre coordinates to level ``l`` of a 2x2 box pyramid.
+
+    Pixel ``k`` of level ``l`` averages level-0 pixels ``[2^l k, 2^l (k+1))``, so a level-0
+    coordinate ``u`` is ``(u + 0.5) / 2^l - 0.5`` there.
+    """
+    s = np.ldexp(1.0, -np.asarray(level, dtype=np.int64))[:, None, None]
+    out = matrix * s
+    out[:, :, 2] += 0.5 * s[:, :, 0] - 0.5
+    return out
+
+
+def num_levels(height: int, width: int, min_side: int = 4) -> int:
+    """Pyramid depth: halve until the short side would drop below ``min_side``."""
+    n, side = 1, min(height, width)
+    while side // 2 >= min_side:
+        side //= 2
+        n += 1
+    return n
+
+
+def _generator(seed: int, epoch: int, block: int) -> np.random.Generator:
+    key = np.random.SeedSequence([seed & 0xFFFFFFFF, seed >> 32, epoch, block, 0x5EED])
+    return np.random.Generator(np.random.Philox(key))
+
+
+def _draw_block(spec: AugmentSpec, height: int, width: int, rng: np.random.Generator, n: int):
+    """Raw draws for ``n`` patches from one block's stream, vectorised."""
+    short = min(height, width)
+    c = int(short * spec.initial_crop) if spec.initial_crop is not None else None
+    if c is not None:
+        cx = rng.integers(0, width - c + 1, size=n)
+        cy = rng.integers(0, height - c + 1, size=n)
+        rw = np.full(n, c)
+        rh = np.full(n, c)
+    else:
+        cx = np.zeros(n, dtype=np.int64)
+        cy = np.zeros(n, dtype=np.int64)
+        rw = np.full(n, width)
+        rh = np.full(n, height)
+    # random-resized crop, retried per patch until the box fits (never a centre fallback)
+    bw = np.zeros(n, dtype=np.int64)
+    bh = np.zeros(n, dtype=np.int64)
+    todo = np.arange(n)
+    log_r = np.log(spec.ratio)
+    for _ in range(1000):
+        m = len(todo)
+        area = (rw[todo] * rh[todo]) * rng.uniform(spec.scale[0], spec.scale[1], size=m)
+        aspect = np.exp(rng.uniform(log_r[0], log_r[1], size=m))
+        w = np.round(np.sqrt(area * aspect)).astype(np.int64)
+        h = np.round(np.sqrt(area / aspect)).astype(np.int64)
+        ok = (w > 0) & (h > 0) & (w <= rw[todo]) & (h <= rh[todo])
+        bw[todo[ok]] = w[ok]
+        bh[todo[ok]] = h[ok]
+        todo = todo[~ok]
+        if not len(todo):
+            break
+    else:  # cannot happen for a validated spec and an image that passed the size check
+        raise FastSSLError("random-resized crop found no valid box in 1000 tries: check scale/ratio")
+    bx = cx + (rng.random(n) * (rw - bw + 1)).astype(np.int64)
+    by = cy + (rng.random(n) * (rh - bh + 1)).astype(np.int64)
+    angle = rng.uniform(-spec.rotation, spec.rotation, size=n)
+    shear = rng.uniform(-spec.shear, spec.shear, size=n)
+    flips = np.stack([rng.random(n) < spec.hflip, rng.random(n) < spec.vflip], axis=1)
+    jitter = rng.random(n) < spec.jitter_p
+    lo = lambda v: max(0.0, 1.0 - v)  # noqa: E731
+    factors = np.stack(
+        [
+            rng.uniform(lo(spec.brightness), 1 + spec.brightness, size=n),
+            rng.uniform(lo(spec.contrast), 1 + spec.contrast, size=n),
+            rng.uniform(lo(spec.saturation), 1 + spec.saturation, size=n),
+            rng.uniform(-spec.hue, spec.hue, size=n),
+        ],
+        axis=1,
+    )
+    if spec.random_order:
+        order = np.argsort(rng.random((n, 4)), axis=1)
+    else:
+        order = np.tile(np.arange(4), (n, 1))
+    crop = np.stack([bx, by, bw, bh], axis=1).astype(np.float64)
+    return crop, angle, shear, flips, jitter, factors, order
+
+
+def compose(spec: AugmentSpec, crop, angle, shear, flips):
+    """Compose the geometry of the chain into (matrix, box), both (n, 2, 3), output -> source.
+
+    Chain (forward): RRC box -> R x R, rotate+shear about the centre, flips, centre-crop S.
+    Inverse, for output pixel (x, y): centre-crop offset, undo flips, inverse affine, then
+    R-space pixel centre (p, q) -> box-normalised ((p + .5) / R, (q + .5) / R) -> source.
+    """
+    n = len(crop)
+    R, S = spec.resized, spec.size
+    off = int(round((R - S) / 2.0))
+    cen = (R - 1) / 2.0
+    # output pixel -> flipped R-space: (x + off, y + off), then undo the flips
+    sx = np.where(flips[:, 0], -1.0, 1.0)
+    sy = np.where(flips[:, 1], -1.0, 1.0)
+    # undo flip: p' = cen + s * (x + off - cen)
+    T = np.zeros((n, 3, 3))
+    T[:, 0, 0] = sx
+    T[:, 1, 1] = sy
+    T[:, 0, 2] = cen + sx * (off - cen)
+    T[:, 1, 2] = cen + sy * (off - cen)
+    T[:, 2, 2] = 1.0
+    # inverse of F = Rot(a) @ ShearX(s), about the centre
+    a = np.deg2rad(angle)
+    ts = np.tan(np.deg2rad(shear))
+    ca, sa = np.cos(a), np.sin(a)
+    # F = [[ca, ca*ts - sa], [sa, sa*ts + ca]], det = 1
+    F = np.empty((n, 2, 2))
+    F[:, 0, 0], F[:, 0, 1] = ca, ca * ts - sa
+    F[:, 1, 0], F[:, 1, 1] = sa, sa * ts + ca
+    Finv = np.empty_like(F)
+    Finv[:, 0, 0], Finv[:, 0, 1] = F[:, 1, 1], -F[:, 0, 1]
+    Finv[:, 1, 0], Finv[:, 1, 1] = -F[:, 1, 0], F[:, 0, 0]
+    A = np.zeros((n, 3, 3))
+    A[:, :2, :2] = Finv
+    A[:, :2, 2] = cen - Finv @ np.array([cen, cen])
+    A[:, 2, 2] = 1.0
+    # R-space pixel centre -> normalised box coords
+    Nb = np.zeros((n, 3, 3))
+    Nb[:, 0, 0] = Nb[:, 1, 1] = 1.0 / R
+    Nb[:, 0, 2] = Nb[:, 1, 2] = 0.5 / R
+    Nb[:, 2, 2] = 1.0
+    box = Nb @ A @ T
+    # normalised box -> level-0 source pixel centres: u = x0 + s * w - 0.5
+    Bs = np.zeros((n, 3, 3))
+    Bs[:, 0, 0] = crop[:, 2]
+    Bs[:, 1, 1] = crop[:, 3]
+    Bs[:, 0, 2] = crop[:, 0] - 0.5
+    Bs[:, 1, 2] = crop[:, 1] - 0.5
+    Bs[:, 2, 2] = 1.0
+    matrix = Bs @ box
+    return matrix[:, :2].copy(), box[:, :2].copy()
+
+
+def choose_level(matrix: np.ndarray, levels: int, antialias: bool = True) -> np.ndarray:
+    """Pyramid level per patch: round(log2 of the larger Jacobian column norm), clamped."""
+    if not antialias or levels <= 1:
+        return np.zeros(len(matrix), dtype=np.int32)
+    step = np.maximum(np.hypot(matrix[:, 0, 0], matrix[:, 1, 0]), np.hypot(matrix[:, 0, 1], matrix[:, 1, 1]))
+    lvl = np.round(np.log2(np.maximum(step, 1e-12)))
+    return np.clip(lvl, 0, levels - 1).astype(np.int32)
+
+
+def check_image_fits(spec: AugmentSpec, height: int, width: int, min_region: int = 8) -> None:
+    """Raise when the image is too small for the chain (the crop region must be >= min_region)."""
+    short = min(height, width)
+    region = int(short * spec.initial_crop) if spec.initial_crop is not None else short
+    if region < min_region:
+        what = f"the initial crop ({spec.initial_crop:g} of the short side)" if spec.initial_crop else "its short side"
+        raise FastSSLError(
+            f"image {width}x{height} is too small: {what} is {region} px, need at least {min_region} px; "
+            "use a larger image or a larger initial crop"
+        )
+
+
+def sample_params(
+    spec: AugmentSpec, height: int, width: int, start: int, stop: int, *, seed: int = 0, epoch: int = 0
+) -> PatchParams:
+    """Parameters of patches ``start .. stop-1`` of ``epoch`` for an ``height x width`` image."""
+    if start < 0 or stop < start:
+        raise FastSSLError(f"invalid patch range {start}..{stop}")
+    check_image_fits(spec, height, width)
+    parts = []
+    b0, b1 = start // BLOCK, (stop + BLOCK - 1) // BLOCK
+    for b in range(b0, b1):
+        parts.append(_draw_block(spec, height, width, _generator(seed, epoch, b), BLOCK))
+    if parts:
+        raw = [np.concatenate(x) for x in zip(*parts, strict=True)]
+        lo = start - b0 * BLOCK
+        raw = [x[lo : lo + stop - start] for x in raw]
+    else:
+        raw = [np.zeros((0, 4)), np.zeros(0), np.zeros(0), np.zeros((0, 2), bool), np.zeros(0, bool),
+               np.zeros((0, 4)), np.zeros((0, 4), np.int64)]
+    crop, angle, shear, flips, jitter, factors, order = raw
+    matrix, box = compose(spec, crop, angle, shear, flips)
+    level = choose_level(matrix, num_levels(height, width), spec.antialias)
+    return PatchParams(
+        size=spec.size,
+        matrix=matrix,
+        box=box,
+        level=level,
+        jitter=jitter.astype(bool),
+        factors=factors.astype(np.float32),
+        order=order.astype(np.int8),
+        crop=crop,
+        angle=angle,
+        shear=shear,
+        flips=flips.astype(bool),
+    )

@@ -1,0 +1,51 @@
+"""A 2x2 box pyramid of an RGB uint8 image, packed for the kernels.
+
+Each texel is one little-endian ``uint32`` (R | G << 8 | B << 16), so a bilinear tap is one
+load. All levels live in one flat buffer; ``offsets``, ``heights`` and ``widths`` locate them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass
+class Pyramid:
+    packed: np.ndarray  # (total,) uint32
+    offsets: np.ndarray  # (L,) int64
+    heights: np.ndarray  # (L,) int64
+    widths: np.ndarray  # (L,) int64
+    levels: list  # L arrays (h, w, 3) uint8, level 0 first
+
+    def __len__(self) -> int:
+        return len(self.levels)
+
+
+def box_halve(img: np.ndarray) -> np.ndarray:
+    """Average 2x2 blocks (odd trailing row/column dropped), rounding to nearest."""
+    h, w = img.shape[0] // 2 * 2, img.shape[1] // 2 * 2
+    x = img[:h, :w].astype(np.uint16)
+    s = x[0::2, 0::2] + x[1::2, 0::2] + x[0::2, 1::2] + x[1::2, 1::2]
+    return ((s + 2) >> 2).astype(np.uint8)
+
+
+def pack_rgb(img: np.ndarray) -> np.ndarray:
+    x = img.astype(np.uint32)
+    return (x[..., 0] | (x[..., 1] << 8) | (x[..., 2] << 16)).ravel()
+
+
+def build_pyramid(img: np.ndarray, num_levels: int) -> Pyramid:
+    """Levels 0..num_levels-1 of ``img`` (h, w, 3) uint8."""
+    if img.dtype != np.uint8 or img.ndim != 3 or img.shape[2] != 3:
+        raise ValueError(f"expected an (h, w, 3) uint8 image, got {img.shape} {img.dtype}")
+    levels = [np.ascontiguousarray(img)]
+    for _ in range(num_levels - 1):
+        levels.append(box_halve(levels[-1]))
+    heights = np.array([lv.shape[0] for lv in levels], dtype=np.int64)
+    widths = np.array([lv.shape[1] for lv in levels], dtype=np.int64)
+    sizes = heights * widths
+    offsets = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64)
+    packed = np.concatenate([pack_rgb(lv) for lv in levels])
+    return Pyramid(packed, offsets, heights, widths, levels)
