@@ -301,8 +301,16 @@ def export(
     return out
 
 
-def preview(image, out: str | os.PathLike, spec: AugmentSpec | None = None, *, n: int = 64, seed: int = 0,
-            backend: str = "auto", pad: int = 2) -> Path:
+def preview(
+    image,
+    out: str | os.PathLike,
+    spec: AugmentSpec | None = None,
+    *,
+    n: int = 64,
+    seed: int = 0,
+    backend: str = "auto",
+    pad: int = 2,
+) -> Path:
     """A grid of ``n`` sample patches as a PNG (like the paper's figure)."""
     from PIL import Image
 

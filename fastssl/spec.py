@@ -306,8 +306,15 @@ def sample_params(
         lo = start - b0 * BLOCK
         raw = [x[lo : lo + stop - start] for x in raw]
     else:
-        raw = [np.zeros((0, 4)), np.zeros(0), np.zeros(0), np.zeros((0, 2), bool), np.zeros(0, bool),
-               np.zeros((0, 4)), np.zeros((0, 4), np.int64)]
+        raw = [
+            np.zeros((0, 4)),
+            np.zeros(0),
+            np.zeros(0),
+            np.zeros((0, 2), bool),
+            np.zeros(0, bool),
+            np.zeros((0, 4)),
+            np.zeros((0, 4), np.int64),
+        ]
     crop, angle, shear, flips, jitter, factors, order = raw
     matrix, box = compose(spec, crop, angle, shear, flips)
     level = choose_level(matrix, num_levels(height, width), spec.antialias)

@@ -200,8 +200,19 @@ def warp_colour(pyr, offsets, heights, widths, mats, boxes, levels, jitter, fact
 def run(pyramid, params_arrays, out: np.ndarray) -> np.ndarray:
     """Apply parameters (see :func:`prepare`) to ``out`` in place and return it."""
     mats, boxes, levels, jitter, factors, order = params_arrays
-    warp_colour(pyramid.packed, pyramid.offsets, pyramid.heights, pyramid.widths, mats, boxes, levels, jitter,
-                factors, order, out)
+    warp_colour(
+        pyramid.packed,
+        pyramid.offsets,
+        pyramid.heights,
+        pyramid.widths,
+        mats,
+        boxes,
+        levels,
+        jitter,
+        factors,
+        order,
+        out,
+    )
     return out
 
 

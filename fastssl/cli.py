@@ -1,0 +1,206 @@
+"""``fastssl`` command line: thin; it parses, builds a spec, and calls the library.
+
+Errors a user can cause print one line (``fastssl: error: ...``) and exit with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+from .errors import FastSSLError
+
+SPEC_HELP = (
+    "override an AugmentSpec field, e.g. --spec rotation=0 --spec scale=0.1,1 --spec initial_crop=none (repeatable)"
+)
+
+
+def parse_spec(size: int | None, overrides: list[str] | None):
+    """An AugmentSpec from ``--size`` and ``--spec key=value`` overrides, typed by field."""
+    from .spec import AugmentSpec
+
+    fields = {f.name: f for f in dataclasses.fields(AugmentSpec)}
+    kw: dict = {}
+    for item in overrides or []:
+        key, sep, val = item.partition("=")
+        key = key.strip().replace("-", "_")
+        if not sep or key not in fields:
+            raise FastSSLError(f"bad --spec {item!r}: expected key=value with key one of {', '.join(fields)}")
+        default = getattr(AugmentSpec(), key)
+        try:
+            if val.lower() == "none" and key == "initial_crop":
+                kw[key] = None
+            elif isinstance(default, bool):
+                if val.lower() not in ("true", "false", "1", "0", "yes", "no"):
+                    raise ValueError(val)
+                kw[key] = val.lower() in ("true", "1", "yes")
+            elif isinstance(default, tuple):
+                parts = [float(x) for x in val.split(",")]
+                if len(parts) != 2:
+                    raise ValueError(val)
+                kw[key] = tuple(parts)
+            elif isinstance(default, int):
+                kw[key] = int(val)
+            else:
+                kw[key] = float(val)
+        except ValueError:
+            raise FastSSLError(f"bad --spec {item!r}: cannot read {val!r} as a value for {key}") from None
+    if size is not None:
+        kw["size"] = size
+    return AugmentSpec(**kw)
+
+
+def _sizes(text: str) -> list[int]:
+    try:
+        sizes = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise FastSSLError(f"--size takes integers separated by commas, got {text!r}") from None
+    if not sizes or any(s < 1 for s in sizes):
+        raise FastSSLError(f"--size takes positive integers, got {text!r}")
+    return sizes
+
+
+def _write_json(path: str, obj) -> None:
+    p = Path(path)
+    if not p.parent.exists():
+        raise FastSSLError(f"folder for --json does not exist: {p.parent}")
+    fd, tmp = tempfile.mkstemp(prefix=p.name + ".", suffix=".partial", dir=p.parent)
+    with os.fdopen(fd, "w") as f:
+        json.dump(obj, f, indent=2)
+    os.replace(tmp, p)
+
+
+def cmd_mono(args) -> int:
+    from .mono import export, preview
+
+    spec = parse_spec(args.size, args.spec)
+    if args.action == "preview":
+        out = preview(args.image, args.out, spec, n=args.n, seed=args.seed, backend=args.backend)
+        print(f"wrote {out}")
+    else:
+        out = export(
+            args.image,
+            args.n,
+            args.out,
+            spec,
+            seed=args.seed,
+            backend=args.backend,
+            batch_size=args.batch_size,
+            jpeg_quality=args.jpeg_quality,
+            overwrite=args.overwrite,
+            progress=not args.quiet,
+        )
+        print(f"wrote {args.n} patches of {spec.size}x{spec.size} to {out}")
+    return 0
+
+
+def cmd_bench(args) -> int:
+    from .image import load_image
+
+    image = load_image(args.image)
+    if args.what == "augment":
+        threads = args.threads or len(os.sched_getaffinity(0))
+        from .bench import bench_augment, format_table, profile_numba
+
+        runs = []
+        for size in _sizes(args.size):
+            if args.profile:
+                prof = profile_numba(image, size, threads)
+                print(json.dumps(prof))
+                runs.append({"size": size, "threads": threads, "profile": prof})
+                continue
+            print(f"S={size}: {threads} threads, {args.seconds:g} s per side")
+            run = bench_augment(image, size, threads, args.seconds, only=args.only)
+            print(format_table(run))
+            runs.append(run)
+        if args.json:
+            _write_json(args.json, runs[0] if len(runs) == 1 else runs)
+            print(f"wrote {args.json}")
+        return 0
+    # agreement
+    from .quality import agreement, plot_spectra
+
+    runs = []
+    for size in _sizes(args.size):
+        r = agreement(image, size, args.n, args.seed, args.backend)
+        print(json.dumps({k: (round(v, 3) if isinstance(v, float) else v) for k, v in r.items() if k != "spectrum_db"}))
+        if args.plot:
+            path = args.plot if len(_sizes(args.size)) == 1 else args.plot.replace(".png", f"-{size}.png")
+            plot_spectra(r, path)
+            print(f"wrote {path}")
+        runs.append(r)
+    if args.json:
+        _write_json(args.json, runs[0] if len(runs) == 1 else runs)
+        print(f"wrote {args.json}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .mono import BACKENDS
+
+    ap = argparse.ArgumentParser(prog="fastssl", description="Self-supervised learning from a single image, fast.")
+    sub = ap.add_subparsers(dest="command", required=True)
+
+    mono = sub.add_parser("mono", help="augmented patches of one image")
+    msub = mono.add_subparsers(dest="action", required=True)
+    for name, hlp in (("preview", "a grid of sample patches as PNG"), ("export", "write N patches (.npy or JPEGs)")):
+        p = msub.add_parser(name, help=hlp)
+        p.add_argument("image", nargs="?", default=None, help="source image (default: a built-in photo)")
+        p.add_argument("--size", type=int, default=None, help="patch side S (default 256)")
+        p.add_argument("--seed", type=int, default=0)
+        p.add_argument("--backend", choices=BACKENDS, default="auto")
+        p.add_argument("--spec", action="append", metavar="KEY=VALUE", help=SPEC_HELP)
+        if name == "preview":
+            p.add_argument("-o", "--out", required=True, help="PNG to write")
+            p.add_argument("--n", type=int, default=64, help="number of patches in the grid")
+        else:
+            p.add_argument("--out", required=True, help="PATH.npy (uint8 N x S x S x 3) or a folder for JPEGs")
+            p.add_argument("--n", type=int, required=True, help="number of patches")
+            p.add_argument("--batch-size", type=int, default=256)
+            p.add_argument("--jpeg-quality", type=int, default=95)
+            p.add_argument("--overwrite", action="store_true")
+            p.add_argument("--quiet", action="store_true", help="no progress bar")
+        p.set_defaults(func=cmd_mono)
+
+    bench = sub.add_parser("bench", help="throughput and quality measurements")
+    bsub = bench.add_subparsers(dest="what", required=True)
+    b = bsub.add_parser("augment", help="patches/s of the paper chain: fastssl vs peers, same cores")
+    b.add_argument("--size", default="32,64,256", help="patch side(s), comma-separated")
+    b.add_argument("--threads", type=int, default=None, help="threads / worker processes (default: all cores)")
+    b.add_argument("--seconds", type=float, default=3.0, help="timed seconds per side")
+    b.add_argument("--only", action="append", help="run only these sides (repeatable)")
+    b.add_argument("--profile", action="store_true", help="per-stage timing of the CPU kernel instead")
+    b.add_argument("--image", default=None, help="source image (default: a built-in photo)")
+    b.add_argument("--json", default=None, help="write the results here")
+    b.set_defaults(func=cmd_bench)
+    a = bsub.add_parser("agreement", help="PSNR and power spectra against the paper's PIL chain")
+    a.add_argument("--size", default="64", help="patch side(s), comma-separated")
+    a.add_argument("--n", type=int, default=256, help="patches per set")
+    a.add_argument("--seed", type=int, default=0)
+    a.add_argument("--backend", choices=[x for x in BACKENDS if x != "auto"], default="numba")
+    a.add_argument("--image", default=None, help="source image (default: a built-in photo)")
+    a.add_argument("--json", default=None)
+    a.add_argument("--plot", default=None, help="PNG of the spectra")
+    a.set_defaults(func=cmd_bench)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except FastSSLError as e:
+        print(f"fastssl: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("fastssl: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
