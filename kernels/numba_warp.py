@@ -36,42 +36,28 @@ def _clamp(v):
 
 @nb.njit(inline="always", fastmath=True)
 def _hue(r, g, b, shift):
+    """Hue rotation through HSV without branches: h from selects, RGB from
+    f(n) = V - V*S*clamp(min(k, 4 - k), 0, 1), k = (n + 6h) mod 6 for n = 5, 3, 1 (V*S = max - min)."""
     maxc = max(r, max(g, b))
     minc = min(r, min(g, b))
     cr = maxc - minc
-    if cr <= _ZERO:
-        return r, g, b  # grey: hue is undefined and the shift changes nothing
-    s = cr / maxc
-    rc = (maxc - r) / cr
-    gc = (maxc - g) / cr
-    bc = (maxc - b) / cr
-    if maxc == r:
-        h = bc - gc
-    elif maxc == g:
-        h = _f32(2.0) + rc - bc
-    else:
-        h = _f32(4.0) + gc - rc
+    inv = _ONE / cr if cr > _ZERO else _ZERO
+    rc = (maxc - r) * inv
+    gc = (maxc - g) * inv
+    bc = (maxc - b) * inv
+    h = bc - gc if maxc == r else ((_f32(2.0) + rc - bc) if maxc == g else (_f32(4.0) + gc - rc))
     h = h / _f32(6.0) + _ONE + shift
-    h = h - np.floor(h)
-    h6 = h * _f32(6.0)
-    i = int(np.floor(h6))
-    f = h6 - _f32(i)
-    i = i % 6
-    v = maxc
-    p = v * (_ONE - s)
-    q = v * (_ONE - s * f)
-    t = v * (_ONE - s * (_ONE - f))
-    if i == 0:
-        return v, t, p
-    if i == 1:
-        return q, v, p
-    if i == 2:
-        return p, v, t
-    if i == 3:
-        return p, q, v
-    if i == 4:
-        return t, p, v
-    return v, p, q
+    h6 = (h - np.floor(h)) * _f32(6.0)
+    kr = h6 + _f32(5.0)
+    kr = kr - _f32(6.0) if kr >= _f32(6.0) else kr
+    kg = h6 + _f32(3.0)
+    kg = kg - _f32(6.0) if kg >= _f32(6.0) else kg
+    kb = h6 + _ONE
+    kb = kb - _f32(6.0) if kb >= _f32(6.0) else kb
+    r2 = maxc - cr * min(max(min(kr, _f32(4.0) - kr), _ZERO), _ONE)
+    g2 = maxc - cr * min(max(min(kg, _f32(4.0) - kg), _ZERO), _ONE)
+    b2 = maxc - cr * min(max(min(kb, _f32(4.0) - kb), _ZERO), _ONE)
+    return r2, g2, b2
 
 
 @nb.njit(inline="always", fastmath=True)
@@ -150,6 +136,76 @@ def _texel(pyr, off, h, w, m, bx, x, y):
     return _ZERO, _ZERO, _ZERO
 
 
+@nb.njit(inline="always", fastmath=True)
+def _inside(bx, x, y):
+    s = bx[0] * x + bx[1] * y + bx[2]
+    t = bx[3] * x + bx[4] * y + bx[5]
+    return s >= _ZERO and s < _ONE and t >= _ZERO and t < _ONE
+
+
+@nb.njit(inline="always")
+def _row_span(bx, y, S):
+    """[lo, hi): the output pixels of row ``y`` inside the crop box.
+
+    s(x) and t(x) are linear in x, so the inside pixels form one interval. Its ends are first
+    solved in float64, then moved until ``_inside`` (the exact per-pixel test the fill uses)
+    agrees, so the span equals the per-pixel test.
+    """
+    lo = 0.0
+    hi = float(S)
+    fy = float(y)
+    for a, c in ((float(bx[0]), float(bx[1]) * fy + float(bx[2])), (float(bx[3]), float(bx[4]) * fy + float(bx[5]))):
+        # 0 <= a * x + c < 1
+        if a > 0:
+            lo = max(lo, -c / a)
+            hi = min(hi, (1.0 - c) / a)
+        elif a < 0:
+            lo = max(lo, (1.0 - c) / a)
+            hi = min(hi, -c / a)
+        elif not (0.0 <= c < 1.0):
+            return 0, 0
+    if not hi > lo:
+        return 0, 0
+    x0 = min(max(int(np.ceil(lo)), 0), S)
+    x1 = min(max(int(np.ceil(hi)), 0), S)
+    fy32 = _f32(y)
+    while x0 > 0 and _inside(bx, _f32(x0 - 1), fy32):
+        x0 -= 1
+    while x0 < x1 and not _inside(bx, _f32(x0), fy32):
+        x0 += 1
+    while x1 < S and _inside(bx, _f32(x1), fy32):
+        x1 += 1
+    while x1 > x0 and not _inside(bx, _f32(x1 - 1), fy32):
+        x1 -= 1
+    return x0, x1
+
+
+@nb.njit(inline="always", fastmath=True)
+def _row_colour(rr, gg, bb, op, f, mean, S):
+    """One colour op over a row of float32 channel buffers (branch-free inner loops)."""
+    if op == 0:
+        for x in range(S):
+            rr[x] = _clamp(rr[x] * f)
+            gg[x] = _clamp(gg[x] * f)
+            bb[x] = _clamp(bb[x] * f)
+    elif op == 1:
+        m = (_ONE - f) * mean
+        for x in range(S):
+            rr[x] = _clamp(f * rr[x] + m)
+            gg[x] = _clamp(f * gg[x] + m)
+            bb[x] = _clamp(f * bb[x] + m)
+    elif op == 2:
+        g1 = _ONE - f
+        for x in range(S):
+            grey = g1 * (_WR * rr[x] + _WG * gg[x] + _WB * bb[x])
+            rr[x] = _clamp(f * rr[x] + grey)
+            gg[x] = _clamp(f * gg[x] + grey)
+            bb[x] = _clamp(f * bb[x] + grey)
+    else:
+        for x in range(S):
+            rr[x], gg[x], bb[x] = _hue(rr[x], gg[x], bb[x], f)
+
+
 @nb.njit(parallel=True, fastmath=True, cache=True, nogil=True)
 def warp_colour(pyr, offsets, heights, widths, mats, boxes, levels, jitter, factors, order, out):
     """Fill ``out`` (n, S, S, 3) uint8.
@@ -157,6 +213,10 @@ def warp_colour(pyr, offsets, heights, widths, mats, boxes, levels, jitter, fact
     pyr: packed uint32 pyramid; offsets/heights/widths: (L,) int64 per level;
     mats, boxes: (n, 6) float32 row-major 2x3 (mats already in each patch's level);
     levels: (n,) int32; jitter: (n,) uint8; factors: (n, 4) float32; order: (n, 4) int8.
+
+    Row by row: the span of the row inside the crop box is found once, the interior is sampled
+    into three float32 row buffers (fill 0 elsewhere), each colour op runs over the row as a
+    branch-free loop, and the row is rounded and stored.
     """
     n = out.shape[0]
     S = out.shape[1]
@@ -178,23 +238,91 @@ def warp_colour(pyr, offsets, heights, widths, mats, boxes, levels, jitter, fact
                 pos += 1
             acc = _ZERO
             cnt = 0
-            for y in range(0, S, 4):
-                for x in range(0, S, 4):
+            for y in range(0, S, MEAN_STRIDE):
+                for x in range(0, S, MEAN_STRIDE):
                     r, g, b = _texel(pyr, off, h, w, m, bx, _f32(x), _f32(y))
                     r, g, b = _colour(r, g, b, fac, ordr, pos, _ZERO)
                     acc += _WR * r + _WG * g + _WB * b
                     cnt += 1
             mean = acc / _f32(cnt)
+        rows = np.empty((3, S), dtype=np.float32)
+        rr = rows[0]
+        gg = rows[1]
+        bb = rows[2]
+        wts = np.empty((2, S), dtype=np.float32)
+        wx = wts[0]
+        wy = wts[1]
+        idx = np.empty((4, S), dtype=np.int64)
+        i00 = idx[0]
+        i01 = idx[1]
+        i10 = idx[2]
+        i11 = idx[3]
         o = out[i]
         for y in range(S):
             fy = _f32(y)
+            x0, x1 = _row_span(bx, y, S)
+            for x in range(x0):
+                rr[x] = _ZERO
+                gg[x] = _ZERO
+                bb[x] = _ZERO
+            uy = m[1] * fy + m[2]
+            vy = m[4] * fy + m[5]
+            # pass 1 (vectorisable): texel addresses and bilinear weights of the span
+            for x in range(x0, x1):
+                fx = _f32(x)
+                u = m[0] * fx + uy
+                v = m[3] * fx + vy
+                fu = np.floor(u)
+                fv = np.floor(v)
+                wx[x] = u - fu
+                wy[x] = v - fv
+                ix = int(fu)
+                iy = int(fv)
+                xa = min(max(ix, 0), w - 1)
+                xb = min(max(ix + 1, 0), w - 1)
+                ya = off + min(max(iy, 0), h - 1) * w
+                yb = off + min(max(iy + 1, 0), h - 1) * w
+                i00[x] = ya + xa
+                i01[x] = ya + xb
+                i10[x] = yb + xa
+                i11[x] = yb + xb
+            # pass 2: four gathers per pixel, unpack, blend
+            for x in range(x0, x1):
+                t00 = pyr[i00[x]]
+                t01 = pyr[i01[x]]
+                t10 = pyr[i10[x]]
+                t11 = pyr[i11[x]]
+                ax = wx[x]
+                ay = wy[x]
+                w00 = (_ONE - ax) * (_ONE - ay)
+                w01 = ax * (_ONE - ay)
+                w10 = (_ONE - ax) * ay
+                w11 = ax * ay
+                rr[x] = w00 * _f32(t00 & 255) + w01 * _f32(t01 & 255) + w10 * _f32(t10 & 255) + w11 * _f32(t11 & 255)
+                gg[x] = (
+                    w00 * _f32((t00 >> 8) & 255)
+                    + w01 * _f32((t01 >> 8) & 255)
+                    + w10 * _f32((t10 >> 8) & 255)
+                    + w11 * _f32((t11 >> 8) & 255)
+                )
+                bb[x] = (
+                    w00 * _f32((t00 >> 16) & 255)
+                    + w01 * _f32((t01 >> 16) & 255)
+                    + w10 * _f32((t10 >> 16) & 255)
+                    + w11 * _f32((t11 >> 16) & 255)
+                )
+            for x in range(x1, S):
+                rr[x] = _ZERO
+                gg[x] = _ZERO
+                bb[x] = _ZERO
+            if jit:
+                for k in range(4):
+                    op = ordr[k]
+                    _row_colour(rr, gg, bb, op, fac[op], mean, S)
             for x in range(S):
-                r, g, b = _texel(pyr, off, h, w, m, bx, _f32(x), fy)
-                if jit:
-                    r, g, b = _colour(r, g, b, fac, ordr, 4, mean)
-                o[y, x, 0] = np.uint8(min(max(r + _HALF, _ZERO), _MAXV))
-                o[y, x, 1] = np.uint8(min(max(g + _HALF, _ZERO), _MAXV))
-                o[y, x, 2] = np.uint8(min(max(b + _HALF, _ZERO), _MAXV))
+                o[y, x, 0] = np.uint8(min(max(rr[x] + _HALF, _ZERO), _MAXV))
+                o[y, x, 1] = np.uint8(min(max(gg[x] + _HALF, _ZERO), _MAXV))
+                o[y, x, 2] = np.uint8(min(max(bb[x] + _HALF, _ZERO), _MAXV))
 
 
 def run(pyramid, params_arrays, out: np.ndarray) -> np.ndarray:

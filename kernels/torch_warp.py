@@ -30,37 +30,26 @@ def _grey(x):
 
 
 def _hue(x, shift):
+    """Hue rotation through HSV, the same branch-free formula as the Numba kernel:
+    h from the max channel, then f(n) = V - (max - min) * clamp(min(k, 4 - k), 0, 1),
+    k = (n + 6h) mod 6 for n = 5, 3, 1 (R, G, B). Grey pixels come out unchanged."""
     r, g, b = x[:, 0], x[:, 1], x[:, 2]
     maxc = torch.maximum(torch.maximum(r, g), b)
     minc = torch.minimum(torch.minimum(r, g), b)
     cr = maxc - minc
-    grey = cr <= 0
-    safe_cr = torch.where(grey, torch.ones_like(cr), cr)
-    safe_max = torch.where(maxc > 0, maxc, torch.ones_like(maxc))
-    s = cr / safe_max
-    rc = (maxc - r) / safe_cr
-    gc = (maxc - g) / safe_cr
-    bc = (maxc - b) / safe_cr
+    inv = torch.where(cr > 0, 1.0 / torch.where(cr > 0, cr, torch.ones_like(cr)), torch.zeros_like(cr))
+    rc = (maxc - r) * inv
+    gc = (maxc - g) * inv
+    bc = (maxc - b) * inv
     h = torch.where(maxc == r, bc - gc, torch.where(maxc == g, 2.0 + rc - bc, 4.0 + gc - rc))
     h = h / 6.0 + 1.0 + shift.view(-1, 1, 1)
-    h = h - torch.floor(h)
-    h6 = h * 6.0
-    i = torch.floor(h6)
-    f = h6 - i
-    i = i.to(torch.int64) % 6
-    v = maxc
-    p = v * (1.0 - s)
-    q = v * (1.0 - s * f)
-    t = v * (1.0 - s * (1.0 - f))
-    sel = [(v, t, p), (q, v, p), (p, v, t), (p, q, v), (t, p, v), (v, p, q)]
+    h6 = (h - torch.floor(h)) * 6.0
     out = []
-    for c in range(3):
-        ch = sel[5][c]
-        for k in range(4, -1, -1):
-            ch = torch.where(i == k, sel[k][c], ch)
-        out.append(ch)
-    y = torch.stack(out, dim=1)
-    return torch.where(grey.unsqueeze(1), x, y)
+    for n in (5.0, 3.0, 1.0):
+        k = h6 + n
+        k = torch.where(k >= 6.0, k - 6.0, k)
+        out.append(maxc - cr * torch.minimum(k, 4.0 - k).clamp(0.0, 1.0))
+    return torch.stack(out, dim=1)
 
 
 def _apply_op(x, op, fac):

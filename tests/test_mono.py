@@ -66,3 +66,14 @@ def test_backend_selection_and_clear_refusals(photo):
         MonoSource(photo, AugmentSpec(size=8), rank=2, world_size=2)
     with pytest.raises(FastSSLError, match="batch_size"):
         MonoSource(photo, AugmentSpec(size=8), batch_size=0)
+
+
+def test_recycled_buffers_never_overwrite_a_batch_still_held(photo):
+    src = MonoSource(photo, AugmentSpec(size=16), batch_size=8, epoch_length=80)
+    held = [src.batch(s) for s in range(6)]  # more than the pool keeps
+    for s, b in enumerate(held):
+        assert torch.equal(b, src.batch(s))
+    ptrs = set()
+    for s in range(6):  # dropped at once: the same memory comes back
+        ptrs.add(src.batch(s).data_ptr())
+    assert len(ptrs) <= 2
