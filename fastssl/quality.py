@@ -40,6 +40,7 @@ def radial_spectrum(x: np.ndarray, bands: int = BANDS) -> np.ndarray:
     """
     g = x.astype(np.float64) @ np.array([0.299, 0.587, 0.114])
     S = g.shape[1]
+    bands = max(1, min(bands, S // 2))  # at least one pixel of radius per band
     win = np.outer(np.hanning(S), np.hanning(S))
     g = (g - g.mean(axis=(1, 2), keepdims=True)) * win
     p = (np.abs(np.fft.fftshift(np.fft.fft2(g), axes=(1, 2))) ** 2).mean(axis=0)
@@ -75,7 +76,7 @@ def agreement(image: np.ndarray, size: int = 64, n: int = 256, seed: int = 0, ba
     out["psnr_geometry_no_antialias"] = float(psnr(noaa, ref).mean())
     out["psnr_full_chain"] = float(psnr(_render(image, full, backend, pf), pil_batch(pim, full, pf)).mean())
     s_ref, s_ours, s_noaa, s_ref2 = (radial_spectrum(x) for x in (ref, ours, noaa, ref2))
-    half = slice(BANDS // 2, BANDS)
+    half = slice(len(s_ref) // 2, None)
     out["spectrum_db"] = {
         "pil": s_ref.round(2).tolist(),
         "fastssl": s_ours.round(2).tolist(),
@@ -96,7 +97,8 @@ def plot_spectra(result: dict, path) -> None:
     import matplotlib.pyplot as plt
 
     sp = result["spectrum_db"]
-    f = (np.arange(BANDS) + 0.5) / BANDS * 0.5
+    nb = len(sp["pil"])
+    f = (np.arange(nb) + 0.5) / nb * 0.5
     fig, ax = plt.subplots(figsize=(6, 4))
     for key, style in (("pil", "k-"), ("pil_other_seed", "k:"), ("fastssl", "C0-"), ("fastssl_no_antialias", "C3--")):
         ax.plot(f, sp[key], style, label=key)
