@@ -1,0 +1,313 @@
+"""Where labelled images come from, read without extracting anything.
+
+- an ImageFolder directory: ``ROOT/<class>/<image>`` (a single ``train/`` or ``val/`` level
+  above the classes is allowed, and chosen with ``split=``);
+- a ``.tar`` / ``.tar.gz`` / ``.tgz`` of such a folder, read directly: a plain tar by member
+  offset, a compressed one in one sequential pass into memory (fine for CIFAR-size data; for
+  ImageNet-size data use the folder). Members with absolute paths, ``..`` components, links or
+  device entries are refused: nothing is ever written or followed outside the target;
+- CIFAR-10 in its official *binary* distribution (``cifar-10-binary.tar.gz``; never the
+  pickled one: a pickle can run code), downloaded into a cache with its checksum verified;
+- an ImageNet root (``train/`` and ``val/`` class folders): an ImageFolder with ``split=``.
+
+Every source is a :class:`LabelledSource`: ``classes``, ``labels``, ``keys`` and ``image(i)``
+returning an RGB ``uint8`` array (grey, palette, RGBA, CMYK are converted by PIL).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import tarfile
+import tempfile
+import urllib.request
+from pathlib import Path, PurePosixPath
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from ..errors import FastSSLError
+
+IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
+CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-binary.tar.gz"
+CIFAR10_MD5 = "c32a1d4ab5d03f1284b67883e8d87530"  # published on the CIFAR page
+CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+
+
+def decode_rgb(data: bytes, name: str = "image") -> np.ndarray:
+    """Decode image bytes with PIL into (h, w, 3) uint8; FastSSLError when unreadable."""
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            img.load()
+            if img.mode != "RGB":
+                img = img.convert("RGB")
+            return np.asarray(img, dtype=np.uint8)
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+        raise FastSSLError(f"unreadable image {name}: {e}") from None
+
+
+class LabelledSource:
+    """A list of (key, label) with a way to read each image."""
+
+    kind = "source"
+
+    def __init__(self, name: str, classes: list[str], keys: list[str], labels: np.ndarray):
+        self.name = name
+        self.classes = classes
+        self.keys = keys
+        self.labels = np.asarray(labels, dtype=np.int64)
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def raw(self, i: int) -> bytes:  # encoded bytes (folder / tar sources)
+        raise NotImplementedError
+
+    def image(self, i: int) -> np.ndarray:
+        return decode_rgb(self.raw(i), self.keys[i])
+
+    def counts(self, indices=None) -> dict[str, int]:
+        lab = self.labels if indices is None else self.labels[np.asarray(indices, dtype=np.int64)]
+        c = np.bincount(lab, minlength=len(self.classes))
+        return {name: int(c[k]) for k, name in enumerate(self.classes)}
+
+    def describe(self) -> str:
+        return f"{self.kind} {self.name}: {len(self)} images in {len(self.classes)} classes"
+
+
+def _group(paths: list[PurePosixPath], where: str, split: str | None):
+    """Class per image from its parent folder; one optional split level (train/val) above."""
+    prefixes = {p.parent.parent for p in paths}
+    if split is not None:
+        paths = [p for p in paths if split in p.parent.parent.parts]
+        if not paths:
+            raise FastSSLError(f"{where} has no split {split!r} (splits seen: "
+                               f"{', '.join(sorted(str(x) for x in prefixes))})")
+        prefixes = {p.parent.parent for p in paths}
+    if len(prefixes) > 1:
+        names = ", ".join(sorted(str(x) or "." for x in prefixes)[:5])
+        raise FastSSLError(f"{where} holds class folders under several parents ({names}); choose one with --split NAME")
+    root_files = [p for p in paths if str(p.parent) in ("", ".")]
+    if root_files:
+        raise FastSSLError(f"{where} has images outside class folders (e.g. {root_files[0]}); "
+                           "expected ROOT/<class>/<image>")
+    classes = sorted({p.parent.name for p in paths})
+    index = {c: k for k, c in enumerate(classes)}
+    paths = sorted(paths)
+    return classes, paths, np.array([index[p.parent.name] for p in paths], dtype=np.int64)
+
+
+class FolderSource(LabelledSource):
+    kind = "folder"
+
+    def __init__(self, root: str | os.PathLike, split: str | None = None):
+        self.root = Path(root)
+        if not self.root.is_dir():
+            raise FastSSLError(f"not a folder: {self.root}")
+        found, empty = [], []
+        for dirpath, dirnames, filenames in os.walk(self.root):
+            dirnames.sort()
+            imgs = [f for f in filenames if Path(f).suffix.lower() in IMAGE_EXTS]
+            rel = PurePosixPath(Path(dirpath).relative_to(self.root).as_posix())
+            found += [rel / f for f in imgs]
+            if not imgs and not dirnames and str(rel) != ".":
+                empty.append(rel)
+        if not found:
+            raise FastSSLError(f"no images found in {self.root} (expected ROOT/<class>/<image>.jpg)")
+        if empty:
+            raise FastSSLError(f"class folder {self.root / str(empty[0])} has no images; remove it or add images")
+        classes, paths, labels = _group(found, str(self.root), split)
+        super().__init__(str(self.root), classes, [str(p) for p in paths], labels)
+
+    def raw(self, i: int) -> bytes:
+        try:
+            return (self.root / self.keys[i]).read_bytes()
+        except OSError as e:
+            raise FastSSLError(f"cannot read {self.root / self.keys[i]}: {e}") from None
+
+
+def _check_member(m: tarfile.TarInfo, archive: str) -> None:
+    p = PurePosixPath(m.name)
+    if p.is_absolute() or ".." in p.parts or m.name.startswith("/"):
+        raise FastSSLError(f"refusing archive {archive}: member {m.name!r} points outside the archive")
+    if m.issym() or m.islnk():
+        raise FastSSLError(f"refusing archive {archive}: member {m.name!r} is a link")
+    if not (m.isfile() or m.isdir()):
+        raise FastSSLError(f"refusing archive {archive}: member {m.name!r} is not a regular file or folder")
+
+
+class TarSource(LabelledSource):
+    kind = "archive"
+
+    def __init__(self, path: str | os.PathLike, split: str | None = None):
+        self.path = Path(path)
+        compressed = self.path.suffix.lower() in (".gz", ".tgz", ".bz2", ".xz")
+        self._data: dict[str, bytes] | None = {} if compressed else None
+        self._offsets: dict[str, tuple[int, int]] = {}
+        found = []
+        try:
+            with tarfile.open(self.path, "r:*") as tf:
+                for m in tf:
+                    _check_member(m, str(self.path))
+                    if not m.isfile() or PurePosixPath(m.name).suffix.lower() not in IMAGE_EXTS:
+                        continue
+                    name = str(PurePosixPath(m.name))
+                    found.append(PurePosixPath(name))
+                    if compressed:
+                        self._data[name] = tf.extractfile(m).read()
+                    else:
+                        self._offsets[name] = (m.offset_data, m.size)
+        except (tarfile.TarError, EOFError, OSError) as e:
+            raise FastSSLError(f"cannot read archive {self.path}: {e}") from None
+        if not found:
+            raise FastSSLError(f"no images found in archive {self.path} (expected <class>/<image>.jpg members)")
+        classes, paths, labels = _group(found, str(self.path), split)
+        super().__init__(str(self.path), classes, [str(p) for p in paths], labels)
+        self._fh = None
+
+    def raw(self, i: int) -> bytes:
+        key = self.keys[i]
+        if self._data is not None:
+            return self._data[key]
+        if self._fh is None or self._fh_pid != os.getpid():  # one handle per process
+            self._fh = open(self.path, "rb")  # noqa: SIM115
+            self._fh_pid = os.getpid()
+        off, size = self._offsets[key]
+        self._fh.seek(off)
+        return self._fh.read(size)
+
+    def __getstate__(self):
+        d = dict(self.__dict__)
+        d["_fh"] = None
+        return d
+
+
+class CifarBinarySource(LabelledSource):
+    """CIFAR-10 from ``cifar-10-binary.tar.gz``: records of 1 label byte + 3072 pixel bytes."""
+
+    kind = "cifar10"
+
+    def __init__(self, archive: str | os.PathLike, train: bool = True):
+        self.path = Path(archive)
+        want = [f"data_batch_{k}.bin" for k in range(1, 6)] if train else ["test_batch.bin"]
+        chunks: dict[str, bytes] = {}
+        classes = CIFAR10_CLASSES
+        try:
+            with tarfile.open(self.path, "r:*") as tf:
+                for m in tf:
+                    _check_member(m, str(self.path))
+                    base = PurePosixPath(m.name).name
+                    if m.isfile() and base in want:
+                        chunks[base] = tf.extractfile(m).read()
+                    elif m.isfile() and base == "batches.meta.txt":
+                        names = [x.strip() for x in tf.extractfile(m).read().decode().splitlines() if x.strip()]
+                        if len(names) == 10:
+                            classes = names
+        except (tarfile.TarError, EOFError, OSError) as e:
+            raise FastSSLError(f"cannot read CIFAR-10 archive {self.path}: {e}") from None
+        missing = [w for w in want if w not in chunks]
+        if missing:
+            raise FastSSLError(f"{self.path} is not the CIFAR-10 binary distribution: missing {', '.join(missing)}")
+        recs = []
+        for w in want:
+            b = np.frombuffer(chunks[w], dtype=np.uint8)
+            if b.size % 3073:
+                raise FastSSLError(f"{self.path}: {w} is truncated ({b.size} bytes, not a multiple of 3073)")
+            recs.append(b.reshape(-1, 3073))
+        rec = np.concatenate(recs)
+        labels = rec[:, 0].astype(np.int64)
+        if labels.max() >= 10:
+            raise FastSSLError(f"{self.path}: label {labels.max()} out of range; not CIFAR-10")
+        self._pixels = rec[:, 1:].reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
+        keys = [f"{'train' if train else 'test'}/{k:05d}" for k in range(len(rec))]
+        super().__init__(str(self.path), list(classes), keys, labels)
+
+    def image(self, i: int) -> np.ndarray:
+        return np.ascontiguousarray(self._pixels[i])
+
+
+def download(url: str, dest: Path, md5: str, progress: bool = True) -> Path:
+    """Fetch ``url`` to ``dest`` through a temporary file; verify the MD5 before renaming."""
+    from tqdm import tqdm
+
+    dest = Path(dest)
+    if dest.exists():
+        if _md5(dest) == md5:
+            return dest
+        raise FastSSLError(f"{dest} exists but its checksum does not match; delete it and run again")
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=dest.name + ".", suffix=".partial", dir=dest.parent)
+    h = hashlib.md5()
+    try:
+        with os.fdopen(fd, "wb") as f, urllib.request.urlopen(url, timeout=60) as r:
+            total = int(r.headers.get("Content-Length") or 0) or None
+            with tqdm(total=total, unit="B", unit_scale=True, desc=f"download {dest.name}", disable=not progress) as bar:
+                while chunk := r.read(1 << 20):
+                    f.write(chunk)
+                    h.update(chunk)
+                    bar.update(len(chunk))
+        if h.hexdigest() != md5:
+            raise FastSSLError(f"download of {url} is corrupt: md5 {h.hexdigest()} != expected {md5}; try again")
+        os.replace(tmp, dest)
+        tmp = None
+    except OSError as e:
+        raise FastSSLError(f"cannot download {url}: {e}") from None
+    finally:
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
+    return dest
+
+
+def _md5(path: Path) -> str:
+    h = hashlib.md5()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def default_cache() -> Path:
+    return Path(os.environ.get("FASTSSL_CACHE", Path.home() / ".cache" / "fastssl"))
+
+
+def cifar10(cache: str | os.PathLike | None = None, train: bool = True, url: str = CIFAR10_URL,
+            md5: str = CIFAR10_MD5, progress: bool = True) -> CifarBinarySource:
+    """CIFAR-10 from its official binary distribution, downloaded once into ``cache``."""
+    path = download(url, Path(cache or default_cache()) / "cifar-10-binary.tar.gz", md5, progress)
+    return CifarBinarySource(path, train=train)
+
+
+def open_source(spec: str | os.PathLike, split: str | None = None, cache=None) -> LabelledSource:
+    """A source from a CLI string: a folder, an archive, or ``cifar10`` / ``cifar10-test``."""
+    s = str(spec)
+    if s in ("cifar10", "cifar10-train", "cifar10-test"):
+        return cifar10(cache, train=s != "cifar10-test")
+    p = Path(s)
+    if not p.exists():
+        raise FastSSLError(f"data source not found: {p} (give a folder, a .tar/.tar.gz, or 'cifar10')")
+    if p.is_dir():
+        return FolderSource(p, split)
+    if p.name.endswith("cifar-10-binary.tar.gz"):
+        return CifarBinarySource(p, train=split != "test")
+    if any(p.name.lower().endswith(e) for e in (".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tar.xz")):
+        return TarSource(p, split)
+    raise FastSSLError(f"unsupported data source {p}: give a folder, a .tar/.tar.gz archive, or 'cifar10'")
+
+
+def split_indices(labels: np.ndarray, val_per_class: int) -> tuple[np.ndarray, np.ndarray]:
+    """Deterministic split: the last ``val_per_class`` items of each class (in key order) are
+    validation, the rest training. Sources list items sorted by key, so this is stable."""
+    labels = np.asarray(labels)
+    if val_per_class < 0:
+        raise FastSSLError(f"--val-per-class must be >= 0, got {val_per_class}")
+    val = []
+    for c in np.unique(labels):
+        idx = np.flatnonzero(labels == c)
+        if val_per_class >= len(idx):
+            raise FastSSLError(f"--val-per-class {val_per_class} leaves no training images in class {c} "
+                               f"({len(idx)} images)")
+        val.append(idx[len(idx) - val_per_class :] if val_per_class else idx[:0])
+    val = np.sort(np.concatenate(val)) if val else np.zeros(0, np.int64)
+    train = np.setdiff1d(np.arange(len(labels)), val)
+    return train, val
