@@ -140,6 +140,62 @@ def cmd_bench(args) -> int:
     return 0
 
 
+def cmd_data(args) -> int:
+    from .data.beton import convert, read_info
+    from .data.sources import open_source, split_indices
+
+    if args.action == "info":
+        print(json.dumps(read_info(args.beton), indent=1))
+        return 0
+    src = open_source(args.src, split=args.split)
+    indices = None
+    if args.val_per_class:
+        train, val = split_indices(src.labels, args.val_per_class)
+        indices = train if args.part == "train" else val
+    elif args.part != "all":
+        raise FastSSLError(f"--part {args.part} needs --val-per-class N")
+    summary = convert(
+        src,
+        args.dst,
+        indices=indices,
+        max_res=args.max_res,
+        jpeg_quality=args.jpeg_quality,
+        write_mode=args.write_mode,
+        strict=args.strict,
+        workers=args.workers,
+        overwrite=args.overwrite,
+        progress=not args.quiet,
+    )
+    print(json.dumps(summary))
+    if summary["skipped"]:
+        print(
+            f"skipped {summary['skipped']} unreadable images (e.g. {summary['skipped_examples'][0]}); "
+            "--strict makes that an error",
+            file=sys.stderr,
+        )
+    return 0
+
+
+def cmd_bench_loader(args) -> int:
+    from .bench_loader import bench_loader, format_loader_table
+
+    threads = args.threads or len(os.sched_getaffinity(0))
+    run = bench_loader(
+        args.data,
+        threads=threads,
+        res=args.res,
+        batch_size=args.batch_size,
+        write_modes=args.write_mode or ["jpg", "smart"],
+        split=args.split,
+        epochs=args.epochs,
+    )
+    print(format_loader_table(run))
+    if args.json:
+        _write_json(args.json, run)
+        print(f"wrote {args.json}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .mono import BACKENDS
 
@@ -187,6 +243,48 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--json", default=None)
     a.add_argument("--plot", default=None, help="PNG of the spectra")
     a.set_defaults(func=cmd_bench)
+    lb = bsub.add_parser("loader", help="images/s: FFCV loader vs a DataLoader with PIL decoding, same cores")
+    lb.add_argument("--data", required=True, help="image folder, .tar/.tar.gz archive, or cifar10")
+    lb.add_argument("--split", default=None, help="split folder to use (train, val) when the source has several")
+    lb.add_argument("--res", type=int, default=32, help="output resolution of the random-resized crop")
+    lb.add_argument("--batch-size", type=int, default=256)
+    lb.add_argument("--epochs", type=int, default=1, help="passes per loader (FFCV compiles once, in the first)")
+    lb.add_argument("--threads", type=int, default=None, help="loader workers on each side (default: all cores)")
+    lb.add_argument(
+        "--write-mode",
+        action="append",
+        choices=["jpg", "raw", "smart"],
+        help="FFCV image storage to measure (repeatable; default jpg and smart)",
+    )
+    lb.add_argument("--json", default=None)
+    lb.set_defaults(func=cmd_bench_loader)
+
+    data = sub.add_parser("data", help="labelled datasets: convert to FFCV, inspect")
+    dsub = data.add_subparsers(dest="action", required=True)
+    c = dsub.add_parser("convert", help="write an FFCV .beton (image + label) and its class index")
+    c.add_argument("src", help="image folder, .tar/.tar.gz of one, ImageNet root (with --split), or cifar10")
+    c.add_argument("dst", help="output .beton")
+    c.add_argument("--split", default=None, help="split folder (train, val) when the source has several")
+    c.add_argument("--val-per-class", type=int, default=0, help="hold out the last N images of each class")
+    c.add_argument(
+        "--part", choices=["all", "train", "val"], default="all", help="with --val-per-class: which part to write"
+    )
+    c.add_argument("--max-res", type=int, default=None, help="shrink images whose longer side exceeds this")
+    c.add_argument("--jpeg-quality", type=int, default=90)
+    c.add_argument(
+        "--write-mode",
+        choices=["smart", "jpg", "raw"],
+        default="smart",
+        help="smart: raw pixels below 32 KiB (CIFAR), JPEG above (ImageNet)",
+    )
+    c.add_argument("--strict", action="store_true", help="fail on the first unreadable image instead of skipping")
+    c.add_argument("--workers", type=int, default=None)
+    c.add_argument("--overwrite", action="store_true")
+    c.add_argument("--quiet", action="store_true")
+    c.set_defaults(func=cmd_data)
+    i = dsub.add_parser("info", help="JSON: sample count and per-class counts, read from the file")
+    i.add_argument("beton")
+    i.set_defaults(func=cmd_data)
     return ap
 
 

@@ -32,3 +32,9 @@ def ameyoko() -> np.ndarray:
     from fastssl.image import load_image
 
     return load_image(shared_file("images/ameyoko.jpg"))
+
+
+@pytest.fixture(scope="session")
+def cifar_archive() -> Path:
+    """The CIFAR-10 train split as a JPEG ImageFolder archive from ../shared/data (skips when absent)."""
+    return shared_file("cifar10-train-jpg.tar.gz")

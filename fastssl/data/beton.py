@@ -136,8 +136,12 @@ def convert(
     os.close(fdj)
     try:
         fields = {
-            "image": RGBImageField(write_mode=write_mode, max_resolution=max_res, jpeg_quality=jpeg_quality,
-                                   smart_threshold=SMART_THRESHOLD if write_mode == "smart" else None),
+            "image": RGBImageField(
+                write_mode=write_mode,
+                max_resolution=max_res,
+                jpeg_quality=jpeg_quality,
+                smart_threshold=SMART_THRESHOLD if write_mode == "smart" else None,
+            ),
             "label": IntField(),
         }
         writer = DatasetWriter(tmp, fields, num_workers=workers)
@@ -221,8 +225,7 @@ def read_info(beton: str | os.PathLike) -> dict:
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise FastSSLError(f"class index {ipath} is unreadable: {e}") from None
     if len(labels) and (labels.min() < 0 or labels.max() >= len(classes)):
-        raise FastSSLError(f"class index {ipath} does not match {p}: label {labels.max()} but "
-                           f"{len(classes)} classes")
+        raise FastSSLError(f"class index {ipath} does not match {p}: label {labels.max()} but {len(classes)} classes")
     counts = np.bincount(labels, minlength=len(classes))
     by_name = {c: int(counts[k]) for k, c in enumerate(classes)}
     if index.get("counts") != by_name or index.get("num_samples") != int(r.num_samples):

@@ -40,7 +40,7 @@ def ffcv_available() -> bool:
 def ten_crop(x: torch.Tensor, res: int) -> torch.Tensor:
     """(B, 3, H, W) -> (10 B, 3, res, res): corners, centre, then the same mirrored."""
     B, C, H, W = x.shape
-    if H < res or W < res:
+    if min(H, W) < res:
         raise FastSSLError(f"ten-crop of {res} px needs images of at least {res} px, got {H}x{W}")
     t, left = (H - res) // 2, (W - res) // 2
     boxes = [(0, 0), (0, W - res), (H - res, 0), (H - res, W - res), (t, left)]
@@ -77,7 +77,13 @@ class _PILDataset(torch.utils.data.Dataset):
     def __init__(self, src: LabelledSource, indices, res, train, scale, ratio, crop_ratio, seed):
         self.src, self.idx = src, np.asarray(indices, dtype=np.int64)
         self.res, self.train, self.scale, self.ratio, self.crop_ratio, self.seed = (
-            res, train, scale, ratio, crop_ratio, seed)
+            res,
+            train,
+            scale,
+            ratio,
+            crop_ratio,
+            seed,
+        )
         self.epoch = 0
 
     def __len__(self):
@@ -158,14 +164,14 @@ class Loader:
                 )
             if not Path(data).is_file():
                 raise FastSSLError(f".beton not found: {data}")
-            self._build_ffcv(str(data), train, decode_res, eval_ratio, scale, ratio, distributed, seed, drop_last,
-                             indices)
+            self._build_ffcv(
+                str(data), train, decode_res, eval_ratio, scale, ratio, distributed, seed, drop_last, indices
+            )
         elif backend == "pytorch":
             if is_beton:
                 raise FastSSLError("a .beton needs the FFCV loader (backend 'ffcv'); the fallback reads image sources")
             src = data if isinstance(data, LabelledSource) else open_source(data)
-            self._build_torch(src, train, decode_res, eval_ratio, scale, ratio, distributed, seed, drop_last,
-                              indices)
+            self._build_torch(src, train, decode_res, eval_ratio, scale, ratio, distributed, seed, drop_last, indices)
         else:
             raise FastSSLError(f"unknown loader backend {backend!r}; choose auto, ffcv or pytorch")
         self.backend = backend
@@ -208,8 +214,7 @@ class Loader:
         self._ds = _PILDataset(src, idx, res, train, scale, ratio, crop_ratio, seed)
         self._sampler = None
         if distributed:
-            self._sampler = torch.utils.data.DistributedSampler(self._ds, shuffle=train, seed=seed,
-                                                                drop_last=drop_last)
+            self._sampler = torch.utils.data.DistributedSampler(self._ds, shuffle=train, seed=seed, drop_last=drop_last)
         gen = torch.Generator().manual_seed(seed)
         self._dl = torch.utils.data.DataLoader(
             self._ds,

@@ -82,16 +82,18 @@ def _group(paths: list[PurePosixPath], where: str, split: str | None):
     if split is not None:
         paths = [p for p in paths if split in p.parent.parent.parts]
         if not paths:
-            raise FastSSLError(f"{where} has no split {split!r} (splits seen: "
-                               f"{', '.join(sorted(str(x) for x in prefixes))})")
+            raise FastSSLError(
+                f"{where} has no split {split!r} (splits seen: {', '.join(sorted(str(x) for x in prefixes))})"
+            )
         prefixes = {p.parent.parent for p in paths}
     if len(prefixes) > 1:
         names = ", ".join(sorted(str(x) or "." for x in prefixes)[:5])
         raise FastSSLError(f"{where} holds class folders under several parents ({names}); choose one with --split NAME")
     root_files = [p for p in paths if str(p.parent) in ("", ".")]
     if root_files:
-        raise FastSSLError(f"{where} has images outside class folders (e.g. {root_files[0]}); "
-                           "expected ROOT/<class>/<image>")
+        raise FastSSLError(
+            f"{where} has images outside class folders (e.g. {root_files[0]}); expected ROOT/<class>/<image>"
+        )
     classes = sorted({p.parent.name for p in paths})
     index = {c: k for k, c in enumerate(classes)}
     paths = sorted(paths)
@@ -242,7 +244,9 @@ def download(url: str, dest: Path, md5: str, progress: bool = True) -> Path:
     try:
         with os.fdopen(fd, "wb") as f, urllib.request.urlopen(url, timeout=60) as r:
             total = int(r.headers.get("Content-Length") or 0) or None
-            with tqdm(total=total, unit="B", unit_scale=True, desc=f"download {dest.name}", disable=not progress) as bar:
+            with tqdm(
+                total=total, unit="B", unit_scale=True, desc=f"download {dest.name}", disable=not progress
+            ) as bar:
                 while chunk := r.read(1 << 20):
                     f.write(chunk)
                     h.update(chunk)
@@ -271,8 +275,13 @@ def default_cache() -> Path:
     return Path(os.environ.get("FASTSSL_CACHE", Path.home() / ".cache" / "fastssl"))
 
 
-def cifar10(cache: str | os.PathLike | None = None, train: bool = True, url: str = CIFAR10_URL,
-            md5: str = CIFAR10_MD5, progress: bool = True) -> CifarBinarySource:
+def cifar10(
+    cache: str | os.PathLike | None = None,
+    train: bool = True,
+    url: str = CIFAR10_URL,
+    md5: str = CIFAR10_MD5,
+    progress: bool = True,
+) -> CifarBinarySource:
     """CIFAR-10 from its official binary distribution, downloaded once into ``cache``."""
     path = download(url, Path(cache or default_cache()) / "cifar-10-binary.tar.gz", md5, progress)
     return CifarBinarySource(path, train=train)
@@ -305,8 +314,9 @@ def split_indices(labels: np.ndarray, val_per_class: int) -> tuple[np.ndarray, n
     for c in np.unique(labels):
         idx = np.flatnonzero(labels == c)
         if val_per_class >= len(idx):
-            raise FastSSLError(f"--val-per-class {val_per_class} leaves no training images in class {c} "
-                               f"({len(idx)} images)")
+            raise FastSSLError(
+                f"--val-per-class {val_per_class} leaves no training images in class {c} ({len(idx)} images)"
+            )
         val.append(idx[len(idx) - val_per_class :] if val_per_class else idx[:0])
     val = np.sort(np.concatenate(val)) if val else np.zeros(0, np.int64)
     train = np.setdiff1d(np.arange(len(labels)), val)
