@@ -196,6 +196,59 @@ def cmd_bench_loader(args) -> int:
     return 0
 
 
+def cmd_repro(args) -> int:
+    from .repro import repro
+
+    repro(
+        args.preset,
+        image=args.image,
+        data=args.data,
+        eval_data=args.eval_data,
+        out=args.out,
+        method=args.method,
+        overrides=args.set,
+        progress=not args.quiet,
+    )
+    print(f"wrote {Path(args.out) / 'probes.json'}, table.md, probes.png")
+    return 0
+
+
+def cmd_train(args) -> int:
+    from .repro import train_one
+
+    status = train_one(
+        args.preset,
+        method=args.method,
+        image=args.image,
+        data=args.data,
+        out=args.out,
+        overrides=args.set,
+        resume=args.resume,
+        progress=not args.quiet,
+    )
+    if status == "interrupted":
+        print(f"fastssl: interrupted; checkpoint saved in {args.out}; continue with --resume", file=sys.stderr)
+        return 130
+    print(f"wrote {Path(args.out) / 'ckpt.pt'}")
+    return 0
+
+
+def cmd_probe(args) -> int:
+    from .repro import probe_one
+
+    res = probe_one(
+        args.ckpt,
+        preset=args.preset,
+        data=args.data,
+        eval_data=args.eval_data,
+        out=args.out,
+        overrides=args.set,
+        progress=not args.quiet,
+    )
+    print(json.dumps(res["top1"]))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .mono import BACKENDS
 
@@ -258,6 +311,36 @@ def build_parser() -> argparse.ArgumentParser:
     )
     lb.add_argument("--json", default=None)
     lb.set_defaults(func=cmd_bench_loader)
+
+    rp = sub.add_parser("repro", help="the paper's table in miniature: random / mono / full RotNet / supervised")
+    rp.add_argument("--preset", default="cpu-mini", help="cpu-mini (2 CPU cores, ~30 min) or paper (GPUs), or a .toml")
+    rp.add_argument("--image", default=None, help="the single source image (default: a built-in photo)")
+    rp.add_argument("--data", required=True, help="labelled train source: folder, .tar/.tar.gz, or cifar10")
+    rp.add_argument("--eval-data", default=None, help="labelled source to score on (default: held-out part of --data)")
+    rp.add_argument("--out", default="runs/repro")
+    rp.add_argument("--method", default="rotnet")
+    rp.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a recipe value, e.g. probe.epochs=2")
+    rp.add_argument("--quiet", action="store_true")
+    rp.set_defaults(func=cmd_repro)
+    tr = sub.add_parser("train", help="train one method (mono image or a data source)")
+    tr.add_argument("--method", default="rotnet", help="rotnet or supervised")
+    tr.add_argument("--image", default=None, help="train on patches of this image (mono)")
+    tr.add_argument("--data", default=None, help="train on this source instead (labels used only by supervised)")
+    tr.add_argument("--preset", default="cpu-mini")
+    tr.add_argument("--out", required=True)
+    tr.add_argument("--resume", action="store_true")
+    tr.add_argument("--set", action="append", metavar="KEY=VALUE")
+    tr.add_argument("--quiet", action="store_true")
+    tr.set_defaults(func=cmd_train)
+    pr = sub.add_parser("probe", help="linear probes conv1..conv5 of a checkpoint")
+    pr.add_argument("ckpt")
+    pr.add_argument("--data", required=True, help="labelled train source")
+    pr.add_argument("--eval-data", default=None)
+    pr.add_argument("--preset", default="cpu-mini")
+    pr.add_argument("--out", required=True)
+    pr.add_argument("--set", action="append", metavar="KEY=VALUE")
+    pr.add_argument("--quiet", action="store_true")
+    pr.set_defaults(func=cmd_probe)
 
     data = sub.add_parser("data", help="labelled datasets: convert to FFCV, inspect")
     dsub = data.add_subparsers(dest="action", required=True)

@@ -416,3 +416,13 @@ def test_bench_loader_json(tmp_path, capsys):
     assert names == ["ffcv-raw", "dataloader-pil"]
     assert all(r["images"] == 56 and r["images_per_s"] > 0 for r in run["results"])  # 60 images, drop_last
     assert run["conversion"][0]["bytes"] > 0 and run["source_bytes"] > 0
+
+
+def test_importing_ffcv_leaves_thread_counts_alone():
+    import numba
+
+    from fastssl.data.loaders import ffcv_available
+
+    before = (torch.get_num_threads(), numba.get_num_threads())
+    ffcv_available()
+    assert (torch.get_num_threads(), numba.get_num_threads()) == before

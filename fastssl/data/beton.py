@@ -26,10 +26,27 @@ WRITE_MODES = ("smart", "jpg", "raw")
 SMART_THRESHOLD = 32 * 1024  # smart mode: raw below 32 KiB of pixels (CIFAR), JPEG above (ImageNet)
 
 
-def require_ffcv():
+def import_ffcv() -> bool:
+    """Import FFCV without its side effect on threads: importing ``ffcv.pipeline.compiler`` sets
+    torch's and Numba's thread counts to 1 for the whole process (FFCV 1.0.2), which silently
+    made every later training step single-threaded. The counts are restored."""
+    import numba
+    import torch
+
+    n_torch, n_numba = torch.get_num_threads(), numba.get_num_threads()
     try:
         import ffcv  # noqa: F401
+        import ffcv.pipeline.compiler  # noqa: F401
     except ImportError:
+        return False
+    finally:
+        torch.set_num_threads(n_torch)
+        numba.set_num_threads(n_numba)
+    return True
+
+
+def require_ffcv():
+    if not import_ffcv():
         raise FastSSLError(
             "FFCV is not installed: apt-get install -y pkg-config libopencv-dev libturbojpeg0-dev, "
             "then pip install 'fastssl[ffcv]'"

@@ -30,11 +30,9 @@ from .sources import LabelledSource, open_source
 
 
 def ffcv_available() -> bool:
-    try:
-        import ffcv  # noqa: F401
-    except ImportError:
-        return False
-    return True
+    from .beton import import_ffcv
+
+    return import_ffcv()
 
 
 def ten_crop(x: torch.Tensor, res: int) -> torch.Tensor:
@@ -215,7 +213,8 @@ class Loader:
         self._sampler = None
         if distributed:
             self._sampler = torch.utils.data.DistributedSampler(self._ds, shuffle=train, seed=seed, drop_last=drop_last)
-        gen = torch.Generator().manual_seed(seed)
+        self._gen = gen = torch.Generator().manual_seed(seed)
+        self._seed = seed
         self._dl = torch.utils.data.DataLoader(
             self._ds,
             batch_size=self.batch_size,
@@ -231,12 +230,16 @@ class Loader:
         self._epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
-        """Reshuffle and redraw crops for ``epoch`` (FFCV advances its own epoch counter)."""
-        if self._dl is not None:
-            self._epoch = epoch
-            self._ds.epoch = epoch
-            if self._sampler is not None:
-                self._sampler.set_epoch(epoch)
+        """Order and crops of ``epoch``: the same for the same (seed, epoch), so a resumed run
+        sees the batches it would have seen (FFCV's crops come from its own RNG, though)."""
+        if self._ffcv is not None:
+            self._ffcv.next_epoch = epoch  # FFCV's shuffle is a function of (seed, epoch)
+            return
+        self._epoch = epoch
+        self._ds.epoch = epoch
+        self._gen.manual_seed(self._seed * 1_000_003 + epoch)
+        if self._sampler is not None:
+            self._sampler.set_epoch(epoch)
 
     def __len__(self) -> int:
         return len(self._ffcv) if self._ffcv is not None else len(self._dl)

@@ -1,0 +1,3 @@
+from .alexnet import AlexNet, fold_bn
+
+__all__ = ["AlexNet", "fold_bn"]

@@ -1,0 +1,150 @@
+"""AlexNet as in DeepCluster's code (PAPER.md section 2), BatchNorm after every conv, with taps.
+
+``AlexNet(num_classes)`` is the paper network for 224 px input: conv1 96x11x11 stride 4 pad 2,
+conv2 256x5x5 pad 2, conv3 384, conv4 384, conv5 256 (3x3 pad 1), max-pool 3/2 after conv1,
+conv2 and conv5, then dropout, FC 4096, ReLU, dropout, FC 4096, ReLU, FC to the task.
+
+Small-input variant (``small=True``, for 32 or 64 px CIFAR-scale runs): conv1 becomes 5x5,
+stride ``input_res // 32``, pad 2, so a 32 px input keeps 32x32 after conv1, 15x15 after the
+first pool, 7x7 after the second (conv3..conv5 still see a 7x7 grid) and 3x3 after the last:
+all five conv stages stay spatial and meaningful. ``width`` scales every conv's filter count
+(``conv1_width`` overrides conv1 alone) and the FC widths, for CPU-sized runs.
+
+Input is the batch contract (uint8, channels-last); normalisation happens here, on the device:
+``x / 255``, minus the ImageNet mean, over its std, or, with ``sobel=True``, greyscale then the
+two fixed Sobel filters (as DeepCluster).
+
+``forward(x)`` gives logits; ``taps(x)`` the post-ReLU outputs of conv1..conv5 (before each
+layer's pooling), what the linear probes read.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import torch
+from torch import nn
+
+MEAN = (0.485, 0.456, 0.406)
+STD = (0.229, 0.224, 0.225)
+BASE = (96, 256, 384, 384, 256)
+
+
+class AlexNet(nn.Module):
+    def __init__(
+        self,
+        num_classes: int = 1000,
+        *,
+        small: bool = False,
+        input_res: int = 224,
+        width: float = 1.0,
+        conv1_width: int | None = None,
+        fc_width: int | None = None,
+        sobel: bool = False,
+        dropout: float = 0.5,
+    ):
+        super().__init__()
+        self.config = {
+            "num_classes": num_classes,
+            "small": small,
+            "input_res": input_res,
+            "width": width,
+            "conv1_width": conv1_width,
+            "fc_width": fc_width,
+            "sobel": sobel,
+            "dropout": dropout,
+        }
+        ch = [max(8, int(round(c * width))) for c in BASE]
+        if conv1_width:
+            ch[0] = int(conv1_width)
+        cin = 2 if sobel else 3
+        if small:
+            k1, s1, p1 = 5, max(1, input_res // 32), 2
+        else:
+            k1, s1, p1 = 11, 4, 2
+        self.convs = nn.ModuleList()
+        self.bns = nn.ModuleList()
+        specs = [
+            (cin, ch[0], k1, s1, p1),
+            (ch[0], ch[1], 5, 1, 2),
+            (ch[1], ch[2], 3, 1, 1),
+            (ch[2], ch[3], 3, 1, 1),
+            (ch[3], ch[4], 3, 1, 1),
+        ]
+        for i, o, k, s, p in specs:
+            self.convs.append(nn.Conv2d(i, o, k, s, p))
+            self.bns.append(nn.BatchNorm2d(o))
+        self.pool_after = (0, 1, 4)
+        self.pool = nn.MaxPool2d(3, 2)
+        self.register_buffer("mean", torch.tensor(MEAN).view(1, 3, 1, 1) * 255, persistent=False)
+        self.register_buffer("std", torch.tensor(STD).view(1, 3, 1, 1) * 255, persistent=False)
+        if sobel:
+            gx = torch.tensor([[1.0, 0, -1], [2, 0, -2], [1, 0, -1]])
+            self.register_buffer("sobel_w", torch.stack([gx, gx.t()]).unsqueeze(1), persistent=False)
+        with torch.no_grad():
+            n = self._trunk(torch.zeros(1, cin, input_res, input_res)).numel()
+        fc = fc_width or max(64, int(round(4096 * width)))
+        self.head = nn.Sequential(
+            nn.Dropout(dropout),
+            nn.Linear(n, fc),
+            nn.ReLU(inplace=True),
+            nn.Dropout(dropout),
+            nn.Linear(fc, fc),
+            nn.ReLU(inplace=True),
+            nn.Linear(fc, num_classes),
+        )
+        self.channels = ch
+        self._init()
+
+    def _init(self):
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                k = m.kernel_size[0] * m.kernel_size[1] * m.out_channels
+                nn.init.normal_(m.weight, 0.0, math.sqrt(2.0 / k))
+                nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.BatchNorm2d):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.Linear):
+                nn.init.normal_(m.weight, 0.0, 0.01)
+                nn.init.zeros_(m.bias)
+
+    def prepare(self, x: torch.Tensor) -> torch.Tensor:
+        """uint8 (or float 0..255) images -> normalised float input."""
+        x = x.float()
+        if self.config["sobel"]:
+            grey = (0.299 * x[:, 0:1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:3]) / 255.0
+            return nn.functional.conv2d(grey, self.sobel_w, padding=1)
+        return (x - self.mean) / self.std
+
+    def _trunk(self, x, taps: list | None = None):
+        for i, (conv, bn) in enumerate(zip(self.convs, self.bns, strict=True)):
+            x = torch.relu(bn(conv(x)))
+            if taps is not None:
+                taps.append(x)
+            if i in self.pool_after:
+                x = self.pool(x)
+        return x
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self._trunk(self.prepare(x))
+        return self.head(torch.flatten(x, 1))
+
+    def taps(self, x: torch.Tensor) -> list[torch.Tensor]:
+        out: list[torch.Tensor] = []
+        self._trunk(self.prepare(x), out)
+        return out
+
+
+def fold_bn(model: AlexNet) -> AlexNet:
+    """A copy for evaluation with each BatchNorm folded into the conv before it (identity BN left)."""
+    m = copy.deepcopy(model).eval()
+    with torch.no_grad():
+        for conv, bn in zip(m.convs, m.bns, strict=True):
+            scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+            conv.weight.mul_(scale.view(-1, 1, 1, 1))
+            conv.bias.copy_((conv.bias - bn.running_mean) * scale + bn.bias)
+            bn.reset_parameters()  # weight 1, bias 0, mean 0, var 1
+            bn.eps = 0.0
+    return m

@@ -1,0 +1,176 @@
+"""Linear probes on a frozen trunk (PAPER.md section 3).
+
+One probe per layer on the post-ReLU output of conv1..conv5: max-pool to about ``target``
+features, BatchNorm without affine, linear classifier. All five train together (sum of their
+losses) from one forward pass of the frozen, BN-folded trunk per batch. Default recipe: SGD
+momentum 0.9, weight decay 1e-5, batch 192, 36 epochs, lr 0.01 dropped 10x at epochs 10, 20,
+30; evaluation on centre crops, or ten crops averaged (``ten_crop``).
+
+Pools: at the paper's 224 px geometry the paper's own max-pools are used (6/6/3, 4/4/0,
+3/3/1, 3/3/1, 2/2/0: 9600, 9216, 9600, 9600, 9216 features). For other inputs each layer is
+max-pooled adaptively to the grid ``s x s`` whose ``C * s * s`` is closest to ``target``
+(at most the layer's own size), so every layer keeps a comparable feature count: the
+CIFAR-scale rescaling (an unverified protocol; PAPER.md section 3).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .errors import FastSSLError
+from .models import AlexNet, fold_bn
+
+LAYERS = ("conv1", "conv2", "conv3", "conv4", "conv5")
+PAPER_POOLS = ((6, 6, 3), (4, 4, 0), (3, 3, 1), (3, 3, 1), (2, 2, 0))
+
+
+@dataclass
+class ProbeConfig:
+    epochs: int = 36
+    batch_size: int = 192
+    lr: float = 0.01
+    momentum: float = 0.9
+    weight_decay: float = 1e-5
+    milestones: list = field(default_factory=lambda: [10, 20, 30])
+    gamma: float = 0.1
+    target: int = 9216  # features per layer, approximately
+    ten_crop: bool = False
+    steps_per_epoch: int = 0  # 0: whole epochs
+    device: str = "auto"
+    progress: bool = True
+
+
+def _grid(c: int, h: int, target: int) -> int:
+    return max(1, min(h, int(round(math.sqrt(target / c)))))
+
+
+class LinearProbes(nn.Module):
+    def __init__(self, tap_shapes: list[tuple[int, int, int]], num_classes: int, target: int, paper_pools: bool):
+        super().__init__()
+        self.pools = nn.ModuleList()
+        self.bns = nn.ModuleList()
+        self.fcs = nn.ModuleList()
+        self.features = []
+        for k, (c, h, w) in enumerate(tap_shapes):
+            if paper_pools:
+                ks, st, pd = PAPER_POOLS[k]
+                pool = nn.MaxPool2d(ks, st, pd)
+                s = (h + 2 * pd - ks) // st + 1
+                n = c * s * ((w + 2 * pd - ks) // st + 1)
+            else:
+                s = _grid(c, h, target)
+                pool = nn.AdaptiveMaxPool2d(s)
+                n = c * s * s
+            self.pools.append(pool)
+            self.bns.append(nn.BatchNorm1d(n, affine=False))
+            self.fcs.append(nn.Linear(n, num_classes))
+            self.features.append(n)
+        for fc in self.fcs:
+            nn.init.normal_(fc.weight, 0.0, 0.01)
+            nn.init.zeros_(fc.bias)
+
+    def forward(self, taps: list[torch.Tensor]) -> list[torch.Tensor]:
+        return [
+            fc(bn(torch.flatten(pool(t), 1)))
+            for t, pool, bn, fc in zip(taps, self.pools, self.bns, self.fcs, strict=True)
+        ]
+
+
+def load_trunk(path: str | os.PathLike) -> AlexNet:
+    """The AlexNet of a fastssl checkpoint (any method), weights loaded."""
+    from .train import load_checkpoint
+
+    ck = load_checkpoint(path)
+    if "model" not in ck["nets"]:
+        raise FastSSLError(f"{path} holds no AlexNet trunk (networks: {', '.join(ck['nets'])})")
+    try:
+        model = AlexNet(**ck["arch"])
+        model.load_state_dict(ck["nets"]["model"])
+    except (TypeError, RuntimeError) as e:
+        raise FastSSLError(f"{path} is a checkpoint of another architecture: {str(e).splitlines()[0]}") from None
+    return model
+
+
+def train_probes(trunk: AlexNet, train, val, num_classes: int, cfg: ProbeConfig, out_dir=None) -> dict:
+    """Train the five probes on ``train`` and score top-1 (%) on ``val``; both yield the batch contract."""
+    from tqdm import tqdm
+
+    from .train import resolve_device
+
+    dev = resolve_device(cfg.device)
+    frozen = fold_bn(trunk).to(dev).to(memory_format=torch.channels_last).eval()
+    for p in frozen.parameters():
+        p.requires_grad_(False)
+    res = frozen.config["input_res"]
+    with torch.no_grad():
+        shapes = [tuple(t.shape[1:]) for t in frozen.taps(torch.zeros(1, 3, res, res, device=dev))]
+    paper = (not frozen.config["small"]) and res == 224
+    probes = LinearProbes(shapes, num_classes, cfg.target, paper).to(dev)
+    opt = torch.optim.SGD(probes.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    n_steps = len(train) if not cfg.steps_per_epoch else min(len(train), cfg.steps_per_epoch)
+    t0 = time.perf_counter()
+    for epoch in range(cfg.epochs):
+        lr = cfg.lr * cfg.gamma ** sum(1 for m in cfg.milestones if epoch >= m)
+        for g in opt.param_groups:
+            g["lr"] = lr
+        train.set_epoch(epoch)
+        probes.train()
+        bar = tqdm(total=n_steps, desc=f"probes epoch {epoch}", unit="step", leave=False, disable=not cfg.progress)
+        for step, (x, y) in enumerate(train):
+            if step >= n_steps:
+                break
+            with torch.no_grad():
+                taps = frozen.taps(x)
+            losses = [nn.functional.cross_entropy(o, y) for o in probes(taps)]
+            loss = sum(losses)
+            if not torch.isfinite(loss):
+                raise FastSSLError(f"probe loss became {loss.item()} at epoch {epoch} step {step}; lower the lr")
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            bar.update(1)
+            if step % 20 == 0:
+                bar.set_postfix(loss=f"{loss.item() / 5:.3f}")
+        bar.close()
+    top1 = evaluate(frozen, probes, val, cfg.ten_crop)
+    result = {
+        "top1": top1,
+        "features": dict(zip(LAYERS, probes.features, strict=True)),
+        "epochs": cfg.epochs,
+        "seconds": round(time.perf_counter() - t0, 1),
+    }
+    if out_dir is not None:
+        Path(out_dir).mkdir(parents=True, exist_ok=True)
+        from .report import write_json
+
+        write_json(Path(out_dir) / "probes.json", result)
+    return result
+
+
+@torch.no_grad()
+def evaluate(frozen: AlexNet, probes: LinearProbes, val, ten_crop: bool) -> dict:
+    probes.eval()
+    correct = torch.zeros(5)
+    total = 0
+    for x, y in val:
+        outs = probes(frozen.taps(x))
+        for k, o in enumerate(outs):
+            if ten_crop:
+                o = o.softmax(1).view(y.shape[0], 10, -1).mean(1)
+            correct[k] += (o.argmax(1) == y).sum().item()
+        total += y.shape[0]
+    if total == 0:
+        raise FastSSLError("the validation data is empty")
+    return {name: round(100.0 * correct[k].item() / total, 2) for k, name in enumerate(LAYERS)}
+
+
+def probes_json(path) -> dict:
+    return json.loads(Path(path).read_text())

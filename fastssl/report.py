@@ -1,0 +1,51 @@
+"""Results as files: JSON (atomic), a Markdown table and a grouped-bar figure of probe accuracy."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+LAYERS = ("conv1", "conv2", "conv3", "conv4", "conv5")
+
+
+def write_json(path: str | os.PathLike, obj) -> None:
+    p = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=p.name + ".", suffix=".partial", dir=p.parent)
+    with os.fdopen(fd, "w") as f:
+        json.dump(obj, f, indent=1)
+    os.replace(tmp, p)
+
+
+def markdown_table(rows: dict[str, dict[str, float]], title: str = "probe top-1 %") -> str:
+    lines = [f"| {title} | " + " | ".join(LAYERS) + " |", "| --- |" + " --- |" * len(LAYERS)]
+    for name, r in rows.items():
+        lines.append(f"| {name} | " + " | ".join(f"{r[k]:.1f}" for k in LAYERS) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def bar_figure(rows: dict[str, dict[str, float]], path: str | os.PathLike, title: str = "") -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    n = len(rows)
+    w = 0.8 / max(n, 1)
+    x = np.arange(len(LAYERS))
+    for i, (name, r) in enumerate(rows.items()):
+        ax.bar(x + (i - (n - 1) / 2) * w, [r[k] for k in LAYERS], w, label=name)
+    ax.set_xticks(x, LAYERS)
+    ax.set_ylabel("linear probe top-1 (%)")
+    ax.set_title(title)
+    ax.legend(fontsize=8)
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    p = Path(path)
+    tmp = p.with_name(p.name + ".partial.png")
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    os.replace(tmp, p)

@@ -1,0 +1,270 @@
+"""``fastssl repro``: the paper's table in miniature, in one command.
+
+Rows: ``random`` (an untrained AlexNet), ``mono-rotnet`` (RotNet on patches of one image),
+``full-rotnet`` (RotNet on the labelled train split's images, labels unused: the paper's
+"millions of images" row at this scale) and ``supervised`` (on the labelled train split).
+Columns: linear-probe top-1 of conv1..conv5 on the held-out validation split (or
+``--eval-data``). Writes ``OUT/probes.json``, ``OUT/table.md`` and ``OUT/probes.png``.
+
+Every stage leaves its result in ``OUT`` (data as ``.beton``, one folder per training run with
+its checkpoint and metrics, one JSON per probe row); running the same command again skips what
+is complete and resumes what was interrupted.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import torch
+
+from .config import apply_overrides, load_recipe, to_dataclass
+from .errors import FastSSLError
+from .report import bar_figure, markdown_table, write_json
+
+ROWS = ("random", "mono-rotnet", "full-rotnet", "supervised")
+
+
+def _log(msg: str) -> None:
+    print(f"[repro {time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def _prepare_data(rc: dict, data, eval_data, out: Path, progress: bool):
+    """(train data, val data, classes): .beton files when FFCV is installed, else sources."""
+    from .data.loaders import ffcv_available
+    from .data.sources import open_source, split_indices
+
+    src = open_source(data)
+    if eval_data is None:
+        train_idx, val_idx = split_indices(src.labels, int(rc["val_per_class"]))
+        vsrc = src
+    else:
+        vsrc = open_source(eval_data)
+        if vsrc.classes != src.classes:
+            raise FastSSLError(f"--eval-data classes {vsrc.classes[:5]}... differ from --data's {src.classes[:5]}...")
+        train_idx, val_idx = None, None
+    if rc.get("loader", "auto") == "pytorch" or not ffcv_available():
+        _log('using the PyTorch DataLoader (FFCV not installed, or loader = "pytorch" in the recipe)')
+        return (src, train_idx), (vsrc, val_idx), src.classes
+    from .data.beton import convert
+
+    d = out / "data"
+    d.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for name, s, idx in (("train", src, train_idx), ("val", vsrc, val_idx)):
+        p = d / f"{name}.beton"
+        if not p.exists():
+            _log(f"converting {name} split ({len(s) if idx is None else len(idx)} images) to {p}")
+            convert(s, p, indices=idx, workers=int(rc["workers"]), progress=progress)
+        paths.append(p)
+    return (str(paths[0]), None), (str(paths[1]), None), src.classes
+
+
+def _loader(spec, rc, train: bool, batch_size: int, device, seed: int):
+    from .data.loaders import Loader
+    from .train import resolve_device
+
+    data, idx = spec
+    dist = torch.distributed.is_available() and torch.distributed.is_initialized()
+    return Loader(
+        data,
+        batch_size=batch_size,
+        train=train,
+        res=int(rc["res"]),
+        device=resolve_device(device),
+        workers=int(rc["workers"]),
+        seed=seed,
+        indices=idx,
+        scale=tuple(rc["rrc_scale"]),
+        drop_last=train,
+        distributed=dist and torch.distributed.get_world_size() > 1,
+    )
+
+
+def _train(row: str, rc: dict, method_name: str, data, out: Path, num_classes, progress: bool):
+    from .methods import build_method
+    from .train import LoaderData, MonoData, TrainConfig, Trainer, load_checkpoint
+
+    section = "supervised" if method_name == "supervised" else method_name
+    cfg = to_dataclass(TrainConfig, dict(rc[section]))
+    cfg.seed, cfg.device, cfg.progress, cfg.resume = int(rc["seed"]), rc["device"], progress, True
+    run = out / row
+    ck = run / "ckpt.pt"
+    if ck.exists() and load_checkpoint(ck)["epoch"] >= cfg.epochs:
+        _log(f"{row}: already trained ({ck})")
+        return ck
+    torch.manual_seed(cfg.seed)
+    method = build_method(method_name, dict(rc["model"]), num_classes)
+    if isinstance(data, MonoData):
+        stream = data
+    else:
+        stream = LoaderData(
+            _loader(data, rc, True, cfg.batch_size, cfg.device, cfg.seed), use_labels=method.needs_labels
+        )
+    steps = min(len(stream), cfg.steps_per_epoch or len(stream))
+    _log(f"{row}: training {method_name}, {cfg.epochs} epochs of {steps} steps of {cfg.batch_size}")
+    t0 = time.perf_counter()
+    status = Trainer(method, stream, cfg, run).fit()
+    if status == "interrupted":
+        raise KeyboardInterrupt
+    _log(f"{row}: done in {time.perf_counter() - t0:.0f} s")
+    return ck
+
+
+def repro(
+    preset: str = "cpu-mini",
+    *,
+    image=None,
+    data=None,
+    eval_data=None,
+    out="runs/repro",
+    method: str = "rotnet",
+    overrides=None,
+    progress: bool = True,
+) -> dict:
+    from .models import AlexNet
+    from .mono import MonoSource
+    from .probe import ProbeConfig, load_trunk, train_probes
+    from .spec import AugmentSpec
+    from .train import MonoData
+
+    if data is None:
+        raise FastSSLError("--data is required: a labelled train source (folder, .tar.gz, or cifar10)")
+    if method != "rotnet":
+        raise FastSSLError(f"--method {method}: only rotnet is implemented so far (deepcluster and bigan come later)")
+    rc = apply_overrides(load_recipe(preset), overrides)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(
+        out / "config.json",
+        {
+            "preset": preset,
+            "image": str(image),
+            "data": str(data),
+            "eval_data": str(eval_data) if eval_data else None,
+            "recipe": rc,
+        },
+    )
+    t_start = time.perf_counter()
+    train_data, val_data, classes = _prepare_data(rc, data, eval_data, out, progress)
+    nc = len(classes)
+    mono_kw = dict(rc["mono"])
+    epoch_len = int(mono_kw.pop("epoch_length"))
+    spec = AugmentSpec(**mono_kw)
+    device = rc["device"]
+    mono = MonoData(
+        MonoSource(
+            image,
+            spec,
+            batch_size=int(rc["rotnet"]["batch_size"]),
+            epoch_length=epoch_len,
+            seed=int(rc["seed"]),
+            device="cuda"
+            if device == "auto" and torch.cuda.is_available()
+            else ("cpu" if device == "auto" else device),
+        )
+    )
+    ckpts = {
+        "mono-rotnet": _train("mono-rotnet", rc, method, mono, out, nc, progress),
+        "full-rotnet": _train("full-rotnet", rc, method, train_data, out, nc, progress),
+        "supervised": _train("supervised", rc, "supervised", train_data, out, nc, progress),
+    }
+    pcfg = to_dataclass(ProbeConfig, dict(rc["probe"]))
+    pcfg.device, pcfg.progress = device, progress
+    rows = {}
+    pdir = out / "probes"
+    pdir.mkdir(exist_ok=True)
+    for row in ROWS:
+        rp = pdir / f"{row}.json"
+        if rp.exists():
+            rows[row] = json.loads(rp.read_text())["top1"]
+            _log(f"probes {row}: done already {rows[row]}")
+            continue
+        if row == "random":
+            torch.manual_seed(int(rc["seed"]))
+            trunk = AlexNet(4, **rc["model"])
+        else:
+            trunk = load_trunk(ckpts[row])
+        _log(f"probes {row}: training five linear probes for {pcfg.epochs} epochs")
+        tr = _loader(train_data, rc, True, pcfg.batch_size, device, int(rc["seed"]))
+        va = _loader(val_data, rc, False, pcfg.batch_size, device, int(rc["seed"]))
+        res = train_probes(trunk, tr, va, nc, pcfg)
+        write_json(rp, res)
+        rows[row] = res["top1"]
+        _log(f"probes {row}: {rows[row]}")
+    result = {"rows": rows, "preset": preset, "wall_s": round(time.perf_counter() - t_start, 1)}
+    write_json(out / "probes.json", result)
+    table = markdown_table(rows)
+    (out / "table.md").write_text(table)
+    bar_figure(rows, out / "probes.png", title=f"linear probes, preset {preset}")
+    print(table)
+    return result
+
+
+def _setup(preset, overrides, out):
+    rc = apply_overrides(load_recipe(preset), overrides)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    return rc, out
+
+
+def train_one(
+    preset="cpu-mini", *, method="rotnet", image=None, data=None, out, overrides=None, resume=False, progress=True
+) -> str:
+    """``fastssl train``: one method on the mono stream (``image``) or on ``data``."""
+    from .methods import build_method
+    from .mono import MonoSource
+    from .spec import AugmentSpec
+    from .train import LoaderData, MonoData, TrainConfig, Trainer, init_distributed, resolve_device
+
+    rc, out = _setup(preset, overrides, out)
+    section = "supervised" if method == "supervised" else method
+    if section not in rc:
+        raise FastSSLError(f"preset {preset} has no [{section}] section")
+    cfg = to_dataclass(TrainConfig, dict(rc[section]))
+    cfg.seed, cfg.device, cfg.progress, cfg.resume = int(rc["seed"]), rc["device"], progress, resume
+    device = resolve_device(cfg.device)
+    init_distributed(device)  # under torchrun: before the data, so that it shards by rank
+    torch.manual_seed(cfg.seed)
+    if data is None:
+        if method == "supervised":
+            raise FastSSLError("supervised training needs --data (a labelled source)")
+        mono_kw = dict(rc["mono"])
+        n = int(mono_kw.pop("epoch_length"))
+        stream = MonoData(
+            MonoSource(
+                image, AugmentSpec(**mono_kw), batch_size=cfg.batch_size, epoch_length=n, seed=cfg.seed, device=device
+            )
+        )
+        nc = None
+    else:
+        from .data.sources import open_source
+
+        src = (data, None) if str(data).endswith(".beton") else (open_source(data), None)
+        if str(data).endswith(".beton"):
+            from .data.beton import read_info
+
+            nc = len(read_info(data)["classes"])
+        else:
+            nc = len(src[0].classes)
+        stream = None
+    m = build_method(method, dict(rc["model"]), nc)
+    if stream is None:
+        stream = LoaderData(_loader(src, rc, True, cfg.batch_size, cfg.device, cfg.seed), use_labels=m.needs_labels)
+    return Trainer(m, stream, cfg, out).fit()
+
+
+def probe_one(ckpt, *, preset="cpu-mini", data, eval_data=None, out, overrides=None, progress=True) -> dict:
+    """``fastssl probe``: five linear probes of a checkpoint's trunk; writes OUT/probes.json."""
+    from .probe import ProbeConfig, load_trunk, train_probes
+
+    rc, out = _setup(preset, overrides, out)
+    trunk = load_trunk(ckpt)
+    train_data, val_data, classes = _prepare_data(rc, data, eval_data, out, progress)
+    pcfg = to_dataclass(ProbeConfig, dict(rc["probe"]))
+    pcfg.device, pcfg.progress = rc["device"], progress
+    rc["res"] = trunk.config["input_res"]
+    tr = _loader(train_data, rc, True, pcfg.batch_size, rc["device"], int(rc["seed"]))
+    va = _loader(val_data, rc, False, pcfg.batch_size, rc["device"], int(rc["seed"]))
+    return train_probes(trunk, tr, va, len(classes), pcfg, out_dir=out)

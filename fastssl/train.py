@@ -1,0 +1,349 @@
+"""The trainer: method-agnostic. AMP, channels-last, torch.compile, DDP, checkpoints, metrics.
+
+    trainer = Trainer(method, data, cfg, out_dir)
+    trainer.fit()                    # or fit() again with cfg.resume=True after an interruption
+
+- Device: ``auto`` takes CUDA when present. AMP: ``auto`` is bf16 on CUDA and fp32 on a CPU
+  without native bf16 (bf16 autocast measured ~14x slower than fp32 on AVX2 cores); ``fp16``
+  adds a GradScaler; ``bf16`` / ``off`` force. Inputs stay channels-last end to end.
+- ``compile``: ``auto`` compiles on CUDA only (a cold compile costs 15-30 s on a CPU).
+- DDP: under ``torchrun`` (``WORLD_SIZE`` > 1) the process group is started (nccl on CUDA,
+  gloo on CPU) and every network of the method is wrapped; rank 0 writes files.
+- Checkpoints ``ckpt.pt`` every ``ckpt_every`` steps, at each epoch end and at the end,
+  written to a temporary name and renamed. They hold tensors and plain values only, so
+  ``torch.load(weights_only=True)`` reads them: a checkpoint never runs code.
+  ``resume=True`` continues exactly where it stopped: same epoch, same batch, same RNG state.
+- Ctrl-C saves a checkpoint at the current step and returns ``"interrupted"``.
+- A NaN/inf loss stops training with the step where it happened (nothing is saved).
+- ``metrics.jsonl`` gets a line every ``log_every`` steps; tqdm shows images/s.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from itertools import islice
+from pathlib import Path
+
+import torch
+
+from .errors import FastSSLError
+
+CKPT_FORMAT = "fastssl-ckpt-1"
+
+
+@dataclass
+class OptimConfig:
+    name: str = "sgd"  # sgd | adam
+    lr: float = 0.1
+    momentum: float = 0.9
+    nesterov: bool = True
+    weight_decay: float = 5e-4
+    milestones: list = field(default_factory=lambda: [15, 30, 45])  # epochs where lr *= gamma
+    gamma: float = 0.1
+    betas: list = field(default_factory=lambda: [0.5, 0.999])
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 50
+    batch_size: int = 192
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    amp: str = "auto"  # auto | bf16 | fp16 | off
+    compile: str = "auto"  # auto | on | off
+    device: str = "auto"
+    ckpt_every: int = 1000
+    log_every: int = 20
+    seed: int = 0
+    steps_per_epoch: int = 0  # 0: the data's full length
+    resume: bool = False
+    progress: bool = True
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(name)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise FastSSLError(f"device {name!r} asked for, but CUDA is not available; use --device cpu")
+    return dev
+
+
+def cpu_has_native_bf16() -> bool:
+    cap = torch.backends.cpu.get_cpu_capability()
+    return "AMX" in cap.upper() or "BF16" in cap.upper()
+
+
+def resolve_amp(amp: str, device: torch.device):
+    """(autocast dtype or None, use GradScaler)."""
+    if amp not in ("auto", "bf16", "fp16", "off"):
+        raise FastSSLError(f"amp must be auto, bf16, fp16 or off, got {amp!r}")
+    if amp == "auto":
+        amp = "bf16" if device.type == "cuda" or cpu_has_native_bf16() else "off"
+    if amp == "off":
+        return None, False
+    if amp == "fp16":
+        return torch.float16, device.type == "cuda"
+    return torch.bfloat16, False
+
+
+def init_distributed(device: torch.device) -> tuple[int, int]:
+    """Start the process group under torchrun; (rank, world size)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and not torch.distributed.is_initialized():
+        backend = "nccl" if device.type == "cuda" else "gloo"
+        torch.distributed.init_process_group(backend)
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
+
+
+class MonoData:
+    """Adapts a MonoSource (no labels) to the trainer's data interface."""
+
+    def __init__(self, src):
+        self.src = src
+
+    def __len__(self):
+        return len(self.src)
+
+    def set_epoch(self, epoch: int):
+        self.src.set_epoch(epoch)
+
+    def iter_from(self, step: int):
+        for s in range(step, len(self.src)):
+            yield self.src.batch(s), None
+
+
+class LoaderData:
+    """Adapts a labelled Loader; ``use_labels=False`` hides labels (RotNet on a labelled set)."""
+
+    def __init__(self, loader, use_labels: bool = True):
+        self.loader = loader
+        self.use_labels = use_labels
+
+    def __len__(self):
+        return len(self.loader)
+
+    def set_epoch(self, epoch: int):
+        self.loader.set_epoch(epoch)
+
+    def iter_from(self, step: int):
+        for x, y in islice(iter(self.loader), step, None):
+            yield x, (y if self.use_labels else None)
+
+
+def atomic_save(obj, path: Path) -> None:
+    tmp = path.with_name(path.name + f".partial-{os.getpid()}")
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise FastSSLError(f"could not write checkpoint {path}: {e}") from None
+
+
+def load_checkpoint(path: str | os.PathLike) -> dict:
+    p = Path(path)
+    if not p.is_file():
+        raise FastSSLError(f"checkpoint not found: {p}")
+    try:
+        ck = torch.load(p, map_location="cpu", weights_only=True)
+    except Exception as e:  # unpickling errors, truncated zip, foreign files
+        raise FastSSLError(f"{p} is not a readable fastssl checkpoint: {e}") from None
+    if not isinstance(ck, dict) or ck.get("format") != CKPT_FORMAT:
+        raise FastSSLError(f"{p} is not a fastssl checkpoint (format {CKPT_FORMAT} expected)")
+    return ck
+
+
+class _Ctx:
+    """What a method's train_step sees: autocast and one optimiser step per loss."""
+
+    def __init__(self, trainer):
+        self.t = trainer
+
+    def autocast(self):
+        t = self.t
+        if t.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(t.device.type, dtype=t.amp_dtype)
+
+    def step(self, loss: torch.Tensor, name: str = "main") -> None:
+        t = self.t
+        if not torch.isfinite(loss.detach()).all():
+            raise FastSSLError(
+                f"loss became {loss.item()} at epoch {t.epoch} step {t.step} (global step {t.global_step}); "
+                "lower the learning rate or check the data; the last checkpoint is still valid"
+            )
+        opt = t.optims[name]
+        opt.zero_grad(set_to_none=True)
+        if t.scaler is not None:
+            t.scaler.scale(loss).backward()
+            t.scaler.step(opt)
+            t.scaler.update()
+        else:
+            loss.backward()
+            opt.step()
+
+    @property
+    def device(self):
+        return self.t.device
+
+
+class Trainer:
+    def __init__(self, method, data, cfg: TrainConfig, out_dir: str | os.PathLike):
+        self.method, self.data, self.cfg = method, data, cfg
+        self.out = Path(out_dir)
+        self.device = resolve_device(cfg.device)
+        self.rank, self.world = init_distributed(self.device)
+        self.amp_dtype, use_scaler = resolve_amp(cfg.amp, self.device)
+        self.scaler = torch.amp.GradScaler("cuda") if use_scaler else None
+        torch.manual_seed(cfg.seed)
+        for k, net in method.nets.items():
+            net.to(self.device).to(memory_format=torch.channels_last)
+            method.nets[k] = net
+        self.optims = {}
+        for name, params in method.param_groups().items():
+            o = cfg.optim
+            if o.name == "sgd":
+                self.optims[name] = torch.optim.SGD(
+                    params, lr=o.lr, momentum=o.momentum, nesterov=o.nesterov, weight_decay=o.weight_decay
+                )
+            elif o.name == "adam":
+                self.optims[name] = torch.optim.Adam(params, lr=o.lr, betas=tuple(o.betas), weight_decay=o.weight_decay)
+            else:
+                raise FastSSLError(f"unknown optimiser {o.name!r}; choose sgd or adam")
+        self._raw = dict(method.nets)  # unwrapped modules: what checkpoints hold
+        if self.world > 1:
+            from torch.nn.parallel import DistributedDataParallel as DDP
+
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            for k, net in method.nets.items():
+                if any(p.requires_grad for p in net.parameters()):
+                    method.nets[k] = DDP(net, device_ids=ids)
+        do_compile = cfg.compile == "on" or (cfg.compile == "auto" and self.device.type == "cuda")
+        if cfg.compile not in ("auto", "on", "off"):
+            raise FastSSLError(f"compile must be auto, on or off, got {cfg.compile!r}")
+        if do_compile:
+            for k, net in method.nets.items():
+                method.nets[k] = torch.compile(net)
+        self.epoch = self.step = self.global_step = 0
+        self.ctx = _Ctx(self)
+        self.ckpt_path = self.out / "ckpt.pt"
+
+    # ------------------------------------------------------------ checkpoints
+    def state(self) -> dict:
+        return {
+            "format": CKPT_FORMAT,
+            "method": self.method.name,
+            "arch": dict(self.method.arch()),
+            "nets": {k: v.state_dict() for k, v in self._raw.items()},
+            "optims": {k: v.state_dict() for k, v in self.optims.items()},
+            "scaler": self.scaler.state_dict() if self.scaler else {},
+            "epoch": self.epoch,
+            "step": self.step,
+            "global_step": self.global_step,
+            "torch_rng": torch.get_rng_state(),
+            "config": dataclasses.asdict(self.cfg),
+        }
+
+    def save(self) -> None:
+        if self.rank == 0:
+            atomic_save(self.state(), self.ckpt_path)
+
+    def restore(self, ck: dict) -> None:
+        if ck["method"] != self.method.name or ck["arch"] != dict(self.method.arch()):
+            raise FastSSLError(
+                f"checkpoint {self.ckpt_path} is from another run ({ck['method']} {ck['arch']}); "
+                "use a new --out folder or the same recipe"
+            )
+        for k, net in self._raw.items():
+            net.load_state_dict(ck["nets"][k])
+        for k, o in self.optims.items():
+            o.load_state_dict(ck["optims"][k])
+        if self.scaler and ck["scaler"]:
+            self.scaler.load_state_dict(ck["scaler"])
+        self.epoch, self.step, self.global_step = ck["epoch"], ck["step"], ck["global_step"]
+        torch.set_rng_state(ck["torch_rng"])
+
+    # ---------------------------------------------------------------- loop
+    def lr_at(self, epoch: int) -> float:
+        o = self.cfg.optim
+        return o.lr * o.gamma ** sum(1 for m in o.milestones if epoch >= m)
+
+    def _log(self, rec: dict) -> None:
+        if self.rank == 0:
+            with open(self.out / "metrics.jsonl", "a") as f:
+                f.write(json.dumps(rec) + "\n")
+
+    def fit(self) -> str:
+        """Train to the end; returns "done", or "interrupted" after Ctrl-C (checkpoint saved)."""
+        from tqdm import tqdm
+
+        self.out.mkdir(parents=True, exist_ok=True)
+        if self.cfg.resume and self.ckpt_path.exists():
+            self.restore(load_checkpoint(self.ckpt_path))
+        elif self.ckpt_path.exists() and not self.cfg.resume:
+            raise FastSSLError(f"{self.ckpt_path} exists: pass --resume to continue it, or choose a new --out")
+        for m in self.method.nets.values():
+            m.train()
+        n_steps = len(self.data)
+        if self.cfg.steps_per_epoch:
+            n_steps = min(n_steps, self.cfg.steps_per_epoch)
+        if n_steps < 1:
+            raise FastSSLError("the data gives no batch per epoch: lower the batch size or add data")
+        try:
+            while self.epoch < self.cfg.epochs:
+                if self.step == 0:
+                    self.method.on_epoch_start(self.epoch, self.ctx)
+                self.data.set_epoch(self.epoch)
+                lr = self.lr_at(self.epoch)
+                for o in self.optims.values():
+                    for g in o.param_groups:
+                        g["lr"] = lr
+                bar = tqdm(
+                    total=n_steps,
+                    initial=self.step,
+                    desc=f"{self.method.name} epoch {self.epoch}",
+                    unit="step",
+                    disable=not self.cfg.progress or self.rank != 0,
+                    leave=False,
+                )
+                t0, seen, acc_m = time.perf_counter(), 0, {}
+                for batch in islice(self.data.iter_from(self.step), n_steps - self.step):
+                    m = self.method.train_step(batch, self.ctx)
+                    self.step += 1
+                    self.global_step += 1
+                    seen += batch[0].shape[0] * self.world
+                    for k, v in m.items():
+                        acc_m[k] = acc_m.get(k, 0.0) + float(v)
+                    rate = seen / max(time.perf_counter() - t0, 1e-9)
+                    bar.update(1)
+                    if self.global_step % self.cfg.log_every == 0:
+                        vals = {k: v / self.cfg.log_every for k, v in acc_m.items()}
+                        acc_m = {}
+                        bar.set_postfix(img_s=f"{rate:.0f}", **{k: f"{v:.3f}" for k, v in vals.items()})
+                        self._log(
+                            {
+                                "epoch": self.epoch,
+                                "step": self.step,
+                                "global_step": self.global_step,
+                                "lr": lr,
+                                "img_per_s": round(rate, 1),
+                                **vals,
+                            }
+                        )
+                    if self.global_step % self.cfg.ckpt_every == 0:
+                        self.save()
+                bar.close()
+                self.epoch += 1
+                self.step = 0
+                self.save()
+        except KeyboardInterrupt:
+            self.save()
+            return "interrupted"
+        return "done"

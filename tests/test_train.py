@@ -1,0 +1,306 @@
+"""AlexNet, the trainer, the methods, the probes and `fastssl repro` on tiny synthetic data."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from fastssl import AugmentSpec, FastSSLError, MonoSource
+from fastssl.cli import main
+from fastssl.methods import build_method
+from fastssl.methods.rotnet import four_rotations
+from fastssl.models import AlexNet, fold_bn
+from fastssl.probe import LinearProbes, ProbeConfig, load_trunk, train_probes
+from fastssl.train import MonoData, TrainConfig, Trainer, load_checkpoint
+
+TINY = str(Path(__file__).parent / "data" / "tiny.toml")
+MODEL = dict(small=True, input_res=16, width=0.1, fc_width=32)
+
+
+def test_paper_alexnet_geometry_and_probe_features():
+    m = AlexNet(1000).eval()
+    taps = m.taps(torch.zeros(1, 3, 224, 224, dtype=torch.uint8))
+    assert [tuple(t.shape[1:]) for t in taps] == [
+        (96, 55, 55),
+        (256, 27, 27),
+        (384, 13, 13),
+        (384, 13, 13),
+        (256, 13, 13),
+    ]
+    probes = LinearProbes([tuple(t.shape[1:]) for t in taps], 1000, 9216, paper_pools=True)
+    assert probes.features == [9600, 9216, 9600, 9600, 9216]  # PAPER.md section 3
+    assert m.head[-1].out_features == 1000 and m.head[1].out_features == 4096
+    conv1 = m.convs[0]
+    assert conv1.kernel_size == (11, 11) and conv1.stride == (4, 4) and conv1.padding == (2, 2)
+    assert abs(conv1.weight.std().item() - (2 / (11 * 11 * 96)) ** 0.5) < 0.002
+
+
+def test_small_variant_keeps_five_spatial_stages_and_bn_folds_exactly():
+    m = AlexNet(10, small=True, input_res=32, width=0.25)
+    x = torch.randint(0, 256, (6, 3, 32, 32), dtype=torch.uint8).contiguous(memory_format=torch.channels_last)
+    m.train()
+    for _ in range(3):
+        m(x)  # non-trivial BN running statistics
+    m.eval()
+    shapes = [t.shape[2] for t in m.taps(x)]
+    assert shapes == [32, 15, 7, 7, 7]
+    f = fold_bn(m)
+    for a, b in zip(m.taps(x), f.taps(x), strict=True):
+        torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(m(x), f(x), atol=1e-4, rtol=1e-4)
+    s = AlexNet(2, small=True, input_res=32, sobel=True)
+    assert s.convs[0].in_channels == 2 and s(x).shape == (6, 2)
+
+
+def test_four_rotations_are_the_rotations():
+    x = torch.arange(2 * 3 * 4 * 4, dtype=torch.uint8).view(2, 3, 4, 4)
+    r, y = four_rotations(x)
+    assert r.shape == (8, 3, 4, 4) and y.tolist() == [0, 0, 1, 1, 2, 2, 3, 3]
+    assert torch.equal(r[2], torch.rot90(x[0], 1, (1, 2))) and torch.equal(r[4], x[0].flip(1).flip(2))
+    assert torch.equal(r[6], torch.rot90(x[0], 3, (1, 2)))
+
+
+def _mono(n=64, bs=16, seed=0):
+    return MonoData(MonoSource(None, AugmentSpec(size=16), batch_size=bs, epoch_length=n, seed=seed))
+
+
+def _cfg(**kw):
+    base = dict(
+        epochs=2, batch_size=16, amp="off", compile="off", device="cpu", log_every=1, ckpt_every=1000, progress=False
+    )
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def _weights(path):
+    return load_checkpoint(path)["nets"]["model"]
+
+
+def test_rotnet_steps_and_checkpoints_are_plain_tensors(tmp_path):
+    torch.manual_seed(0)
+    m = build_method("rotnet", MODEL)
+    before = {k: v.clone() for k, v in m.nets["model"].state_dict().items()}
+    assert Trainer(m, _mono(n=64), _cfg(epochs=3), tmp_path).fit() == "done"
+    ck = torch.load(tmp_path / "ckpt.pt", weights_only=True)  # a checkpoint never runs code
+    assert ck["epoch"] == 3 and ck["method"] == "rotnet" and ck["global_step"] == 12
+    assert not torch.equal(before["convs.0.weight"], ck["nets"]["model"]["convs.0.weight"])
+    lines = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert len(lines) == 12 and all(0 <= r["acc"] <= 1 and r["img_per_s"] > 0 for r in lines)
+
+
+class _Labelled:
+    """A labelled toy stream for the trainer (the _Toy problem below, batches of 32)."""
+
+    def __init__(self, toy):
+        self.toy = toy
+
+    def __len__(self):
+        return len(self.toy)
+
+    def set_epoch(self, e):
+        pass
+
+    def iter_from(self, step):
+        for i, b in enumerate(self.toy):
+            if i >= step:
+                yield b
+
+
+def test_a_few_supervised_steps_learn_a_toy_problem(tmp_path):
+    torch.manual_seed(0)
+    # the paper's init (linear layers N(0, 0.01)) needs wide FC layers to get going quickly
+    m = build_method("supervised", dict(MODEL, fc_width=1024), num_classes=2)
+    cfg = _cfg(epochs=4)
+    cfg.optim.lr = 0.05
+    assert Trainer(m, _Labelled(_Toy(256, 0)), cfg, tmp_path).fit() == "done"
+    lines = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    first, last = np.mean([r["loss"] for r in lines[:4]]), np.mean([r["loss"] for r in lines[-4:]])
+    assert last < 0.5 * first, (first, last)
+    assert np.mean([r["acc"] for r in lines[-4:]]) > 0.9
+
+
+class _Interrupt:
+    """Wraps a data stream and raises KeyboardInterrupt before the batch at global step ``at``."""
+
+    def __init__(self, data, at):
+        self.data, self.at, self.seen = data, at, 0
+
+    def __len__(self):
+        return len(self.data)
+
+    def set_epoch(self, e):
+        self.data.set_epoch(e)
+
+    def iter_from(self, step):
+        for b in self.data.iter_from(step):
+            if self.seen == self.at:
+                raise KeyboardInterrupt
+            self.seen += 1
+            yield b
+
+
+def test_resume_after_ctrl_c_gives_the_same_weights_as_one_run(tmp_path):
+    torch.manual_seed(0)
+    Trainer(build_method("rotnet", MODEL), _mono(), _cfg(), tmp_path / "a").fit()
+    torch.manual_seed(0)
+    t = Trainer(build_method("rotnet", MODEL), _Interrupt(_mono(), at=5), _cfg(), tmp_path / "b")
+    assert t.fit() == "interrupted"
+    assert load_checkpoint(tmp_path / "b" / "ckpt.pt")["global_step"] == 5
+    torch.manual_seed(123)  # resuming restores weights, optimiser, position and RNG: the seed here is irrelevant
+    with pytest.raises(FastSSLError, match="--resume"):
+        Trainer(build_method("rotnet", MODEL), _mono(), _cfg(), tmp_path / "b").fit()
+    assert Trainer(build_method("rotnet", MODEL), _mono(), _cfg(resume=True), tmp_path / "b").fit() == "done"
+    a, b = _weights(tmp_path / "a" / "ckpt.pt"), _weights(tmp_path / "b" / "ckpt.pt")
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+def test_checkpoint_of_another_architecture_is_refused(tmp_path):
+    torch.manual_seed(0)
+    Trainer(build_method("rotnet", MODEL), _mono(n=16), _cfg(epochs=1), tmp_path).fit()
+    other = dict(MODEL, width=0.2)
+    with pytest.raises(FastSSLError, match="another run"):
+        Trainer(build_method("rotnet", other), _mono(n=16), _cfg(epochs=2, resume=True), tmp_path).fit()
+    ck = load_checkpoint(tmp_path / "ckpt.pt")
+    ck["arch"]["width"] = 0.3  # arch says one thing, weights another
+    torch.save(ck, tmp_path / "bad.pt")
+    with pytest.raises(FastSSLError, match="another architecture"):
+        load_trunk(tmp_path / "bad.pt")
+    (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(FastSSLError, match="not a readable fastssl checkpoint"):
+        load_trunk(tmp_path / "junk.pt")
+
+
+def test_nan_loss_is_reported_with_its_step(tmp_path):
+    torch.manual_seed(0)
+    cfg = _cfg()
+    cfg.optim.lr = 1e12
+    cfg.optim.nesterov = False
+    with pytest.raises(FastSSLError, match=r"loss became .* at epoch \d+ step \d+"):
+        Trainer(build_method("rotnet", MODEL), _mono(n=256), cfg, tmp_path).fit()
+
+
+def test_compiled_training_step_runs_on_cpu(tmp_path):
+    torch.manual_seed(0)
+    m = build_method("rotnet", MODEL)
+    assert Trainer(m, _mono(n=32), _cfg(epochs=1, compile="on"), tmp_path).fit() == "done"
+    assert hasattr(m.nets["model"], "_orig_mod")  # it really went through torch.compile
+    assert load_checkpoint(tmp_path / "ckpt.pt")["global_step"] == 2
+
+
+class _Toy:
+    """A linearly separable toy problem: the class is the image's colour (red vs blue), noisy."""
+
+    def __init__(self, n, seed):
+        g = torch.Generator().manual_seed(seed)
+        self.y = torch.randint(0, 2, (n,), generator=g)
+        base = torch.stack([torch.tensor([200.0, 40, 40]), torch.tensor([40.0, 40, 200])])[self.y]
+        x = base.view(n, 3, 1, 1) + 40 * torch.randn(n, 3, 16, 16, generator=g)
+        self.x = x.clamp(0, 255).to(torch.uint8).contiguous(memory_format=torch.channels_last)
+
+    def set_epoch(self, e):
+        pass
+
+    def __len__(self):
+        return len(self.y) // 32
+
+    def __iter__(self):
+        for i in range(len(self)):
+            yield self.x[i * 32 : (i + 1) * 32], self.y[i * 32 : (i + 1) * 32]
+
+
+def test_probes_learn_a_linearly_separable_problem():
+    torch.manual_seed(0)
+    trunk = AlexNet(2, **MODEL)
+    cfg = ProbeConfig(epochs=3, batch_size=32, lr=0.05, milestones=[], target=64, device="cpu", progress=False)
+    res = train_probes(trunk, _Toy(512, 0), _Toy(256, 1), 2, cfg)
+    assert set(res["top1"]) == {"conv1", "conv2", "conv3", "conv4", "conv5"}
+    assert res["top1"]["conv1"] >= 95.0, res
+    # adaptive pools keep each layer near the target feature count (64 here)
+    assert all(0.4 * 64 <= n <= 2 * 64 for n in res["features"].values()), res["features"]
+
+
+def _folder(root: Path, classes=("a", "b", "c"), per=10):
+    rng = np.random.default_rng(0)
+    for k, c in enumerate(classes):
+        (root / c).mkdir(parents=True)
+        for i in range(per):
+            a = np.clip(rng.normal(60 + 70 * k, 30, (20, 20, 3)), 0, 255).astype(np.uint8)
+            Image.fromarray(a).save(root / c / f"{i:03d}.png")
+    return root
+
+
+def test_repro_end_to_end_writes_table_json_and_figure(tmp_path, capsys):
+    data = _folder(tmp_path / "imgs")
+    out = tmp_path / "run"
+    assert main(["repro", "--preset", TINY, "--data", str(data), "--out", str(out), "--quiet"]) == 0
+    res = json.loads((out / "probes.json").read_text())
+    assert list(res["rows"]) == ["random", "mono-rotnet", "full-rotnet", "supervised"]
+    for row in res["rows"].values():
+        assert set(row) == {"conv1", "conv2", "conv3", "conv4", "conv5"}
+        assert all(0 <= v <= 100 for v in row.values())
+    assert (out / "table.md").read_text().count("\n") == 6 and (out / "probes.png").stat().st_size > 5000
+    # a second run skips every finished stage
+    capsys.readouterr()
+    assert main(["repro", "--preset", TINY, "--data", str(data), "--out", str(out), "--quiet"]) == 0
+    assert capsys.readouterr().out.count("already trained") == 3
+
+
+@pytest.mark.parametrize(
+    "args, words",
+    [
+        (["repro", "--preset", "nope", "--data", "{tmp}"], "unknown preset"),
+        (["repro", "--preset", TINY, "--data", "{tmp}/missing"], "not found"),
+        (["repro", "--preset", TINY, "--data", "{tmp}", "--set", "probe.epochs=x"], "bad --set"),
+        (["repro", "--preset", TINY, "--data", "{tmp}", "--method", "bigan"], "only rotnet"),
+        (["probe", "{tmp}/none.pt", "--data", "{tmp}", "--out", "{tmp}/p", "--preset", TINY], "checkpoint not found"),
+        (["train", "--method", "supervised", "--out", "{tmp}/t", "--preset", TINY], "needs --data"),
+    ],
+)
+def test_user_errors_are_one_line(tmp_path, capsys, args, words):
+    rc = main([a.replace("{tmp}", str(tmp_path)) for a in args])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and words in err[0], err
+
+
+def test_torchrun_two_processes_gloo(tmp_path):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    out = tmp_path / "ddp"
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_addr",
+        "127.0.0.1",
+        "--master_port",
+        str(port),
+        "-m",
+        "fastssl.cli",
+        "train",
+        "--method",
+        "rotnet",
+        "--preset",
+        TINY,
+        "--out",
+        str(out),
+        "--quiet",
+    ]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+    assert r.returncode == 0, r.stderr[-2000:]
+    ck = load_checkpoint(out / "ckpt.pt")
+    # 64 patches per epoch, batch 16, 2 ranks: 2 steps per rank per epoch, 2 epochs
+    assert ck["global_step"] == 4 and ck["epoch"] == 2
+    lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert lines and all(x["img_per_s"] > 0 for x in lines)  # rank 0 alone writes
