@@ -10,7 +10,6 @@ import dataclasses
 import json
 import os
 import sys
-import tempfile
 from pathlib import Path
 
 from .errors import FastSSLError
@@ -66,13 +65,11 @@ def _sizes(text: str) -> list[int]:
 
 
 def _write_json(path: str, obj) -> None:
-    p = Path(path)
-    if not p.parent.exists():
-        raise FastSSLError(f"folder for --json does not exist: {p.parent}")
-    fd, tmp = tempfile.mkstemp(prefix=p.name + ".", suffix=".partial", dir=p.parent)
-    with os.fdopen(fd, "w") as f:
-        json.dump(obj, f, indent=2)
-    os.replace(tmp, p)
+    from .report import write_json
+
+    if not Path(path).parent.exists():
+        raise FastSSLError(f"folder for --json does not exist: {Path(path).parent}")
+    write_json(path, obj)
 
 
 def cmd_mono(args) -> int:

@@ -13,9 +13,13 @@ LAYERS = ("conv1", "conv2", "conv3", "conv4", "conv5")
 def write_json(path: str | os.PathLike, obj) -> None:
     p = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=p.name + ".", suffix=".partial", dir=p.parent)
-    with os.fdopen(fd, "w") as f:
-        json.dump(obj, f, indent=1)
-    os.replace(tmp, p)
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(obj, f, indent=1)
+        os.replace(tmp, p)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 def markdown_table(rows: dict[str, dict[str, float]], title: str = "probe top-1 %") -> str:
@@ -41,7 +45,7 @@ def bar_figure(rows: dict[str, dict[str, float]], path: str | os.PathLike, title
     ax.set_xticks(x, LAYERS)
     ax.set_ylabel("linear probe top-1 (%)")
     ax.set_title(title)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="lower right")
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
     p = Path(path)
