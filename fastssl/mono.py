@@ -33,9 +33,7 @@ BACKENDS = ("auto", "numba", "torch")
 
 def backend_available(name: str, device: torch.device) -> str | None:
     """None when ``name`` can run on ``device``, else the reason it cannot."""
-    if name == "numba":
-        if device.type != "cpu":
-            return None  # runs on the CPU, batches are copied to the device
+    if name == "numba":  # runs on the CPU; on another device its batches are copied there
         try:
             import numba  # noqa: F401
         except ImportError:

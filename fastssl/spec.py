@@ -296,6 +296,8 @@ def sample_params(
     """Parameters of patches ``start .. stop-1`` of ``epoch`` for an ``height x width`` image."""
     if start < 0 or stop < start:
         raise FastSSLError(f"invalid patch range {start}..{stop}")
+    if seed < 0 or epoch < 0:
+        raise FastSSLError(f"seed and epoch must be >= 0, got seed {seed}, epoch {epoch}")
     check_image_fits(spec, height, width)
     parts = []
     b0, b1 = start // BLOCK, (stop + BLOCK - 1) // BLOCK

@@ -126,6 +126,11 @@ def test_level_choice_and_level_coordinates():
     assert num_levels(1920, 2560) == 9 and num_levels(8, 8) == 2 and num_levels(7, 100) == 1
 
 
+def test_negative_seed_is_refused():
+    with pytest.raises(FastSSLError, match="seed"):
+        sample_params(AugmentSpec(size=8), 100, 100, 0, 4, seed=-1)
+
+
 def test_too_small_image_is_refused():
     with pytest.raises(FastSSLError, match="too small"):
         sample_params(AugmentSpec(size=32), 12, 400, 0, 4)
