@@ -21,7 +21,7 @@ import numpy as np
 from PIL import Image
 
 from .reference import pil_batch
-from .spec import AugmentSpec
+from .spec import AugmentSpec, sample_params
 
 BANDS = 16
 
@@ -53,28 +53,24 @@ def radial_spectrum(x: np.ndarray, bands: int = BANDS) -> np.ndarray:
     return 10 * np.log10(out)
 
 
-def _render(image, spec, backend, params):
-    from .mono import Renderer
-
-    return Renderer(image, spec, backend, "cpu").render_nhwc(params)
-
-
 def agreement(image: np.ndarray, size: int = 64, n: int = 256, seed: int = 0, backend: str = "numba") -> dict:
     from .mono import Renderer
 
     pim = Image.fromarray(image)
     out: dict = {"size": size, "n": n, "backend": backend}
     geo = AugmentSpec(size=size, jitter_p=0.0)
-    p = Renderer(image, geo, backend, "cpu").params(0, n, seed=seed)
-    ref = pil_batch(pim, geo, p)
-    ours = _render(image, geo, backend, p)
-    noaa = _render(image, geo, backend, dataclasses.replace(p, level=np.zeros_like(p.level)))
-    ref2 = pil_batch(pim, geo, Renderer(image, geo, backend, "cpu").params(0, n, seed=seed + 1))
     full = AugmentSpec(size=size)
-    pf = Renderer(image, full, backend, "cpu").params(0, n, seed=seed)
+    # one renderer (one pyramid) serves both specs: it only applies the parameters it is given
+    rend = Renderer(image, geo, backend, "cpu")
+    p = rend.params(0, n, seed=seed)
+    ref = pil_batch(pim, geo, p)
+    ours = rend.render_nhwc(p)
+    noaa = rend.render_nhwc(dataclasses.replace(p, level=np.zeros_like(p.level)))
+    ref2 = pil_batch(pim, geo, rend.params(0, n, seed=seed + 1))
+    pf = sample_params(full, image.shape[0], image.shape[1], 0, n, seed=seed)
     out["psnr_geometry"] = float(psnr(ours, ref).mean())
     out["psnr_geometry_no_antialias"] = float(psnr(noaa, ref).mean())
-    out["psnr_full_chain"] = float(psnr(_render(image, full, backend, pf), pil_batch(pim, full, pf)).mean())
+    out["psnr_full_chain"] = float(psnr(rend.render_nhwc(pf), pil_batch(pim, full, pf)).mean())
     s_ref, s_ours, s_noaa, s_ref2 = (radial_spectrum(x) for x in (ref, ours, noaa, ref2))
     half = slice(len(s_ref) // 2, None)
     out["spectrum_db"] = {
