@@ -5,6 +5,7 @@ crop, colour jitter p=0.5) on the same source image and gets the same cores:
 
 - fastssl-numba: one process, ``T`` Numba threads (sampling included);
 - fastssl-torch: one process, ``T`` torch intra-op threads (sampling included);
+- fastssl-dali: one process, DALI's CPU operators with ``T`` threads (sampling included);
 - kornia: one process, ``T`` torch threads, batched;
 - pil-chain (the paper's per-image generator), albumentations, torchvision-v2: single-threaded
   per image, so they run in ``T`` worker processes at once and their rates are added.
@@ -111,7 +112,11 @@ PROCESS_PEERS = {
 def _peer_missing(module: str) -> str | None:
     import importlib.util
 
-    return None if importlib.util.find_spec(module) else f"{module} is not installed"
+    try:
+        found = importlib.util.find_spec(module) is not None
+    except ModuleNotFoundError:  # a dotted name whose parent package is missing
+        found = False
+    return None if found else f"{module} is not installed"
 
 
 def _process_worker(name, image, spec, seconds, barrier, queue):
@@ -221,6 +226,7 @@ def bench_augment(image: np.ndarray, size: int, threads: int, seconds: float = 3
     sides = [
         ("fastssl-numba", "numba", "thread", lambda: _fastssl_runner(image, spec, threads, "numba")),
         ("fastssl-torch", "torch", "thread", lambda: _fastssl_runner(image, spec, threads, "torch")),
+        ("fastssl-dali", "nvidia.dali", "thread", lambda: _fastssl_runner(image, spec, threads, "dali")),
         ("pil-chain", "PIL", "process", None),
         ("albumentations", "albumentations", "process", None),
         ("torchvision-v2", "torchvision", "process", None),

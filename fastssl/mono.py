@@ -28,7 +28,7 @@ from .errors import FastSSLError
 from .image import load_image
 from .spec import PAPER_EPOCH, AugmentSpec, PatchParams, check_image_fits, num_levels, sample_params
 
-BACKENDS = ("auto", "numba", "torch")
+BACKENDS = ("auto", "numba", "torch", "dali")
 
 
 def backend_available(name: str, device: torch.device) -> str | None:
@@ -41,14 +41,21 @@ def backend_available(name: str, device: torch.device) -> str | None:
         return None
     if name == "torch":
         return None
+    if name == "dali":  # GPU operators on a CUDA device, DALI's CPU operators on the CPU
+        try:
+            import nvidia.dali  # noqa: F401
+        except ImportError:
+            return "NVIDIA DALI is not installed (pip install 'fastssl[dali]')"
+        return None
     return f"unknown backend {name!r}; choose one of {', '.join(BACKENDS)}"
 
 
 def resolve_backend(name: str, device: torch.device) -> str:
-    """``auto``: torch on a CUDA device, numba on the CPU (torch when numba is missing)."""
+    """``auto``: DALI on a CUDA device when installed, else torch there; numba on the CPU
+    (torch when numba is missing)."""
     if name == "auto":
         if device.type == "cuda":
-            return "torch"
+            return "dali" if backend_available("dali", device) is None else "torch"
         return "numba" if backend_available("numba", device) is None else "torch"
     why = backend_available(name, device)
     if why:
@@ -81,6 +88,13 @@ class Renderer:
             if threads:
                 numba.set_num_threads(int(threads))
             self.threads = numba.get_num_threads()
+        elif self.backend == "dali":
+            self.threads = int(threads or len(os.sched_getaffinity(0)))
+            self._dali = None  # built on first use, for the largest batch seen
+            if self.device.type == "cuda":  # the pyramid stays resident on the GPU
+                self._levels = [torch.from_numpy(lv).to(self.device) for lv in self.pyramid.levels]
+            else:
+                self._levels = self.pyramid.levels
         else:
             from .kernels.torch_warp import TorchPyramid
 
@@ -119,8 +133,27 @@ class Renderer:
         arrays = numba_warp.prepare(p.level_matrix(), p.box, p.level, p.jitter, p.factors, p.order)
         return numba_warp.run(self.pyramid, arrays, out)
 
+    def _render_dali(self, p: PatchParams):
+        from .kernels.dali_warp import DaliWarp
+
+        if self._dali is None or self._dali.max_batch < len(p):
+            gpu = self.device.type == "cuda"
+            self._dali = DaliWarp(
+                self.spec.size,
+                self.spec.resized,
+                max(len(p), 1),
+                "gpu" if gpu else "cpu",
+                (self.device.index or 0) if gpu else 0,
+                self.threads,
+            )
+        return self._dali.run(self._levels, p.level_matrix(), p.box, p.level, p.jitter, p.factors, p.order)
+
     def render(self, p: PatchParams) -> torch.Tensor:
         """(n, 3, S, S) uint8 channels-last tensor on the device."""
+        if self.backend == "dali":
+            out = self._render_dali(p)
+            nhwc = out if isinstance(out, torch.Tensor) else torch.from_numpy(out)
+            return nhwc.permute(0, 3, 1, 2)
         if self.backend == "numba":
             nhwc = torch.from_numpy(self.render_numpy(p))
             if self.device.type != "cpu":
@@ -145,6 +178,8 @@ class Renderer:
         """(n, S, S, 3) uint8 numpy from whichever backend (for export and comparison)."""
         if self.backend == "numba":
             return self.render_numpy(p)
+        if self.backend == "dali" and self.device.type == "cpu":
+            return self._render_dali(p)
         return self.render(p).permute(0, 2, 3, 1).cpu().numpy()
 
 

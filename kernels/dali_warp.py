@@ -1,4 +1,4 @@
-"""The warp as an NVIDIA DALI pipeline (work in progress for issue 5: geometry only so far).
+"""The warp + colour jitter as an NVIDIA DALI pipeline.
 
 One graph, two placements: ``DaliWarp(size, placement="cpu")`` builds it with CPU operators
 (``device_id=None``, what CI can run), ``placement="gpu"`` with GPU operators. It applies the
@@ -11,8 +11,11 @@ same sampled parameters as the other backends:
 - the crop-box fill is a second, nearest-neighbour warp of a constant R x R image with the box
   matrix (``fill_value=0`` outside), multiplied in.
 
-Colour jitter is not in the graph yet (DALI's hue/saturation work in YIQ, not the HSV formula
-the other backends share): patches with jitter are refused until it is.
+Colour jitter is written with DALI arithmetic, not with DALI's own hue/saturation operators
+(those work in YIQ, not in the HSV formula the other backends share): the four operations run
+in each patch's own order through DALI conditionals, and contrast blends towards the mean
+grey of the strided sample points (a second warp at every 4th row and column, carried through
+the same operations), exactly as in the Numba and torch backends.
 """
 
 from __future__ import annotations
@@ -47,6 +50,72 @@ def footprint_crops(level_matrix: np.ndarray, level: np.ndarray, heights, widths
     return np.stack([y0, y1, x0, x1], axis=1), m
 
 
+MEAN_STRIDE = 4
+_W = (0.299, 0.587, 0.114)
+
+
+def _contiguous(a):
+    return a.contiguous() if hasattr(a, "contiguous") else np.ascontiguousarray(a)
+
+
+def _clamp(v):
+    import nvidia.dali.math as dm
+
+    return dm.clamp(v, 0.0, 255.0)
+
+
+def _hue(r, g, b, shift):
+    """The branch-free HSV hue rotation of kernels/numba_warp.py in DALI arithmetic."""
+    import nvidia.dali.math as dm
+
+    maxc = dm.max(r, dm.max(g, b))
+    minc = dm.min(r, dm.min(g, b))
+    cr = maxc - minc
+    inv = (cr > 0.0) / dm.max(cr, 1e-20)
+    rc = (maxc - r) * inv
+    gc = (maxc - g) * inv
+    bc = (maxc - b) * inv
+    is_r = maxc == r
+    is_g = (maxc == g) * (1 - is_r)
+    is_b = (1 - is_r) * (1 - is_g)
+    h = is_r * (bc - gc) + is_g * (2.0 + rc - bc) + is_b * (4.0 + gc - rc)
+    h = h / 6.0 + 1.0 + shift
+    h6 = (h - dm.floor(h)) * 6.0
+    out = []
+    for n in (5.0, 3.0, 1.0):
+        k = h6 + n
+        k = k - 6.0 * (k >= 6.0)
+        out.append(maxc - cr * dm.clamp(dm.min(k, 4.0 - k), 0.0, 1.0))
+    return out[0], out[1], out[2]
+
+
+def _colour_ops(r, g, b, sr, sg, sb, fac, order):
+    """Brightness / contrast / saturation / hue in each patch's order (DALI conditionals)."""
+    from nvidia.dali import fn
+
+    for k in range(4):
+        op = order[k]
+        if op == 0:
+            f = fac[0]
+            r, g, b = _clamp(r * f), _clamp(g * f), _clamp(b * f)
+            sr, sg, sb = _clamp(sr * f), _clamp(sg * f), _clamp(sb * f)
+        elif op == 1:
+            f = fac[1]
+            m = (1.0 - f) * fn.reductions.mean(_W[0] * sr + _W[1] * sg + _W[2] * sb)
+            r, g, b = _clamp(f * r + m), _clamp(f * g + m), _clamp(f * b + m)
+            sr, sg, sb = _clamp(f * sr + m), _clamp(f * sg + m), _clamp(f * sb + m)
+        elif op == 2:
+            f = fac[2]
+            grey = (1.0 - f) * (_W[0] * r + _W[1] * g + _W[2] * b)
+            sgrey = (1.0 - f) * (_W[0] * sr + _W[1] * sg + _W[2] * sb)
+            r, g, b = _clamp(f * r + grey), _clamp(f * g + grey), _clamp(f * b + grey)
+            sr, sg, sb = _clamp(f * sr + sgrey), _clamp(f * sg + sgrey), _clamp(f * sb + sgrey)
+        else:
+            r, g, b = _hue(r, g, b, fac[3])
+            sr, sg, sb = _hue(sr, sg, sb, fac[3])
+    return r, g, b
+
+
 class DaliWarp:
     """A built DALI pipeline for patches of side ``size`` (crop box of side ``resized``)."""
 
@@ -57,50 +126,95 @@ class DaliWarp:
 
         if placement not in ("cpu", "gpu"):
             raise ValueError(f"placement must be cpu or gpu, got {placement!r}")
-        self.size, self.resized, self.placement = size, resized, placement
+        self.size, self.resized, self.placement, self.max_batch = size, resized, placement, max_batch
         dev = "gpu" if placement == "gpu" else "cpu"
+        small = -(-size // MEAN_STRIDE)
+
+        def warp(crop, ones, mat, box, side):
+            # float in, float out: the interpolated value is not rounded before the colour ops
+            img = fn.warp_affine(
+                crop,
+                matrix=mat,
+                size=(side, side),
+                interp_type=types.INTERP_LINEAR,
+                inverse_map=True,
+                dtype=types.FLOAT,
+            )
+            mask = fn.warp_affine(
+                ones, matrix=box, size=(side, side), interp_type=types.INTERP_NN, inverse_map=True, fill_value=0
+            )
+            return img * mask
 
         @pipeline_def(
             batch_size=max_batch,
             num_threads=threads,
             device_id=device_id if dev == "gpu" else None,
             prefetch_queue_depth=1,
+            enable_conditionals=True,
         )
         def graph():
+            import nvidia.dali.math as dm
+
             crop = fn.external_source(name="crop", layout="HWC", device=dev)
+            ones = fn.external_source(name="ones", layout="HWC", device=dev)
             mat = fn.external_source(name="mat")
             box = fn.external_source(name="box")
-            ones = fn.external_source(name="ones", layout="HWC", device=dev)
-            img = fn.warp_affine(crop, matrix=mat, size=(size, size), interp_type=types.INTERP_LINEAR, inverse_map=True)
-            mask = fn.warp_affine(
-                ones, matrix=box, size=(size, size), interp_type=types.INTERP_NN, inverse_map=True, fill_value=0
-            )
-            return img * mask
+            smat = fn.external_source(name="smat")
+            sbox = fn.external_source(name="sbox")
+            fac = fn.external_source(name="fac")
+            order = fn.external_source(name="order")
+            jit = fn.external_source(name="jit")
+            x = warp(crop, ones, mat, box, size)
+            r, g, b = x[:, :, 0], x[:, :, 1], x[:, :, 2]
+            if jit:
+                xs = warp(crop, ones, smat, sbox, small)
+                r, g, b = _colour_ops(r, g, b, xs[:, :, 0], xs[:, :, 1], xs[:, :, 2], fac, order)
+            out = fn.stack(r, g, b, axis=2)
+            return fn.cast(dm.floor(_clamp(out) + 0.5), dtype=types.UINT8)
 
         self.pipe = graph()
         self.pipe.build()
         self._ones = np.ones((resized, resized, 1), np.uint8)
 
-    def run(self, levels: list, level_matrix: np.ndarray, box: np.ndarray, level: np.ndarray, jitter: np.ndarray):
+    def run(
+        self,
+        levels: list,
+        level_matrix: np.ndarray,
+        box: np.ndarray,
+        level: np.ndarray,
+        jitter: np.ndarray,
+        factors: np.ndarray,
+        order: np.ndarray,
+    ) -> np.ndarray:
         """(n, S, S, 3) uint8 numpy for the given parameters (``levels``: the pyramid's arrays)."""
-        if np.asarray(jitter).any():
-            raise NotImplementedError("the DALI backend has no colour jitter yet")
         heights = [lv.shape[0] for lv in levels]
         widths = [lv.shape[1] for lv in levels]
-        boxes, m = footprint_crops(level_matrix, level, heights, widths, self.size)
-        crops = [
-            np.ascontiguousarray(levels[lv][y0:y1, x0:x1]) for lv, (y0, y1, x0, x1) in zip(level, boxes, strict=True)
-        ]
-        # box maps output pixels to normalised crop-box coords; DALI wants R-space pixels
+        crop_boxes, m = footprint_crops(level_matrix, level, heights, widths, self.size)
+        # numpy levels (CPU placement) or CUDA tensors resident on the GPU (GPU placement)
+        crops = [_contiguous(levels[lv][y0:y1, x0:x1]) for lv, (y0, y1, x0, x1) in zip(level, crop_boxes, strict=True)]
+        # box maps output pixels to normalised crop-box coords (p + 0.5) / R; DALI wants R-space
+        # pixels, and R * box is already R-space in its pixel-edge convention
         box_r = box * self.resized
-        box_r[:, :, 2] -= 0.5  # normalised (p + 0.5) / R -> R-space pixel centres p
-        mats = to_edge_convention(m).astype(np.float32)
-        boxes_e = to_edge_convention(box_r).astype(np.float32)
-        self.pipe.feed_input("crop", crops)
-        self.pipe.feed_input("mat", list(mats))
-        self.pipe.feed_input("box", list(boxes_e))
-        self.pipe.feed_input("ones", [self._ones] * len(crops))
+        box_r[:, :, 2] -= 0.5
+        sub = np.diag([float(MEAN_STRIDE), float(MEAN_STRIDE), 1.0])  # small pixel i <- output pixel 4i
+        n = len(crops)
+        feeds = {
+            "crop": crops,
+            "ones": [self._ones] * n,
+            "mat": list(to_edge_convention(m).astype(np.float32)),
+            "box": list(to_edge_convention(box_r).astype(np.float32)),
+            "smat": list(to_edge_convention(m @ sub).astype(np.float32)),
+            "sbox": list(to_edge_convention(box_r @ sub).astype(np.float32)),
+            "fac": list(np.asarray(factors, np.float32)),
+            "order": list(np.asarray(order, np.int32)),
+            "jit": [np.array(bool(j)) for j in np.asarray(jitter).reshape(n)],
+        }
+        for name, data in feeds.items():
+            self.pipe.feed_input(name, data)
         (out,) = self.pipe.run()
         if self.placement == "gpu":
-            out = out.as_cpu()
+            # hand the batch to torch through DLPack; cloned, since DALI reuses its output buffer
+            import torch
+
+            return torch.from_dlpack(out.as_tensor()).clone()
         return np.array(out.as_tensor())

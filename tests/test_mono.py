@@ -77,3 +77,12 @@ def test_recycled_buffers_never_overwrite_a_batch_still_held(photo):
     for s in range(6):  # dropped at once: the same memory comes back
         ptrs.add(src.batch(s).data_ptr())
     assert len(ptrs) <= 2
+
+
+def test_missing_dali_is_named_as_the_reason(photo, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "nvidia.dali", None)  # import fails as if not installed
+    with pytest.raises(FastSSLError, match="DALI is not installed"):
+        MonoSource(photo, AugmentSpec(size=8), backend="dali")
+    assert resolve_backend("auto", torch.device("cpu")) == "numba"
