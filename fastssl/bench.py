@@ -303,3 +303,40 @@ def profile_numba(image: np.ndarray, size: int, threads: int, batches: int = 20)
         "colour_share": round(1 - us["warp"] / us["warp+colour"], 3),
         "mpix_per_s_per_thread_warp": round(size * size / us["warp"] / rend.threads, 1),
     }
+
+
+def profile_torch(
+    image: np.ndarray, size: int, threads: int, backend: str = "torch", device="cpu", batches: int = 5, top: int = 12
+) -> dict:
+    """torch.profiler over a few batches of a torch-side backend: the ops where the time goes."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    from .mono import MonoSource
+    from .spec import AugmentSpec
+
+    src = MonoSource(
+        image,
+        AugmentSpec(size=size),
+        backend=backend,
+        batch_size=BATCH,
+        device=device,
+        threads=threads,
+        epoch_length=10**9,
+    )
+    src.batch(0)  # warm-up
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.device(device).type == "cuda" else [])
+    with profile(activities=acts) as prof:
+        for b in range(1, batches + 1):
+            src.batch(b)
+        if torch.device(device).type == "cuda":
+            torch.cuda.synchronize()
+    key = "self_cuda_time_total" if ProfilerActivity.CUDA in acts else "self_cpu_time_total"
+    events = sorted(prof.key_averages(), key=lambda e: getattr(e, key, 0), reverse=True)[:top]
+    total = sum(getattr(e, key, 0) for e in prof.key_averages()) or 1
+    return {
+        "size": size,
+        "backend": backend,
+        "device": str(device),
+        "top_ops": [{"op": e.key, "share": round(getattr(e, key, 0) / total, 3), "calls": e.count} for e in events],
+    }

@@ -107,7 +107,12 @@ def cmd_bench(args) -> int:
         runs = []
         for size in _sizes(args.size):
             if args.profile:
-                prof = profile_numba(image, size, threads)
+                if args.backend == "numba":
+                    prof = profile_numba(image, size, threads)
+                else:
+                    from .bench import profile_torch
+
+                    prof = profile_torch(image, size, threads, args.backend, args.device)
                 print(json.dumps(prof))
                 runs.append({"size": size, "threads": threads, "profile": prof})
                 continue
@@ -280,7 +285,13 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--threads", type=int, default=None, help="threads / worker processes (default: all cores)")
     b.add_argument("--seconds", type=float, default=3.0, help="timed seconds per side")
     b.add_argument("--only", action="append", help="run only these sides (repeatable)")
-    b.add_argument("--profile", action="store_true", help="per-stage timing of the CPU kernel instead")
+    b.add_argument(
+        "--profile",
+        action="store_true",
+        help="where the time goes instead: per-stage timing (numba), torch.profiler (torch, dali)",
+    )
+    b.add_argument("--backend", choices=["numba", "torch", "dali"], default="numba", help="with --profile")
+    b.add_argument("--device", default="cpu", help="with --profile: cpu or cuda")
     b.add_argument("--image", default=None, help="source image (default: a built-in photo)")
     b.add_argument("--json", default=None, help="write the results here")
     b.set_defaults(func=cmd_bench)

@@ -45,3 +45,32 @@ def test_bench_profile_and_agreement(tmp_path, capsys):
     )
     assert png.stat().st_size > 1000
     assert set(json.loads((tmp_path / "a.json").read_text())["spectrum_db"]) >= {"pil", "fastssl"}
+
+
+def test_profile_of_the_torch_backend_names_its_ops(capsys):
+    assert main(["bench", "augment", "--profile", "--backend", "torch", "--size", "16", "--threads", "1"]) == 0
+    prof = json.loads([x for x in capsys.readouterr().out.splitlines() if x.startswith("{")][0])
+    ops = [o["op"] for o in prof["top_ops"]]
+    assert "aten::grid_sampler_2d" in ops or any("grid" in o for o in ops)
+    assert 0 < sum(o["share"] for o in prof["top_ops"]) <= 1.0001
+
+
+def test_gpu_check_dry_run_on_cpu(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    out = tmp_path / "dry.json"
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_check.py"
+    r = subprocess.run(
+        [sys.executable, str(script), "--device", "cpu", "--json", str(out), "--seconds", "0.1"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert r.returncode == 0, r.stderr[-2000:]
+    rep = json.loads(out.read_text())
+    done = {(a["backend"], a["size"]) for a in rep["augment"] if "patches_per_s" in a}
+    assert {("numba", 16), ("numba", 32), ("torch", 16), ("torch", 32)} <= done
+    assert rep["train"][0]["config"] == "eager-fp32" and rep["train"][-1]["speedup"] > 0
+    assert all(0 <= d["data_wait_share"] <= 1 for d in rep["data_wait"] if "data_wait_share" in d)
