@@ -77,28 +77,14 @@ def augment(dev, sizes, batch, seconds, image, backends):
 
 def _kornia(dev, S, batch, seconds, image):
     try:
-        import kornia.augmentation as K
+        import kornia  # noqa: F401
     except ImportError:
         return {"backend": "kornia", "size": S, "error": "kornia is not installed"}
+    from fastssl.bench import _kornia_runner
     from fastssl.image import load_image
     from fastssl.spec import AugmentSpec
 
-    spec = AugmentSpec(size=S)
-    arr = load_image(image)
-    src = torch.from_numpy(arr).to(dev).permute(2, 0, 1).float().div(255).unsqueeze(0)
-    c = int(min(arr.shape[:2]) * spec.initial_crop)
-    frac = c * c / (arr.shape[0] * arr.shape[1])
-    pipe = torch.nn.Sequential(
-        K.RandomResizedCrop((spec.resized, spec.resized), scale=(spec.scale[0] * frac, frac), ratio=spec.ratio),
-        K.RandomAffine(degrees=spec.rotation, shear=(-spec.shear, spec.shear, 0.0, 0.0), p=1.0),
-        K.CenterCrop(S),
-        K.ColorJitter(spec.brightness, spec.contrast, spec.saturation, spec.hue, p=spec.jitter_p),
-    ).to(dev)
-
-    def one():
-        with torch.no_grad():
-            return pipe(src.expand(batch, -1, -1, -1)).mul(255).round().to(torch.uint8)
-
+    one, _ = _kornia_runner(load_image(image), AugmentSpec(size=S), None, dev, batch)
     rate = _timed(one, dev, seconds) * batch
     print(f"  augment kornia  S={S:4d}: {rate:12.0f} patches/s", flush=True)
     return {"backend": "kornia", "size": S, "patches_per_s": round(rate, 1), "note": "no antialiasing"}

@@ -166,11 +166,12 @@ def _run_processes(name, image, spec, threads, seconds):
     return sum(n / t for n, t, _ in res)
 
 
-def _kornia_runner(image, spec, threads):
+def _kornia_runner(image, spec, threads, device="cpu", batch_size=BATCH):
     import kornia.augmentation as K
     import torch
 
-    torch.set_num_threads(threads)
+    if threads:
+        torch.set_num_threads(threads)
     h, w = image.shape[:2]
     c = int(min(h, w) * spec.initial_crop) if spec.initial_crop else min(h, w)
     # kornia crops per sample by warping a batch of full images; expanding the photo to a batch of
@@ -178,7 +179,7 @@ def _kornia_runner(image, spec, threads):
     # (same box-size distribution) and the RRC runs on one shared image; kornia's RRC does not
     # low-pass filter, so this peer does less work than the chain (no antialiasing).
     frac = (c * c) / (h * w)
-    src = torch.from_numpy(image).permute(2, 0, 1).float().div(255).unsqueeze(0)
+    src = torch.from_numpy(image).to(device).permute(2, 0, 1).float().div(255).unsqueeze(0)
     pipe = torch.nn.Sequential(
         K.RandomResizedCrop(
             (spec.resized, spec.resized), scale=(spec.scale[0] * frac, spec.scale[1] * frac), ratio=spec.ratio
@@ -186,13 +187,13 @@ def _kornia_runner(image, spec, threads):
         K.RandomAffine(degrees=spec.rotation, shear=(-spec.shear, spec.shear, 0.0, 0.0), p=1.0),
         K.CenterCrop(spec.size),
         K.ColorJitter(spec.brightness, spec.contrast, spec.saturation, spec.hue, p=spec.jitter_p),
-    )
+    ).to(device)
 
     def batch():
         with torch.no_grad():
-            return pipe(src.expand(BATCH, -1, -1, -1)).mul(255).round().to(torch.uint8)
+            return pipe(src.expand(batch_size, -1, -1, -1)).mul(255).round().to(torch.uint8)
 
-    return batch, BATCH
+    return batch, batch_size
 
 
 def _fastssl_runner(image, spec, threads, backend):
