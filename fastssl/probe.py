@@ -15,7 +15,6 @@ CIFAR-scale rescaling (an unverified protocol; PAPER.md section 3).
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import time
@@ -170,7 +169,3 @@ def evaluate(frozen: AlexNet, probes: LinearProbes, val, ten_crop: bool) -> dict
     if total == 0:
         raise FastSSLError("the validation data is empty")
     return {name: round(100.0 * correct[k].item() / total, 2) for k, name in enumerate(LAYERS)}
-
-
-def probes_json(path) -> dict:
-    return json.loads(Path(path).read_text())
