@@ -16,14 +16,13 @@ from __future__ import annotations
 
 import math
 import os
-import shutil
 import sys
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from .atomic import atomic_output
 from .errors import FastSSLError
 from .image import load_image
 from .spec import PAPER_EPOCH, AugmentSpec, PatchParams, check_image_fits, num_levels, sample_params
@@ -312,18 +311,14 @@ def export(
     arr = image_for(image, spec)
     rend = Renderer(arr, spec, backend, "cpu")
     S = spec.size
-    tmp = None
-    try:
+    from PIL import Image
+
+    with atomic_output(out, folder=not as_npy) as tmp:
         if as_npy:
-            fd, tmp = tempfile.mkstemp(prefix=out.name + ".", suffix=".partial", dir=out.parent)
-            os.close(fd)
             mm = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(n, S, S, 3))
         else:
-            tmp = tempfile.mkdtemp(prefix=out.name + ".", suffix=".partial", dir=out.parent)
-            os.mkdir(os.path.join(tmp, "mono"))
+            (tmp / "mono").mkdir()
         bar = tqdm(total=n, unit="patch", unit_scale=True, desc=f"export {rend.backend}", disable=not progress)
-        from PIL import Image
-
         for a in range(0, n, batch_size):
             b = min(a + batch_size, n)
             p = rend.params(a, b, seed=seed, epoch=0)
@@ -335,21 +330,12 @@ def export(
                     mm[a:b] = x
                 else:
                     for i in range(b - a):
-                        Image.fromarray(x[i]).save(os.path.join(tmp, "mono", f"{a + i:07d}.jpg"), quality=jpeg_quality)
+                        Image.fromarray(x[i]).save(tmp / "mono" / f"{a + i:07d}.jpg", quality=jpeg_quality)
             bar.update(b - a)
         bar.close()
         if as_npy:
             mm.flush()
             del mm
-        if out.exists():  # overwrite
-            shutil.rmtree(out) if out.is_dir() else out.unlink()
-        os.replace(tmp, out)
-        tmp = None
-    except OSError as e:
-        raise FastSSLError(f"could not write {out}: {e}") from None
-    finally:
-        if tmp is not None:
-            shutil.rmtree(tmp, ignore_errors=True) if os.path.isdir(tmp) else Path(tmp).unlink(missing_ok=True)
     return out
 
 
@@ -382,12 +368,6 @@ def preview(
     for i in range(n):
         r, c = divmod(i, cols)
         grid[pad + r * (S + pad) : pad + r * (S + pad) + S, pad + c * (S + pad) : pad + c * (S + pad) + S] = x[i]
-    fd, tmp = tempfile.mkstemp(prefix=out.name + ".", suffix=".partial.png", dir=out.parent)
-    os.close(fd)
-    try:
+    with atomic_output(out) as tmp:
         Image.fromarray(grid).save(tmp, format="PNG")
-        os.replace(tmp, out)
-    except OSError as e:
-        Path(tmp).unlink(missing_ok=True)
-        raise FastSSLError(f"could not write {out}: {e}") from None
     return out

@@ -4,22 +4,15 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
-from pathlib import Path
+
+from .atomic import atomic_output
 
 LAYERS = ("conv1", "conv2", "conv3", "conv4", "conv5")
 
 
 def write_json(path: str | os.PathLike, obj) -> None:
-    p = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=p.name + ".", suffix=".partial", dir=p.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(obj, f, indent=1)
-        os.replace(tmp, p)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_output(path) as tmp:
+        tmp.write_text(json.dumps(obj, indent=1))
 
 
 def markdown_table(rows: dict[str, dict[str, float]], title: str = "probe top-1 %") -> str:
@@ -48,8 +41,6 @@ def bar_figure(rows: dict[str, dict[str, float]], path: str | os.PathLike, title
     ax.legend(fontsize=8, loc="lower right")
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
-    p = Path(path)
-    tmp = p.with_name(p.name + ".partial.png")
-    fig.savefig(tmp, dpi=100)
+    with atomic_output(path) as tmp:
+        fig.savefig(tmp, dpi=100, format="png")
     plt.close(fig)
-    os.replace(tmp, p)

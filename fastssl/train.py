@@ -138,13 +138,10 @@ class LoaderData:
 
 
 def atomic_save(obj, path: Path) -> None:
-    tmp = path.with_name(path.name + f".partial-{os.getpid()}")
-    try:
+    from .atomic import atomic_output
+
+    with atomic_output(path) as tmp:
         torch.save(obj, tmp)
-        os.replace(tmp, path)
-    except OSError as e:
-        tmp.unlink(missing_ok=True)
-        raise FastSSLError(f"could not write checkpoint {path}: {e}") from None
 
 
 def load_checkpoint(path: str | os.PathLike) -> dict:

@@ -12,13 +12,14 @@ from __future__ import annotations
 import json
 import multiprocessing as mp
 import os
-import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
+from ..atomic import atomic_output
 from ..errors import FastSSLError
+from ..report import write_json
 from .sources import LabelledSource
 
 SCHEMA = {"image": "RGBImageField", "label": "IntField"}
@@ -147,45 +148,29 @@ def convert(
     if len(good) == 0:
         raise FastSSLError(f"no readable images in {src.name} ({len(bad)} unreadable)")
     t_scan = time.perf_counter() - t0
-    fd, tmp = tempfile.mkstemp(prefix=dst.name + ".", suffix=".partial", dir=dst.parent)
-    os.close(fd)
-    fdj, tmpj = tempfile.mkstemp(prefix=dst.name + ".", suffix=".json.partial", dir=dst.parent)
-    os.close(fdj)
-    try:
-        fields = {
-            "image": RGBImageField(
-                write_mode=write_mode,
-                max_resolution=max_res,
-                jpeg_quality=jpeg_quality,
-                smart_threshold=SMART_THRESHOLD if write_mode == "smart" else None,
-            ),
-            "label": IntField(),
-        }
-        writer = DatasetWriter(tmp, fields, num_workers=workers)
-        writer.from_indexed_dataset(_Images(sub), indices=list(good))
-        counts = src.counts(idx[good])
-        index = {
-            "classes": src.classes,
-            "counts": counts,
-            "num_samples": int(len(good)),
-            "source": src.name,
-            "skipped": len(bad),
-            "write_mode": write_mode,
-            "max_res": max_res,
-            "jpeg_quality": jpeg_quality,
-        }
-        with open(tmpj, "w") as f:
-            json.dump(index, f, indent=1)
-        os.replace(tmp, dst)
-        tmp = None
-        os.replace(tmpj, index_path(dst))
-        tmpj = None
-    except OSError as e:
-        raise FastSSLError(f"could not write {dst}: {e}") from None
-    finally:
-        for t in (tmp, tmpj):
-            if t is not None:
-                Path(t).unlink(missing_ok=True)
+    fields = {
+        "image": RGBImageField(
+            write_mode=write_mode,
+            max_resolution=max_res,
+            jpeg_quality=jpeg_quality,
+            smart_threshold=SMART_THRESHOLD if write_mode == "smart" else None,
+        ),
+        "label": IntField(),
+    }
+    index = {
+        "classes": src.classes,
+        "counts": src.counts(idx[good]),
+        "num_samples": int(len(good)),
+        "source": src.name,
+        "skipped": len(bad),
+        "write_mode": write_mode,
+        "max_res": max_res,
+        "jpeg_quality": jpeg_quality,
+    }
+    # the .beton is renamed into place first, its index right after (read_info needs both)
+    with atomic_output(dst) as tmp:
+        DatasetWriter(str(tmp), fields, num_workers=workers).from_indexed_dataset(_Images(sub), indices=list(good))
+    write_json(index_path(dst), index)
     return {
         "output": str(dst),
         "num_samples": int(len(good)),

@@ -20,13 +20,13 @@ import hashlib
 import io
 import os
 import tarfile
-import tempfile
 import urllib.request
 from pathlib import Path, PurePosixPath
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from ..atomic import atomic_output
 from ..errors import FastSSLError
 
 IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
@@ -239,27 +239,20 @@ def download(url: str, dest: Path, md5: str, progress: bool = True) -> Path:
             return dest
         raise FastSSLError(f"{dest} exists but its checksum does not match; delete it and run again")
     dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=dest.name + ".", suffix=".partial", dir=dest.parent)
     h = hashlib.md5()
     try:
-        with os.fdopen(fd, "wb") as f, urllib.request.urlopen(url, timeout=60) as r:
-            total = int(r.headers.get("Content-Length") or 0) or None
-            with tqdm(
-                total=total, unit="B", unit_scale=True, desc=f"download {dest.name}", disable=not progress
-            ) as bar:
-                while chunk := r.read(1 << 20):
-                    f.write(chunk)
-                    h.update(chunk)
-                    bar.update(len(chunk))
-        if h.hexdigest() != md5:
-            raise FastSSLError(f"download of {url} is corrupt: md5 {h.hexdigest()} != expected {md5}; try again")
-        os.replace(tmp, dest)
-        tmp = None
+        r = urllib.request.urlopen(url, timeout=60)
     except OSError as e:
         raise FastSSLError(f"cannot download {url}: {e}") from None
-    finally:
-        if tmp is not None:
-            Path(tmp).unlink(missing_ok=True)
+    total = int(r.headers.get("Content-Length") or 0) or None
+    bar = tqdm(total=total, unit="B", unit_scale=True, desc=f"download {dest.name}", disable=not progress)
+    with r, bar, atomic_output(dest) as tmp, open(tmp, "wb") as f:
+        while chunk := r.read(1 << 20):
+            f.write(chunk)
+            h.update(chunk)
+            bar.update(len(chunk))
+        if h.hexdigest() != md5:
+            raise FastSSLError(f"download of {url} is corrupt: md5 {h.hexdigest()} != expected {md5}; try again")
     return dest
 
 
