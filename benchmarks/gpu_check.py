@@ -25,7 +25,26 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a plain checkout
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _plain_checkout_imports() -> None:
+    """Make ``import fastssl`` work from a checkout that was never pip-installed (the device
+    machine): the repository root on sys.path, and ``kernels/`` registered as
+    ``fastssl.kernels`` (pyproject's package-dir does that mapping for an installed copy)."""
+    import importlib.util
+
+    sys.path.insert(0, str(ROOT))
+    if importlib.util.find_spec("fastssl.kernels") is None:
+        spec = importlib.util.spec_from_file_location(
+            "fastssl.kernels", ROOT / "kernels" / "__init__.py", submodule_search_locations=[str(ROOT / "kernels")]
+        )
+        mod = importlib.util.module_from_spec(spec)
+        sys.modules["fastssl.kernels"] = mod
+        spec.loader.exec_module(mod)
+
+
+_plain_checkout_imports()
 
 
 def _sync(dev):
