@@ -20,12 +20,16 @@ def atomic_output(dest: str | os.PathLike, *, folder: bool = False):
     an OSError anywhere becomes one FastSSLError line; the temporary never outlives the block.
     """
     dest = Path(dest)
+    umask = os.umask(0)
+    os.umask(umask)
     if folder:
         tmp = Path(tempfile.mkdtemp(prefix=dest.name + ".", suffix=".partial", dir=dest.parent))
+        tmp.chmod(0o777 & ~umask)  # mkdtemp makes 0700; outputs get the usual permissions
     else:
         fd, name = tempfile.mkstemp(prefix=dest.name + ".", suffix=".partial", dir=dest.parent)
         os.close(fd)
         tmp = Path(name)
+        tmp.chmod(0o666 & ~umask)  # mkstemp makes 0600
     try:
         yield tmp
         if dest.is_dir() and not dest.is_symlink():  # overwriting a folder (or a file with a folder)

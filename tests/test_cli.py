@@ -117,3 +117,14 @@ def test_spec_overrides_are_typed():
         False,
         0.5,
     )
+
+
+def test_outputs_get_the_usual_permissions(tmp_path, capsys):
+    old = os.umask(0o022)
+    try:
+        assert main(["mono", "preview", "-o", str(tmp_path / "g.png"), "--size", "8", "--n", "4"]) == 0
+        assert main(["mono", "export", "--n", "3", "--size", "8", "--out", str(tmp_path / "p"), "--quiet"]) == 0
+    finally:
+        os.umask(old)
+    assert (tmp_path / "g.png").stat().st_mode & 0o777 == 0o644
+    assert (tmp_path / "p").stat().st_mode & 0o777 == 0o755
