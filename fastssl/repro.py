@@ -82,13 +82,43 @@ def _loader(spec, rc, train: bool, batch_size: int, device, seed: int):
     )
 
 
-def _train(row: str, rc: dict, method_name: str, data, out: Path, num_classes, progress: bool):
-    from .methods import build_method
-    from .train import LoaderData, MonoData, TrainConfig, Trainer, load_checkpoint
+def _train_config(rc: dict, method_name: str, progress: bool, resume: bool):
+    """The recipe's TrainConfig for a method ([rotnet] or [supervised]) with the run-wide settings."""
+    from .train import TrainConfig
 
     section = "supervised" if method_name == "supervised" else method_name
+    if section not in rc:
+        raise FastSSLError(f"the recipe has no [{section}] section")
     cfg = to_dataclass(TrainConfig, dict(rc[section]))
-    cfg.seed, cfg.device, cfg.progress, cfg.resume = int(rc["seed"]), rc["device"], progress, True
+    cfg.seed, cfg.device, cfg.progress, cfg.resume = int(rc["seed"]), rc["device"], progress, resume
+    return cfg
+
+
+def _mono_stream(rc: dict, image, batch_size: int, seed: int):
+    """The one-image stream of the recipe's [mono] section, on the recipe's device."""
+    from .mono import MonoSource
+    from .spec import AugmentSpec
+    from .train import MonoData, resolve_device
+
+    mono_kw = dict(rc["mono"])
+    n = int(mono_kw.pop("epoch_length"))
+    return MonoData(
+        MonoSource(
+            image,
+            AugmentSpec(**mono_kw),
+            batch_size=batch_size,
+            epoch_length=n,
+            seed=seed,
+            device=resolve_device(rc["device"]),
+        )
+    )
+
+
+def _train(row: str, rc: dict, method_name: str, data, out: Path, num_classes, progress: bool):
+    from .methods import build_method
+    from .train import LoaderData, MonoData, Trainer, load_checkpoint
+
+    cfg = _train_config(rc, method_name, progress, resume=True)
     run = out / row
     ck = run / "ckpt.pt"
     if ck.exists() and load_checkpoint(ck)["epoch"] >= cfg.epochs:
@@ -124,18 +154,13 @@ def repro(
     progress: bool = True,
 ) -> dict:
     from .models import AlexNet
-    from .mono import MonoSource
     from .probe import ProbeConfig, load_trunk, train_probes
-    from .spec import AugmentSpec
-    from .train import MonoData
 
     if data is None:
         raise FastSSLError("--data is required: a labelled train source (folder, .tar.gz, or cifar10)")
     if method != "rotnet":
         raise FastSSLError(f"--method {method}: only rotnet is implemented so far (deepcluster and bigan come later)")
-    rc = apply_overrides(load_recipe(preset), overrides)
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    rc, out = _setup(preset, overrides, out)
     write_json(
         out / "config.json",
         {
@@ -149,22 +174,8 @@ def repro(
     t_start = time.perf_counter()
     train_data, val_data, classes = _prepare_data(rc, data, eval_data, out, progress)
     nc = len(classes)
-    mono_kw = dict(rc["mono"])
-    epoch_len = int(mono_kw.pop("epoch_length"))
-    spec = AugmentSpec(**mono_kw)
     device = rc["device"]
-    mono = MonoData(
-        MonoSource(
-            image,
-            spec,
-            batch_size=int(rc["rotnet"]["batch_size"]),
-            epoch_length=epoch_len,
-            seed=int(rc["seed"]),
-            device="cuda"
-            if device == "auto" and torch.cuda.is_available()
-            else ("cpu" if device == "auto" else device),
-        )
-    )
+    mono = _mono_stream(rc, image, int(rc["rotnet"]["batch_size"]), int(rc["seed"]))
     ckpts = {
         "mono-rotnet": _train("mono-rotnet", rc, method, mono, out, nc, progress),
         "full-rotnet": _train("full-rotnet", rc, method, train_data, out, nc, progress),
@@ -214,44 +225,29 @@ def train_one(
 ) -> str:
     """``fastssl train``: one method on the mono stream (``image``) or on ``data``."""
     from .methods import build_method
-    from .mono import MonoSource
-    from .spec import AugmentSpec
-    from .train import LoaderData, MonoData, TrainConfig, Trainer, init_distributed, resolve_device
+    from .train import LoaderData, Trainer, init_distributed, resolve_device
 
     rc, out = _setup(preset, overrides, out)
-    section = "supervised" if method == "supervised" else method
-    if section not in rc:
-        raise FastSSLError(f"preset {preset} has no [{section}] section")
-    cfg = to_dataclass(TrainConfig, dict(rc[section]))
-    cfg.seed, cfg.device, cfg.progress, cfg.resume = int(rc["seed"]), rc["device"], progress, resume
-    device = resolve_device(cfg.device)
-    init_distributed(device)  # under torchrun: before the data, so that it shards by rank
+    cfg = _train_config(rc, method, progress, resume)
+    init_distributed(resolve_device(cfg.device))  # under torchrun: before the data, so that it shards by rank
     torch.manual_seed(cfg.seed)
     if data is None:
         if method == "supervised":
             raise FastSSLError("supervised training needs --data (a labelled source)")
-        mono_kw = dict(rc["mono"])
-        n = int(mono_kw.pop("epoch_length"))
-        stream = MonoData(
-            MonoSource(
-                image, AugmentSpec(**mono_kw), batch_size=cfg.batch_size, epoch_length=n, seed=cfg.seed, device=device
-            )
-        )
-        nc = None
+        return Trainer(
+            build_method(method, dict(rc["model"])), _mono_stream(rc, image, cfg.batch_size, cfg.seed), cfg, out
+        ).fit()
+    if str(data).endswith(".beton"):
+        from .data.beton import read_info
+
+        src, nc = str(data), len(read_info(data)["classes"])
     else:
         from .data.sources import open_source
 
-        src = (data, None) if str(data).endswith(".beton") else (open_source(data), None)
-        if str(data).endswith(".beton"):
-            from .data.beton import read_info
-
-            nc = len(read_info(data)["classes"])
-        else:
-            nc = len(src[0].classes)
-        stream = None
+        src = open_source(data)
+        nc = len(src.classes)
     m = build_method(method, dict(rc["model"]), nc)
-    if stream is None:
-        stream = LoaderData(_loader(src, rc, True, cfg.batch_size, cfg.device, cfg.seed), use_labels=m.needs_labels)
+    stream = LoaderData(_loader((src, None), rc, True, cfg.batch_size, cfg.device, cfg.seed), use_labels=m.needs_labels)
     return Trainer(m, stream, cfg, out).fit()
 
 

@@ -97,9 +97,9 @@ def init_distributed(device: torch.device) -> tuple[int, int]:
     if world > 1 and not torch.distributed.is_initialized():
         backend = "nccl" if device.type == "cuda" else "gloo"
         torch.distributed.init_process_group(backend)
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        return torch.distributed.get_rank(), torch.distributed.get_world_size()
-    return 0, 1
+    from .mono import _dist_rank_world
+
+    return _dist_rank_world()
 
 
 class MonoData:
