@@ -70,9 +70,16 @@ def resolve_device(device) -> torch.device:
 
 
 class Renderer:
-    """Applies sampled parameters with one backend; holds the pyramid resident on its device."""
+    """Applies sampled parameters with one backend; holds the pyramid resident on its device.
 
-    def __init__(self, image: np.ndarray, spec: AugmentSpec, backend: str = "auto", device="cpu", threads=None):
+    ``compile`` (torch backend): run the fixed-shape, synchronisation-free form of the chain
+    under ``torch.compile`` (default: on CUDA, where the eager form's many small kernels and
+    host syncs dominate; a compiler failure falls back to eager with a warning).
+    """
+
+    def __init__(
+        self, image: np.ndarray, spec: AugmentSpec, backend: str = "auto", device="cpu", threads=None, compile=None
+    ):
         from .kernels.pyramid import build_pyramid
 
         self.spec = spec
@@ -101,6 +108,11 @@ class Renderer:
                 torch.set_num_threads(int(threads))
             self.threads = torch.get_num_threads() if self.device.type == "cpu" else 0
             self.tpyr = TorchPyramid(self.pyramid.levels, self.device)
+            self._compiled = None
+            if compile if compile is not None else self.device.type == "cuda":
+                from .kernels.torch_warp import run_fixed
+
+                self._compiled = torch.compile(run_fixed)
 
     def params(self, start: int, stop: int, seed: int = 0, epoch: int = 0) -> PatchParams:
         return sample_params(self.spec, self.height, self.width, start, stop, seed=seed, epoch=epoch)
@@ -161,8 +173,8 @@ class Renderer:
         from .kernels import torch_warp
 
         dev = self.device
-        t = lambda a, dt: torch.as_tensor(a, dtype=dt).to(dev)  # noqa: E731
-        return torch_warp.run(
+        t = lambda a, dt: torch.as_tensor(a, dtype=dt).to(dev, non_blocking=True)  # noqa: E731
+        args = (
             self.tpyr,
             t(p.level_matrix(), torch.float64),
             t(p.box, torch.float64),
@@ -172,6 +184,17 @@ class Renderer:
             t(p.order, torch.int64),
             self.spec.size,
         )
+        if self._compiled is not None:
+            try:
+                return self._compiled(*args)
+            except Exception as e:  # a compiler failure must not stop a run: eager from here on
+                import warnings
+
+                warnings.warn(
+                    f"torch.compile of the torch backend failed, running eager: {type(e).__name__}: {e}", stacklevel=2
+                )
+                self._compiled = None
+        return torch_warp.run(*args)
 
     def render_nhwc(self, p: PatchParams) -> np.ndarray:
         """(n, S, S, 3) uint8 numpy from whichever backend (for export and comparison)."""
@@ -218,6 +241,7 @@ class MonoSource:
         world_size: int | None = None,
         drop_last: bool = False,
         threads: int | None = None,
+        compile: bool | None = None,
     ):
         if batch_size < 1:
             raise FastSSLError(f"batch_size must be >= 1, got {batch_size}")
@@ -225,7 +249,7 @@ class MonoSource:
             raise FastSSLError(f"epoch_length must be >= 1, got {epoch_length}")
         self.spec = spec or AugmentSpec()
         arr = image_for(image, self.spec)
-        self.renderer = Renderer(arr, self.spec, backend, device, threads)
+        self.renderer = Renderer(arr, self.spec, backend, device, threads, compile)
         r, w = _dist_rank_world()
         self.rank = r if rank is None else rank
         self.world_size = w if world_size is None else world_size

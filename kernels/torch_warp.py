@@ -16,13 +16,36 @@ _W = (0.299, 0.587, 0.114)
 
 
 class TorchPyramid:
-    """Pyramid levels as float32 (1, 3, h, w) tensors on one device."""
+    """The pyramid as one float32 (1, 3, H, W) atlas on one device.
+
+    Level 0 sits at the left, the smaller levels stacked in a column to its right, each with a
+    one-texel border replicating its edge. Sampling a level at coordinates clamped to its own
+    extent is then exactly ``padding_mode="border"`` on that level alone, and the whole batch,
+    whatever its levels, is one ``grid_sample`` call with no host synchronisation.
+    """
 
     def __init__(self, levels, device):
+        import numpy as np
+
         self.device = torch.device(device)
-        self.levels = [
-            torch.from_numpy(lv).to(self.device).permute(2, 0, 1).unsqueeze(0).float().contiguous() for lv in levels
-        ]
+        h0, w0 = levels[0].shape[:2]
+        col = w0 + 2  # x of the column of smaller levels
+        width = col + (levels[1].shape[1] + 2 if len(levels) > 1 else 0)
+        height = max(h0 + 2, sum(lv.shape[0] + 2 for lv in levels[1:]))
+        atlas = np.zeros((height, width, 3), np.uint8)
+        origin, limit, y = [], [], 0
+        for i, lv in enumerate(levels):
+            x0, y0 = (0, 0) if i == 0 else (col, y)
+            h, w = lv.shape[:2]
+            atlas[y0 : y0 + h + 2, x0 : x0 + w + 2] = np.pad(lv, ((1, 1), (1, 1), (0, 0)), mode="edge")
+            origin.append((x0 + 1, y0 + 1))
+            limit.append((w - 1, h - 1))
+            if i:
+                y += h + 2
+        self.atlas = torch.from_numpy(atlas).to(self.device).permute(2, 0, 1).unsqueeze(0).float().contiguous()
+        self.origin = torch.tensor(origin, dtype=torch.float64, device=self.device)
+        self.limit = torch.tensor(limit, dtype=torch.float64, device=self.device)
+        self.scale = torch.tensor([2.0 / width, 2.0 / height], dtype=torch.float64, device=self.device)
 
 
 def _grey(x):
@@ -66,29 +89,29 @@ def _apply_op(x, op, fac):
     return _hue(x, fac)
 
 
-def warp(pyr: TorchPyramid, level_matrix, box, level, size: int):
-    """Sample (n, 3, S, S) float32 patches; tensors already on ``pyr.device``."""
-    n = level.shape[0]
-    dev = pyr.device
-    out = torch.empty((n, 3, size, size), dtype=torch.float32, device=dev)
+def _base(size: int, dev) -> torch.Tensor:
+    """(1, S*S, 3) homogeneous output pixel centres (x, y, 1)."""
     ys, xs = torch.meshgrid(
         torch.arange(size, device=dev, dtype=torch.float32),
         torch.arange(size, device=dev, dtype=torch.float32),
         indexing="ij",
     )
-    base = torch.stack([xs, ys, torch.ones_like(xs)], dim=-1).view(1, size * size, 3)
-    for lv in torch.unique(level).tolist():
-        idx = (level == lv).nonzero().squeeze(1)
-        src = pyr.levels[lv]
-        h, w = src.shape[2], src.shape[3]
-        m = level_matrix[idx].float()  # (k, 2, 3)
-        uv = base @ m.transpose(1, 2)  # (k, S*S, 2)
-        # pixel-centre coords -> grid_sample's [-1, 1] with align_corners=False
-        scale = torch.tensor([2.0 / w, 2.0 / h], device=dev)
-        grid = ((uv + 0.5) * scale - 1.0).view(-1, size, size, 2)
-        out[idx] = F.grid_sample(
-            src.expand(len(idx), -1, -1, -1), grid, mode="bilinear", padding_mode="border", align_corners=False
-        )
+    return torch.stack([xs, ys, torch.ones_like(xs)], dim=-1).view(1, size * size, 3)
+
+
+def warp(pyr: TorchPyramid, level_matrix, box, level, size: int):
+    """Sample (n, 3, S, S) float32 patches; tensors already on ``pyr.device``. One ``grid_sample``
+    over the atlas; no host synchronisation."""
+    n = level.shape[0]
+    base = _base(size, pyr.device)
+    # float64 up to the grid: the atlas is large, and float32 atlas coordinates would add ~2e-4 px
+    uv = base.double() @ level_matrix.double().transpose(1, 2)  # (n, S*S, 2), pixel centres in the level
+    uv = torch.minimum(uv.clamp_min(0.0), pyr.limit[level].unsqueeze(1)) + pyr.origin[level].unsqueeze(1)
+    # atlas pixel centres -> grid_sample's [-1, 1] with align_corners=False
+    grid = ((uv + 0.5) * pyr.scale - 1.0).float().view(n, size, size, 2)
+    out = F.grid_sample(
+        pyr.atlas.expand(n, -1, -1, -1), grid, mode="bilinear", padding_mode="border", align_corners=False
+    )
     st = base @ box.float().transpose(1, 2)  # (n, S*S, 2)
     inside = ((st >= 0) & (st < 1)).all(dim=-1).view(n, 1, size, size)
     return out * inside
@@ -111,6 +134,22 @@ def colour(x, jitter, factors, order):
     return x
 
 
+def colour_masked(x, jitter, factors, order):
+    """The same jitter with no host synchronisation and fixed shapes, for ``torch.compile``: at
+    each of the four positions every op is evaluated for the whole batch and each patch keeps the
+    one it has there. Four times the arithmetic of :func:`colour`, free once fused into one
+    kernel, wasteful in eager mode."""
+    n = x.shape[0]
+    on = jitter.view(n, 1, 1, 1)
+    for k in range(4):
+        op = order[:, k].view(n, 1, 1, 1)
+        y = x
+        for j in range(4):
+            y = torch.where(on & (op == j), _apply_op(x, j, factors[:, j]), y)
+        x = y
+    return x
+
+
 def to_uint8_nhwc(x):
     """Round half up, clamp, and return a uint8 (n, 3, S, S) tensor in channels-last memory."""
     y = torch.floor(x + 0.5).clamp_(0, 255).to(torch.uint8)
@@ -121,4 +160,12 @@ def run(pyr: TorchPyramid, level_matrix, box, level, jitter, factors, order, siz
     """The whole chain: (n, 3, S, S) uint8 channels-last on ``pyr.device``."""
     x = warp(pyr, level_matrix, box, level, size)
     x = colour(x, jitter, factors, order)
+    return to_uint8_nhwc(x)
+
+
+def run_fixed(pyr: TorchPyramid, level_matrix, box, level, jitter, factors, order, size: int):
+    """:func:`run` with :func:`colour_masked`: no data-dependent shapes, no host synchronisation,
+    so ``torch.compile`` takes it whole (the GPU path)."""
+    x = warp(pyr, level_matrix, box, level, size)
+    x = colour_masked(x, jitter, factors, order)
     return to_uint8_nhwc(x)
