@@ -127,6 +127,7 @@ class DaliWarp:
         if placement not in ("cpu", "gpu"):
             raise ValueError(f"placement must be cpu or gpu, got {placement!r}")
         self.size, self.resized, self.placement, self.max_batch = size, resized, placement, max_batch
+        self.device_id = device_id
         dev = "gpu" if placement == "gpu" else "cpu"
         small = -(-size // MEAN_STRIDE)
 
@@ -213,8 +214,12 @@ class DaliWarp:
             self.pipe.feed_input(name, data)
         (out,) = self.pipe.run()
         if self.placement == "gpu":
-            # hand the batch to torch through DLPack; cloned, since DALI reuses its output buffer
+            # DALI reuses its output buffer, so the batch is copied once into a torch tensor, on
+            # torch's current stream, ordered after DALI's work by the plugin's copy_to_external
             import torch
+            from nvidia.dali.plugin.pytorch import feed_ndarray
 
-            return torch.from_dlpack(out.as_tensor()).clone()
+            t = out.as_tensor()
+            dst = torch.empty(t.shape(), dtype=torch.uint8, device=torch.device("cuda", self.device_id))
+            return feed_ndarray(t, dst, cuda_stream=torch.cuda.current_stream(dst.device))
         return np.array(out.as_tensor())
