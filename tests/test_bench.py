@@ -1,5 +1,7 @@
 import json
 
+import pytest
+
 from fastssl.cli import main
 
 
@@ -74,3 +76,36 @@ def test_gpu_check_dry_run_on_cpu(tmp_path):
     assert {("numba", 16), ("numba", 32), ("torch", 16), ("torch", 32)} <= done
     assert rep["train"][0]["config"] == "eager-fp32" and rep["train"][-1]["speedup"] > 0
     assert all(0 <= d["data_wait_share"] <= 1 for d in rep["data_wait"] if "data_wait_share" in d)
+    assert {d["backend"] for d in rep["data_wait"] if "data_wait_share" in d} == {"numba", "torch", "dali"}
+    assert [r["size"] for r in rep["sampler"]] == [16, 32] and all(r["patches_per_s"] > 0 for r in rep["sampler"])
+    verdict = {v["what"]: v for v in rep["verdict"]}
+    sp = verdict["compiled bf16 channels-last / eager fp32"]
+    assert sp["got"] == rep["train"][-1]["speedup"] and sp["met"] == (sp["got"] >= 2.0)
+    assert "| target | wanted | measured | met |" in r.stdout
+
+
+def test_gpu_check_finds_a_carried_package_beside_the_machines_own(tmp_path):
+    """--site: a carried ``nvidia.*`` module is found even where ``nvidia`` is already a package."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    pytest.importorskip(
+        "nvidia", reason="needs an installed nvidia.* package (the dali extra) to stand for the machine's"
+    )
+
+    (tmp_path / "nvidia").mkdir()
+    (tmp_path / "nvidia" / "fastssl_probe.py").write_text("VALUE = 42\n")
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_check.py"
+    code = (
+        "import importlib.util, sys\n"
+        "import nvidia\n"  # the machine's own, imported first (torch loads its CUDA wheels early)
+        f"spec = importlib.util.spec_from_file_location('gpu_check', {str(script)!r})\n"
+        "m = importlib.util.module_from_spec(spec); spec.loader.exec_module(m)\n"
+        f"m.add_site({str(tmp_path)!r})\n"
+        "import nvidia.fastssl_probe\n"
+        "print(nvidia.fastssl_probe.VALUE)\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.strip().splitlines()[-1] == "42"
