@@ -97,10 +97,11 @@ class Renderer:
         elif self.backend == "dali":
             self.threads = int(threads or len(os.sched_getaffinity(0)))
             self._dali = None  # built on first use, for the largest batch seen
+            from .kernels.pyramid import build_atlas
+
+            self._atlas = build_atlas(self.pyramid.levels)
             if self.device.type == "cuda":  # the pyramid stays resident on the GPU
-                self._levels = [torch.from_numpy(lv).to(self.device) for lv in self.pyramid.levels]
-            else:
-                self._levels = self.pyramid.levels
+                self._atlas.image = torch.from_numpy(self._atlas.image).to(self.device)
         else:
             from .kernels.torch_warp import TorchPyramid
 
@@ -157,7 +158,7 @@ class Renderer:
                 (self.device.index or 0) if gpu else 0,
                 self.threads,
             )
-        return self._dali.run(self._levels, p.level_matrix(), p.box, p.level, p.jitter, p.factors, p.order)
+        return self._dali.run(self._atlas, p.level_matrix(), p.box, p.level, p.jitter, p.factors, p.order)
 
     def render(self, p: PatchParams) -> torch.Tensor:
         """(n, 3, S, S) uint8 channels-last tensor on the device."""

@@ -30,24 +30,44 @@ def to_edge_convention(m: np.ndarray) -> np.ndarray:
     return out
 
 
-def footprint_crops(level_matrix: np.ndarray, level: np.ndarray, heights, widths, size: int, margin: int = 2):
-    """Per patch: (y0, y1, x0, x1) of its level covering the output grid, and the matrix shifted
-    into that crop."""
+def dense_crops(level_matrix: np.ndarray, level: np.ndarray, shape: np.ndarray, size: int, margin: int = 2, align=8):
+    """One crop side ``C`` for the whole batch and, per patch, the (x0, y0) of its crop in its
+    level, with the matrix shifted into crop coordinates.
+
+    ``C`` covers the largest footprint of the batch (+ ``margin`` texels each side), rounded up
+    to ``align`` so few distinct shapes reach the pipeline. The crop starts inside the level;
+    where it runs past the level's edge the gather replicates the edge, which is the border
+    clamp of the other backends. Computed on the host from the sampled parameters: no device
+    synchronisation.
+    """
     S = size
     corners = np.array([[-0.5, -0.5, 1], [S - 0.5, -0.5, 1], [-0.5, S - 0.5, 1], [S - 0.5, S - 0.5, 1]]).T
     pts = level_matrix @ corners  # (n, 2, 4)
     lo = np.floor(pts.min(axis=2)).astype(np.int64) - margin
     hi = np.ceil(pts.max(axis=2)).astype(np.int64) + margin + 1
-    h = np.asarray(heights)[level]
-    w = np.asarray(widths)[level]
-    x0 = np.clip(lo[:, 0], 0, w - 1)
-    y0 = np.clip(lo[:, 1], 0, h - 1)
-    x1 = np.clip(hi[:, 0], x0 + 1, w)
-    y1 = np.clip(hi[:, 1], y0 + 1, h)
+    side = int((hi - lo).max()) if len(lo) else 1
+    side = -(-side // align) * align
+    wh = shape[level]  # (n, 2) of (w, h)
+    xy0 = np.clip(lo, 0, wh - 1)
     m = level_matrix.copy()
-    m[:, 0, 2] -= x0
-    m[:, 1, 2] -= y0
-    return np.stack([y0, y1, x0, x1], axis=1), m
+    m[:, :, 2] -= xy0
+    return xy0, side, m
+
+
+def gather_crops(image, origin, shape, level, xy0, side: int):
+    """(n, C, C, 3) crops of an :class:`~kernels.pyramid.Atlas` image (numpy, or a torch tensor
+    on its device: one indexing op either way), edges replicated past each level's border."""
+    k = np.arange(side)
+    wh = shape[level]
+    xs = np.minimum(xy0[:, :1] + k, wh[:, :1] - 1) + origin[level][:, :1]  # (n, C)
+    ys = np.minimum(xy0[:, 1:] + k, wh[:, 1:] - 1) + origin[level][:, 1:]
+    if isinstance(image, np.ndarray):
+        return image[ys[:, :, None], xs[:, None, :]]
+    import torch
+
+    xs = torch.from_numpy(xs).to(image.device, non_blocking=True)
+    ys = torch.from_numpy(ys).to(image.device, non_blocking=True)
+    return image[ys[:, :, None], xs[:, None, :]]
 
 
 MEAN_STRIDE = 4
@@ -175,40 +195,44 @@ class DaliWarp:
 
         self.pipe = graph()
         self.pipe.build()
-        self._ones = np.ones((resized, resized, 1), np.uint8)
+        # the crop-box mask's source, one per sample, resident where the pipeline runs
+        self._ones = np.ones((max_batch, resized, resized, 1), np.uint8)
+        if dev == "gpu":
+            import torch
+
+            self._ones = torch.from_numpy(self._ones).to(torch.device("cuda", device_id))
 
     def run(
         self,
-        levels: list,
+        atlas,
         level_matrix: np.ndarray,
         box: np.ndarray,
         level: np.ndarray,
         jitter: np.ndarray,
         factors: np.ndarray,
         order: np.ndarray,
-    ) -> np.ndarray:
-        """(n, S, S, 3) uint8 numpy for the given parameters (``levels``: the pyramid's arrays)."""
-        heights = [lv.shape[0] for lv in levels]
-        widths = [lv.shape[1] for lv in levels]
-        crop_boxes, m = footprint_crops(level_matrix, level, heights, widths, self.size)
-        # numpy levels (CPU placement) or CUDA tensors resident on the GPU (GPU placement)
-        crops = [_contiguous(levels[lv][y0:y1, x0:x1]) for lv, (y0, y1, x0, x1) in zip(level, crop_boxes, strict=True)]
+    ):
+        """(n, S, S, 3) uint8 for the given parameters: numpy in the CPU placement, a CUDA tensor
+        in the GPU one. ``atlas``: a :class:`~kernels.pyramid.Atlas` whose image is a numpy array
+        (CPU) or a uint8 CUDA tensor resident on the device (GPU)."""
+        xy0, side, m = dense_crops(level_matrix, level, atlas.shape, self.size)
+        crops = gather_crops(atlas.image, atlas.origin, atlas.shape, level, xy0, side)  # one dense batch
         # box maps output pixels to normalised crop-box coords (p + 0.5) / R; DALI wants R-space
         # pixels, and R * box is already R-space in its pixel-edge convention
         box_r = box * self.resized
         box_r[:, :, 2] -= 0.5
         sub = np.diag([float(MEAN_STRIDE), float(MEAN_STRIDE), 1.0])  # small pixel i <- output pixel 4i
-        n = len(crops)
+        n = len(level)
         feeds = {
             "crop": crops,
-            "ones": [self._ones] * n,
-            "mat": list(to_edge_convention(m).astype(np.float32)),
-            "box": list(to_edge_convention(box_r).astype(np.float32)),
-            "smat": list(to_edge_convention(m @ sub).astype(np.float32)),
-            "sbox": list(to_edge_convention(box_r @ sub).astype(np.float32)),
-            "fac": list(np.asarray(factors, np.float32)),
-            "order": list(np.asarray(order, np.int32)),
-            "jit": [np.array(bool(j)) for j in np.asarray(jitter).reshape(n)],
+            "ones": self._ones[:n],
+            "mat": to_edge_convention(m).astype(np.float32),
+            "box": to_edge_convention(box_r).astype(np.float32),
+            "smat": to_edge_convention(m @ sub).astype(np.float32),
+            "sbox": to_edge_convention(box_r @ sub).astype(np.float32),
+            "fac": np.asarray(factors, np.float32),
+            "order": np.asarray(order, np.int32),
+            "jit": np.asarray(jitter, bool).reshape(n),
         }
         for name, data in feeds.items():
             self.pipe.feed_input(name, data)

@@ -49,3 +49,32 @@ def build_pyramid(img: np.ndarray, num_levels: int) -> Pyramid:
     offsets = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64)
     packed = np.concatenate([pack_rgb(lv) for lv in levels])
     return Pyramid(packed, offsets, heights, widths, levels)
+
+
+@dataclass
+class Atlas:
+    """All levels packed in one (H, W, 3) uint8 image: level 0 at the left, the smaller levels
+    in a column to its right, each inside a one-texel border that replicates its edge.
+    ``origin[l]`` is the (x, y) of level l's pixel (0, 0); ``shape[l]`` its (w, h)."""
+
+    image: np.ndarray
+    origin: np.ndarray  # (L, 2) int64
+    shape: np.ndarray  # (L, 2) int64
+
+
+def build_atlas(levels: list) -> Atlas:
+    h0, w0 = levels[0].shape[:2]
+    col = w0 + 2  # x of the column of smaller levels
+    width = col + (levels[1].shape[1] + 2 if len(levels) > 1 else 0)
+    height = max(h0 + 2, sum(lv.shape[0] + 2 for lv in levels[1:]))
+    image = np.zeros((height, width, 3), np.uint8)
+    origin, shape, y = [], [], 0
+    for i, lv in enumerate(levels):
+        x0, y0 = (0, 0) if i == 0 else (col, y)
+        h, w = lv.shape[:2]
+        image[y0 : y0 + h + 2, x0 : x0 + w + 2] = np.pad(lv, ((1, 1), (1, 1), (0, 0)), mode="edge")
+        origin.append((x0 + 1, y0 + 1))
+        shape.append((w, h))
+        if i:
+            y += h + 2
+    return Atlas(image, np.array(origin, np.int64), np.array(shape, np.int64))

@@ -25,26 +25,14 @@ class TorchPyramid:
     """
 
     def __init__(self, levels, device):
-        import numpy as np
+        from .pyramid import build_atlas
 
         self.device = torch.device(device)
-        h0, w0 = levels[0].shape[:2]
-        col = w0 + 2  # x of the column of smaller levels
-        width = col + (levels[1].shape[1] + 2 if len(levels) > 1 else 0)
-        height = max(h0 + 2, sum(lv.shape[0] + 2 for lv in levels[1:]))
-        atlas = np.zeros((height, width, 3), np.uint8)
-        origin, limit, y = [], [], 0
-        for i, lv in enumerate(levels):
-            x0, y0 = (0, 0) if i == 0 else (col, y)
-            h, w = lv.shape[:2]
-            atlas[y0 : y0 + h + 2, x0 : x0 + w + 2] = np.pad(lv, ((1, 1), (1, 1), (0, 0)), mode="edge")
-            origin.append((x0 + 1, y0 + 1))
-            limit.append((w - 1, h - 1))
-            if i:
-                y += h + 2
-        self.atlas = torch.from_numpy(atlas).to(self.device).permute(2, 0, 1).unsqueeze(0).float().contiguous()
-        self.origin = torch.tensor(origin, dtype=torch.float64, device=self.device)
-        self.limit = torch.tensor(limit, dtype=torch.float64, device=self.device)
+        at = build_atlas(levels)
+        height, width = at.image.shape[:2]
+        self.atlas = torch.from_numpy(at.image).to(self.device).permute(2, 0, 1).unsqueeze(0).float().contiguous()
+        self.origin = torch.tensor(at.origin, dtype=torch.float64, device=self.device)
+        self.limit = torch.tensor(at.shape - 1, dtype=torch.float64, device=self.device)
         self.scale = torch.tensor([2.0 / width, 2.0 / height], dtype=torch.float64, device=self.device)
 
 

@@ -12,12 +12,13 @@ from fastssl.mono import Renderer, resolve_backend
 
 pytest.importorskip("nvidia.dali", reason="NVIDIA DALI is not installed (pip install 'fastssl[dali]'; CI installs it)")
 
-from fastssl.kernels.dali_warp import DaliWarp, footprint_crops  # noqa: E402
+from fastssl.kernels.dali_warp import DaliWarp, dense_crops, gather_crops  # noqa: E402
+from fastssl.kernels.pyramid import build_atlas  # noqa: E402
 
 
 def _dali(rend, spec, p):
     return DaliWarp(spec.size, spec.resized, len(p)).run(
-        rend.pyramid.levels, p.level_matrix(), p.box, p.level, p.jitter, p.factors, p.order
+        build_atlas(rend.pyramid.levels), p.level_matrix(), p.box, p.level, p.jitter, p.factors, p.order
     )
 
 
@@ -48,25 +49,48 @@ def test_each_colour_op_alone_agrees(photo):
         assert d.max() <= 1 and d.mean() < 0.01, op
 
 
-def test_footprint_crops_cover_every_sample_point(photo):
-    spec = AugmentSpec(size=16)
-    r = Renderer(photo, spec, "numba")
+def test_dense_crops_hold_every_bilinear_tap_with_the_edge_clamped(rng):
+    """Each patch's crop (one side for the batch) holds both bilinear neighbours of every sample
+    point, as the level gives them with its edge clamped: DALI's clamp at the crop edge is then
+    the other backends' clamp at the level edge. Large rotated crops of a small image make the
+    sample points leave the image on every side."""
+    img = rng.integers(0, 256, (120, 160, 3), dtype=np.uint8)
+    spec = AugmentSpec(size=16, initial_crop=None, scale=(0.6, 1.0), rotation=40, shear=20)
+    r = Renderer(img, spec, "numba")
     p = r.params(0, 64, seed=1)
-    hs = [lv.shape[0] for lv in r.pyramid.levels]
-    ws = [lv.shape[1] for lv in r.pyramid.levels]
-    crops, shifted = footprint_crops(p.level_matrix(), p.level, hs, ws, 16)
+    at = build_atlas(r.pyramid.levels)
+    xy0, side, shifted = dense_crops(p.level_matrix(), p.level, at.shape, 16)
+    assert side % 8 == 0
+    crops = gather_crops(at.image, at.origin, at.shape, p.level, xy0, side)
+    assert crops.shape == (64, side, side, 3)
     ys, xs = np.mgrid[0:16, 0:16]
     pts = np.stack([xs.ravel(), ys.ravel(), np.ones(256)])
+    outside = 0
     for i in range(64):
-        y0, y1, x0, x1 = crops[i]
-        h, w = hs[p.level[i]], ws[p.level[i]]
-        uv = shifted[i] @ pts  # crop coordinates of every output pixel
-        # the kernels clamp sample points to the level; what DALI clamps to is the crop
-        u = np.clip(uv[0] + x0, 0, w - 1) - x0
-        v = np.clip(uv[1] + y0, 0, h - 1) - y0
-        # both bilinear neighbours lie in the crop, unless the crop edge is the level edge
-        assert ((np.floor(u) >= 0) | (x0 == 0)).all() and ((np.floor(u) + 1 <= x1 - x0 - 1) | (x1 == w)).all()
-        assert ((np.floor(v) >= 0) | (y0 == 0)).all() and ((np.floor(v) + 1 <= y1 - y0 - 1) | (y1 == h)).all()
+        lv = r.pyramid.levels[p.level[i]]
+        h, w = lv.shape[:2]
+        u, v = shifted[i] @ pts  # crop coordinates of every output pixel
+        for du in (0, 1):
+            for dv in (0, 1):
+                cu, cv = np.floor(u).astype(int) + du, np.floor(v).astype(int) + dv
+                assert (cu < side).all() and (cv < side).all()
+                # left of / above the crop only where the crop starts at the level's edge
+                assert ((cu >= 0) | (xy0[i, 0] == 0)).all() and ((cv >= 0) | (xy0[i, 1] == 0)).all()
+                lu, lv_ = cu + xy0[i, 0], cv + xy0[i, 1]
+                outside += int(((lu < 0) | (lu >= w) | (lv_ < 0) | (lv_ >= h)).sum())
+                got = crops[i][np.clip(cv, 0, side - 1), np.clip(cu, 0, side - 1)]  # DALI's border clamp
+                np.testing.assert_array_equal(got, lv[np.clip(lv_, 0, h - 1), np.clip(lu, 0, w - 1)])
+    assert outside > 0, "no sample point left the image: the edge case was not exercised"
+
+
+def test_gather_on_torch_tensors_matches_numpy(photo):
+    r = Renderer(photo, AugmentSpec(size=12), "numba")
+    p = r.params(0, 16, seed=4)
+    at = build_atlas(r.pyramid.levels)
+    xy0, side, _ = dense_crops(p.level_matrix(), p.level, at.shape, 12)
+    a = gather_crops(at.image, at.origin, at.shape, p.level, xy0, side)
+    b = gather_crops(torch.from_numpy(at.image), at.origin, at.shape, p.level, xy0, side)
+    np.testing.assert_array_equal(a, b.numpy())
 
 
 def test_dali_backend_through_monosource_and_cli(photo, tmp_path, capsys):
