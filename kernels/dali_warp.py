@@ -189,7 +189,10 @@ class DaliWarp:
             r, g, b = x[:, :, 0], x[:, :, 1], x[:, :, 2]
             if jit:
                 xs = warp(crop, ones, smat, sbox, small)
-                r, g, b = _colour_ops(r, g, b, xs[:, :, 0], xs[:, :, 1], xs[:, :, 2], fac, order)
+                # the factors enter GPU arithmetic, so they move there; the op order and the
+                # jitter flag drive conditionals, which take CPU predicates
+                facs = fac.gpu() if dev == "gpu" else fac
+                r, g, b = _colour_ops(r, g, b, xs[:, :, 0], xs[:, :, 1], xs[:, :, 2], facs, order)
             out = fn.stack(r, g, b, axis=2)
             return fn.cast(dm.floor(_clamp(out) + 0.5), dtype=types.UINT8)
 
