@@ -13,13 +13,15 @@ part, back to back (a machine goes back after 30 s idle):
     run(carry=[".carry/1"], command="python3 benchmarks/carry.py stash .carry/1")
     ...
     run(carry=[".carry/K"], command="python3 benchmarks/carry.py stash .carry/K && "
-        "python3 benchmarks/carry.py unpack && PYTHONPATH=/tmp/fastssl-site python3 benchmarks/gpu_check.py ...")
+        "python3 benchmarks/carry.py unpack && python3 benchmarks/carry.py verify --device cuda && "
+        "python3 benchmarks/gpu_check.py --site /tmp/fastssl-site --json $OUT/gpu_check.json")
 
 ``stash`` moves a part out of the working tree (to /tmp/fastssl-carry, which lives as long as
 the machine); ``unpack`` checks every sum, joins, extracts DALI and installs the wheels into
 /tmp/fastssl-site with ``pip --no-deps --no-index`` (nothing is fetched there). DALI's image
 codec wheels (nvimgcodec, nvjpeg) are not carried: the warp and arithmetic operators do not
-load them.
+load them: ``verify`` renders patches with the carried DALI (those packages blocked from
+import) and with Numba on the same parameters, and fails beyond 1 LSB.
 """
 
 from __future__ import annotations
@@ -189,6 +191,55 @@ def unpack(stash_dir: Path = STASH, site: Path = SITE, install_wheels: bool = Tr
     return {"site": str(site), "members": man["dali_tar_xz"]["kept"], "wheels": [w["name"] for w in man["wheels"]]}
 
 
+class _BlockImports:
+    """A meta-path finder that refuses some modules: proves the carried DALI works without them."""
+
+    def __init__(self, prefixes):
+        self.prefixes = tuple(prefixes)
+
+    def find_spec(self, name, path=None, target=None):
+        if name.startswith(self.prefixes):
+            raise ImportError(f"{name} is not carried")
+        return None
+
+
+NOT_CARRIED = ("nvidia.nvimgcodec", "nvidia.nvjpeg", "nvidia.libnvcomp")
+
+
+def verify(site: Path, device: str = "cpu", n: int = 64, size: int = 32) -> dict:
+    """Render ``n`` patches with the DALI found in ``site`` (put first, the codec packages
+    blocked) and with Numba on the same parameters; their largest difference and its share."""
+    import numpy as np
+
+    sys.meta_path.insert(0, _BlockImports(NOT_CARRIED))
+    sys.path.insert(0, str(site))
+    import nvidia
+
+    first = str(site / "nvidia")  # ahead of any copy the machine has
+    if isinstance(nvidia.__path__, list):  # a regular package; a namespace one follows sys.path
+        nvidia.__path__[:] = [first] + [p for p in nvidia.__path__ if p != first]
+    import nvidia.dali
+
+    if not Path(nvidia.dali.__file__).is_relative_to(site):
+        raise CarryError(f"nvidia.dali came from {nvidia.dali.__file__}, not from {site}")
+    import gpu_check  # noqa: F401  (makes fastssl importable from a plain checkout)
+
+    from fastssl import AugmentSpec
+    from fastssl.image import load_image
+    from fastssl.mono import Renderer
+
+    img, spec = load_image(None), AugmentSpec(size=size)
+    ref = Renderer(img, spec, "numba")
+    p = ref.params(0, n, seed=7)
+    d = np.abs(ref.render_nhwc(p).astype(int) - Renderer(img, spec, "dali", device).render_nhwc(p).astype(int))
+    return {
+        "dali": nvidia.dali.__file__,
+        "device": device,
+        "max_diff": int(d.max()),
+        "share_off": float((d > 0).mean()),
+    }
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -205,6 +256,9 @@ def main(argv=None) -> int:
     u.add_argument("--from", dest="src", default=str(STASH))
     u.add_argument("--site", default=str(SITE))
     u.add_argument("--no-wheels", action="store_true", help="DALI only (a check on another Python)")
+    v = sub.add_parser("verify", help="the carried DALI against Numba on the same parameters")
+    v.add_argument("--site", default=str(SITE))
+    v.add_argument("--device", default="cpu", help="cpu (DALI's CPU operators) or cuda")
     args = ap.parse_args(argv)
     try:
         if args.cmd == "pack":
@@ -224,6 +278,14 @@ def main(argv=None) -> int:
         elif args.cmd == "stash":
             moved = stash(Path(args.folder), Path(args.to))
             print(f"stashed {len(moved)} file(s) in {args.to}: {', '.join(moved)}")
+        elif args.cmd == "verify":
+            r = verify(Path(args.site), args.device)
+            print(
+                f"DALI from {r['dali']} on {r['device']}: max |DALI - Numba| = {r['max_diff']} LSB "
+                f"on {100 * r['share_off']:.3f}% of values"
+            )
+            if r["max_diff"] > 1:
+                return 1
         else:
             info = unpack(Path(args.src), Path(args.site), install_wheels=not args.no_wheels)
             wheels = "no wheels" if args.no_wheels else f"{len(info['wheels'])} wheels"

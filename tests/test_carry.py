@@ -115,3 +115,29 @@ def test_manifest_lists_what_pack_wrote(carry, tmp_path, rng):
     on_disk = json.loads((tmp_path / "carry" / "1" / "manifest.json").read_text())
     assert on_disk == man
     assert on_disk["parts"][0]["sha256"] == carry._sha256(tmp_path / "carry" / "1" / "dali.tar.xz.part1")
+
+
+def test_verify_renders_with_the_dali_in_the_site_folder(tmp_path):
+    """``verify`` loads DALI from the given folder only (codec packages blocked) and compares it
+    with Numba; here the folder links to the installed DALI, standing in for a carried copy."""
+    import subprocess
+    import sys
+
+    dali = pytest.importorskip("nvidia.dali", reason="NVIDIA DALI is not installed (the dali extra; CI installs it)")
+    site = tmp_path / "site"
+    (site / "nvidia").mkdir(parents=True)
+    (site / "nvidia" / "dali").symlink_to(Path(dali.__file__).parent)
+    script = str(ROOT / "benchmarks" / "carry.py")
+    r = subprocess.run(
+        [sys.executable, script, "verify", "--site", str(site)], capture_output=True, text=True, timeout=600
+    )
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert f"DALI from {site}" in r.stdout and "max |DALI - Numba| = " in r.stdout
+    assert int(r.stdout.split("max |DALI - Numba| = ")[1].split()[0]) <= 1
+    # a folder without DALI: the machine's own copy must not pass for the carried one
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    r = subprocess.run(
+        [sys.executable, script, "verify", "--site", str(empty)], capture_output=True, text=True, timeout=600
+    )
+    assert r.returncode == 2 and "not from" in r.stderr
