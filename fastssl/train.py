@@ -14,7 +14,9 @@
   ``torch.load(weights_only=True)`` reads them: a checkpoint never runs code.
   ``resume=True`` continues exactly where it stopped: same epoch, same batch, same RNG state.
 - Ctrl-C saves a checkpoint at the current step and returns ``"interrupted"``.
-- A NaN/inf loss stops training with the step where it happened (nothing is saved).
+- A NaN/inf loss stops training with the step where it happened (nothing is saved after it).
+  Losses and metrics stay on the device and are read once per ``log_every`` steps (and before
+  every checkpoint), so a GPU step never waits for the host.
 - ``metrics.jsonl`` gets a line every ``log_every`` steps; tqdm shows images/s.
 """
 
@@ -171,11 +173,8 @@ class _Ctx:
 
     def step(self, loss: torch.Tensor, name: str = "main") -> None:
         t = self.t
-        if not torch.isfinite(loss.detach()).all():
-            raise FastSSLError(
-                f"loss became {loss.item()} at epoch {t.epoch} step {t.step} (global step {t.global_step}); "
-                "lower the learning rate or check the data; the last checkpoint is still valid"
-            )
+        # checked later, in one read (Trainer.check_finite): no host sync per step
+        t._pending.append((loss.detach(), t.epoch, t.step, t.global_step))
         opt = t.optims[name]
         opt.zero_grad(set_to_none=True)
         if t.scaler is not None:
@@ -229,6 +228,7 @@ class Trainer:
             for k, net in method.nets.items():
                 method.nets[k] = torch.compile(net)
         self.epoch = self.step = self.global_step = 0
+        self._pending: list = []  # (loss on the device, epoch, step, global step) not yet checked
         self.ctx = _Ctx(self)
         self.ckpt_path = self.out / "ckpt.pt"
 
@@ -248,7 +248,23 @@ class Trainer:
             "config": dataclasses.asdict(self.cfg),
         }
 
+    def check_finite(self) -> None:
+        """Raise at the first NaN/inf loss since the last check (one device read)."""
+        if not self._pending:
+            return
+        vals = torch.stack([p[0].float().reshape(()) for p in self._pending]).cpu()
+        bad = (~torch.isfinite(vals)).nonzero()
+        pending, self._pending = self._pending, []
+        if len(bad):
+            i = int(bad[0])
+            _, epoch, step, gstep = pending[i]
+            raise FastSSLError(
+                f"loss became {vals[i].item()} at epoch {epoch} step {step} (global step {gstep}); "
+                "lower the learning rate or check the data; the last checkpoint is still valid"
+            )
+
     def save(self) -> None:
+        self.check_finite()  # never checkpoint weights that a NaN step has touched
         if self.rank == 0:
             atomic_save(self.state(), self.ckpt_path)
 
@@ -316,12 +332,13 @@ class Trainer:
                     self.step += 1
                     self.global_step += 1
                     seen += batch[0].shape[0] * self.world
-                    for k, v in m.items():
-                        acc_m[k] = acc_m.get(k, 0.0) + float(v)
+                    for k, v in m.items():  # summed where they are: read at the log step
+                        acc_m[k] = acc_m.get(k, 0.0) + (v.detach() if isinstance(v, torch.Tensor) else v)
                     rate = seen / max(time.perf_counter() - t0, 1e-9)
                     bar.update(1)
                     if self.global_step % self.cfg.log_every == 0:
-                        vals = {k: v / self.cfg.log_every for k, v in acc_m.items()}
+                        self.check_finite()
+                        vals = {k: float(v) / self.cfg.log_every for k, v in acc_m.items()}
                         acc_m = {}
                         bar.set_postfix(img_s=f"{rate:.0f}", **{k: f"{v:.3f}" for k, v in vals.items()})
                         self._log(
@@ -343,4 +360,5 @@ class Trainer:
         except KeyboardInterrupt:
             self.save()
             return "interrupted"
+        self.check_finite()
         return "done"

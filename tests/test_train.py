@@ -183,8 +183,28 @@ def test_nan_loss_is_reported_with_its_step(tmp_path):
     cfg = _cfg()
     cfg.optim.lr = 1e12
     cfg.optim.nesterov = False
+    cfg.log_every = 20  # read later than it happens
     with pytest.raises(FastSSLError, match=r"loss became .* at epoch \d+ step \d+"):
         Trainer(build_method("rotnet", MODEL), _mono(n=256), cfg, tmp_path).fit()
+    assert not (tmp_path / "ckpt.pt").exists()  # found at the epoch-end check, before its save
+
+
+def test_a_nan_is_found_at_its_own_step_though_checked_later(tmp_path):
+    """Losses are read once per log interval (no host sync per step): the error still names the
+    exact step, and no checkpoint is written after it."""
+
+    class NanAtStep5(type(build_method("rotnet", MODEL))):
+        def train_step(self, batch, ctx):
+            out = super().train_step(batch, ctx)
+            if ctx.t.global_step == 5:  # a second loss this step, non-finite
+                ctx.t._pending.append((torch.tensor(float("nan")), ctx.t.epoch, ctx.t.step, ctx.t.global_step))
+            return out
+
+    m = NanAtStep5(MODEL)
+    t = Trainer(m, _mono(n=16 * 8), _cfg(epochs=3, log_every=100, ckpt_every=3), tmp_path)
+    with pytest.raises(FastSSLError, match=r"loss became nan at epoch 0 step 5 \(global step 5\)"):
+        t.fit()
+    assert load_checkpoint(tmp_path / "ckpt.pt")["global_step"] == 3  # the one before the NaN
 
 
 def test_compiled_training_step_runs_on_cpu(tmp_path):
