@@ -121,6 +121,55 @@ class MonoData:
             yield self.src.batch(s), None
 
 
+class TensorData:
+    """A fixed, in-memory dataset: uint8 (N, 3, H, W) images, for methods that need index
+    access (DeepCluster). Each epoch takes the order and per-image targets the method set
+    (``set_targets``), else a seeded permutation and no targets; rank ``r`` of ``W`` takes
+    every ``W``-th index of it. Batches move to the device channels-last."""
+
+    def __init__(self, images: torch.Tensor, batch_size: int, device, seed: int = 0):
+        if images.dtype != torch.uint8 or images.ndim != 4 or images.shape[1] != 3:
+            raise FastSSLError(f"TensorData needs uint8 (N, 3, H, W) images, got {tuple(images.shape)} {images.dtype}")
+        self.images, self.batch_size = images, int(batch_size)
+        self.device = torch.device(device)
+        self.seed, self.epoch = int(seed), 0
+        self.targets: torch.Tensor | None = None
+        self.order: torch.Tensor | None = None
+        from .mono import _dist_rank_world
+
+        self.rank, self.world = _dist_rank_world()
+
+    def __len__(self):
+        n = len(self.order) if self.order is not None else len(self.images)
+        return n // self.world // self.batch_size
+
+    def set_epoch(self, epoch: int):
+        self.epoch = int(epoch)
+
+    def set_targets(self, targets: torch.Tensor, order: torch.Tensor):
+        self.targets, self.order = targets.cpu(), order.cpu()
+
+    def _to(self, x):
+        return x.to(self.device, non_blocking=True).contiguous(memory_format=torch.channels_last)
+
+    def all_batches(self, batch_size: int):
+        """Every image once, in index order (for features)."""
+        for a in range(0, len(self.images), batch_size):
+            yield self._to(self.images[a : a + batch_size])
+
+    def iter_from(self, step: int):
+        if self.order is not None:
+            order = self.order
+        else:
+            g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+            order = torch.randperm(len(self.images), generator=g)
+        shard = order[self.rank :: self.world]
+        for s in range(step, len(self)):
+            idx = shard[s * self.batch_size : (s + 1) * self.batch_size]
+            y = None if self.targets is None else self.targets[idx].to(self.device, non_blocking=True)
+            yield self._to(self.images[idx]), y
+
+
 class LoaderData:
     """Adapts a labelled Loader; ``use_labels=False`` hides labels (RotNet on a labelled set)."""
 
@@ -189,6 +238,18 @@ class _Ctx:
     def device(self):
         return self.t.device
 
+    @property
+    def data(self):
+        return self.t.data
+
+    @property
+    def optims(self) -> dict:
+        return self.t.optims
+
+    def log(self, rec: dict) -> None:
+        """A line in metrics.jsonl (rank 0), e.g. DeepCluster's clustering statistics."""
+        self.t._log(rec)
+
 
 class Trainer:
     def __init__(self, method, data, cfg: TrainConfig, out_dir: str | os.PathLike):
@@ -245,6 +306,7 @@ class Trainer:
             "step": self.step,
             "global_step": self.global_step,
             "torch_rng": torch.get_rng_state(),
+            "method_state": self.method.state_dict(),
             "config": dataclasses.asdict(self.cfg),
         }
 
@@ -282,6 +344,7 @@ class Trainer:
             self.scaler.load_state_dict(ck["scaler"])
         self.epoch, self.step, self.global_step = ck["epoch"], ck["step"], ck["global_step"]
         torch.set_rng_state(ck["torch_rng"])
+        self.method.load_state_dict(ck.get("method_state", {}), self.ctx)
 
     # ---------------------------------------------------------------- loop
     def lr_at(self, epoch: int) -> float:

@@ -38,6 +38,13 @@ class Method:
     def on_epoch_start(self, epoch: int, ctx) -> None:
         pass
 
+    def state_dict(self) -> dict:
+        """What the method needs, beyond its networks, to resume mid-epoch (tensors only)."""
+        return {}
+
+    def load_state_dict(self, state: dict, ctx) -> None:
+        pass
+
     def train_step(self, batch, ctx) -> dict:
         raise NotImplementedError
 
@@ -51,14 +58,18 @@ def flip_half(x: torch.Tensor, generator=None) -> torch.Tensor:
     return torch.where(m.view(-1, 1, 1, 1), x.flip(3), x)
 
 
-def build_method(name: str, model_kw: dict, num_classes: int | None = None) -> Method:
+def build_method(name: str, model_kw: dict, num_classes: int | None = None, method_kw: dict | None = None) -> Method:
+    """``method_kw``: the method's own settings (DeepCluster: k, pca_dim, iters, seed)."""
+    from .deepcluster import DeepCluster
     from .rotnet import RotNet
     from .supervised import Supervised
 
+    if name == "deepcluster":
+        return DeepCluster(model_kw, **(method_kw or {}))
     if name == "rotnet":
         return RotNet(model_kw)
     if name == "supervised":
         if not num_classes:
             raise FastSSLError("supervised training needs a labelled source")
         return Supervised(model_kw, num_classes)
-    raise FastSSLError(f"unknown method {name!r}; choose rotnet or supervised (deepcluster and bigan come later)")
+    raise FastSSLError(f"unknown method {name!r}; choose rotnet, deepcluster or supervised (bigan comes later)")

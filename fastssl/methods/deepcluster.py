@@ -1,0 +1,182 @@
+"""DeepCluster (Caron et al. 2018): cluster the features of the whole dataset every epoch and
+train the network to predict its own cluster ids.
+
+Between epochs (``on_epoch_start``): features of every image of the fixed dataset (the output
+of the head's last hidden layer, eval mode), PCA to ``pca_dim`` with whitening, L2
+normalisation, k-means with ``k`` centroids (Lloyd iterations in torch, on the training
+device); the cluster ids become the labels, the epoch's order samples clusters uniformly (every
+non-empty cluster contributes the same number of draws), and the classifier layer is
+re-initialised (its optimiser state dropped). Under DDP, rank 0 clusters and broadcasts.
+
+The data must be a :class:`fastssl.train.TensorData`: DeepCluster needs index access to a
+fixed set of images (for the one-image rows: a fixed set of rendered patches, as the paper
+trains on a fixed dataset of patches).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from ..errors import FastSSLError
+from ..models import AlexNet
+from . import Method, flip_half
+
+
+def pca_whiten(x: torch.Tensor, dim: int, eps: float = 1e-5) -> torch.Tensor:
+    """(n, d) -> (n, min(dim, d)): centred, projected on the top principal axes, each scaled to
+    unit variance (float64 for the eigendecomposition)."""
+    x = x.double()
+    x = x - x.mean(0, keepdim=True)
+    cov = x.T @ x / max(len(x) - 1, 1)
+    evals, evecs = torch.linalg.eigh(cov)  # ascending
+    dim = min(dim, x.shape[1])
+    evals, evecs = evals.flip(0)[:dim], evecs.flip(1)[:, :dim]
+    return (x @ evecs / torch.sqrt(evals.clamp_min(0) + eps)).float()
+
+
+def kmeans_pp(x: torch.Tensor, k: int, generator: torch.Generator) -> torch.Tensor:
+    """k-means++ seeding: each next centroid is a row drawn with probability proportional to its
+    squared distance to the nearest centroid so far (the draw stays on the device: a uniform
+    number from ``generator`` against the cumulative sum)."""
+    n = len(x)
+    c = torch.empty((k, x.shape[1]), dtype=x.dtype, device=x.device)
+    first = int(torch.randint(n, (1,), generator=generator))
+    c[0] = x[first]
+    d = ((x - c[0]) ** 2).sum(1)
+    for i in range(1, k):
+        cum = torch.cumsum(d.double(), 0)
+        u = torch.rand(1, generator=generator, dtype=torch.float64).to(x.device) * cum[-1]
+        j = torch.searchsorted(cum, u).clamp_(max=n - 1)
+        c[i] = x[j[0]]
+        d = torch.minimum(d, ((x - c[i]) ** 2).sum(1))
+    return c
+
+
+def kmeans(x: torch.Tensor, k: int, iters: int, generator: torch.Generator, chunk: int = 8192):
+    """Lloyd's k-means on the rows of ``x`` (n, d), seeded by k-means++. An empty cluster is
+    re-seeded at the point farthest from its centroid in the largest cluster. Returns
+    (assignment (n,) int64, mean squared distance)."""
+    n = len(x)
+    if not 1 <= k <= n:
+        raise FastSSLError(f"k-means needs 1 <= k <= number of images, got k={k} for {n} images")
+    c = kmeans_pp(x, k, generator)
+    assign = torch.zeros(n, dtype=torch.int64, device=x.device)
+    best = torch.zeros(n, dtype=x.dtype, device=x.device)
+    for _ in range(max(iters, 1)):
+        cn = (c * c).sum(1)
+        for a in range(0, n, chunk):  # (chunk, k) distances at a time
+            xb = x[a : a + chunk]
+            d = (xb * xb).sum(1, keepdim=True) - 2 * xb @ c.T + cn
+            best[a : a + chunk], assign[a : a + chunk] = d.min(1)
+        counts = torch.bincount(assign, minlength=k)
+        sums = torch.zeros_like(c).index_add_(0, assign, x)
+        c = torch.where(counts[:, None] > 0, sums / counts.clamp_min(1)[:, None].to(x.dtype), c)
+        for e in (counts == 0).nonzero().flatten().tolist():  # rare: a few per run at most
+            big = int(torch.bincount(assign, minlength=k).argmax())
+            members = (assign == big).nonzero().flatten()
+            far = members[best[members].argmax()]
+            c[e] = x[far]
+            assign[far] = e
+            best[far] = 0
+    return assign, float(best.clamp_min(0).mean())
+
+
+def uniform_over_clusters(assign: torch.Tensor, n: int, generator: torch.Generator) -> torch.Tensor:
+    """``n`` indices: every non-empty cluster gets ceil(n / clusters) draws (with replacement
+    when it is smaller), shuffled, truncated to ``n``."""
+    assign = assign.cpu()
+    clusters = torch.unique(assign)
+    per = math.ceil(n / len(clusters))
+    out = []
+    for c in clusters.tolist():
+        members = (assign == c).nonzero().flatten()
+        if len(members) >= per:
+            pick = members[torch.randperm(len(members), generator=generator)[:per]]
+        else:
+            pick = members[torch.randint(len(members), (per,), generator=generator)]
+        out.append(pick)
+    idx = torch.cat(out)
+    return idx[torch.randperm(len(idx), generator=generator)][:n]
+
+
+class DeepCluster(Method):
+    name = "deepcluster"
+
+    def __init__(self, model_kw: dict, k: int = 100, pca_dim: int = 256, iters: int = 20, seed: int = 0):
+        super().__init__()
+        if k < 2:
+            raise FastSSLError(f"deepcluster needs k >= 2 clusters, got {k}")
+        self.k, self.pca_dim, self.iters, self.seed = int(k), int(pca_dim), int(iters), int(seed)
+        self.nets["model"] = AlexNet(self.k, **model_kw)
+        self.targets: torch.Tensor | None = None  # cluster id per image of the dataset
+        self.order: torch.Tensor | None = None  # this epoch's index order
+
+    def _features(self, data, ctx) -> torch.Tensor:
+        net = self.trunk()
+        was = net.training
+        net.eval()
+        feats = []
+        with torch.no_grad(), ctx.autocast():
+            for x in data.all_batches(512):
+                h = net._trunk(net.prepare(x))
+                feats.append(net.head[:-1](torch.flatten(h, 1)).float())
+        net.train(was)
+        return torch.cat(feats)
+
+    def on_epoch_start(self, epoch: int, ctx) -> None:
+        data = ctx.data
+        if not hasattr(data, "set_targets"):
+            raise FastSSLError("deepcluster needs a fixed dataset with index access (TensorData)")
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+        dist = torch.distributed.is_available() and torch.distributed.is_initialized()
+        x = F.normalize(pca_whiten(self._features(data, ctx), self.pca_dim), dim=1)
+        assign, loss = kmeans(x, self.k, self.iters, g)
+        order = uniform_over_clusters(assign, len(assign), g)
+        if dist:  # one clustering for all ranks: rank 0's
+            assign, order = assign.to(ctx.device), order.to(ctx.device)
+            torch.distributed.broadcast(assign, 0)
+            torch.distributed.broadcast(order, 0)
+        self.targets, self.order = assign.cpu(), order.cpu()
+        data.set_targets(self.targets, self.order)
+        self._reset_classifier(ctx, g)
+        sizes = torch.bincount(self.targets, minlength=self.k)
+        ctx.log(
+            {
+                "epoch": epoch,
+                "kmeans_mse": round(loss, 5),
+                "clusters_used": int((sizes > 0).sum()),
+                "largest_cluster": int(sizes.max()),
+            }
+        )
+
+    def _reset_classifier(self, ctx, g: torch.Generator) -> None:
+        top = self.trunk().head[-1]
+        with torch.no_grad():
+            top.weight.copy_(torch.randn(top.weight.shape, generator=g) * 0.01)
+            top.bias.zero_()
+        for opt in ctx.optims.values():
+            for p in (top.weight, top.bias):
+                opt.state.pop(p, None)  # no momentum carried over from the last clustering
+
+    def state_dict(self) -> dict:
+        if self.targets is None:
+            return {}
+        return {"targets": self.targets, "order": self.order}
+
+    def load_state_dict(self, state: dict, ctx) -> None:
+        if state:
+            self.targets, self.order = state["targets"], state["order"]
+            ctx.data.set_targets(self.targets, self.order)
+
+    def train_step(self, batch, ctx) -> dict:
+        x, y = batch
+        if y is None:
+            raise FastSSLError("deepcluster got a batch without cluster labels (on_epoch_start did not run)")
+        with ctx.autocast():
+            logits = self.nets["model"](flip_half(x))
+            loss = F.cross_entropy(logits, y)
+        ctx.step(loss, "main")
+        return {"loss": loss.detach(), "acc": (logits.argmax(1) == y).float().mean()}
