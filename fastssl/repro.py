@@ -1,8 +1,11 @@
 """``fastssl repro``: the paper's table in miniature, in one command.
 
-Rows: ``random`` (an untrained AlexNet), ``mono-rotnet`` (RotNet on patches of one image),
-``full-rotnet`` (RotNet on the labelled train split's images, labels unused: the paper's
-"millions of images" row at this scale) and ``supervised`` (on the labelled train split).
+Rows, for ``--method M`` (rotnet or deepcluster): ``random`` (an untrained AlexNet),
+``mono-M`` (M on patches of one image), ``full-M`` (M on the labelled train split's images,
+labels unused: the paper's "millions of images" row at this scale) and ``supervised`` (on the
+labelled train split). DeepCluster trains on fixed datasets: the first ``[mono] epoch_length``
+patches of the one image, rendered once, and the train split decoded once at ``res`` (centre
+crops), both held in memory.
 Columns: linear-probe top-1 of conv1..conv5 on the held-out validation split (or
 ``--eval-data``). Writes ``OUT/probes.json``, ``OUT/table.md`` and ``OUT/probes.png``.
 
@@ -23,7 +26,11 @@ from .config import apply_overrides, load_recipe, to_dataclass
 from .errors import FastSSLError
 from .report import bar_figure, markdown_table, write_json
 
-ROWS = ("random", "mono-rotnet", "full-rotnet", "supervised")
+METHODS = ("rotnet", "deepcluster")
+
+
+def rows_for(method: str) -> tuple[str, ...]:
+    return ("random", f"mono-{method}", f"full-{method}", "supervised")
 
 
 def _log(msg: str) -> None:
@@ -61,12 +68,12 @@ def _prepare_data(rc: dict, data, eval_data, out: Path, progress: bool):
     return (str(paths[0]), None), (str(paths[1]), None), src.classes
 
 
-def _loader(spec, rc, train: bool, batch_size: int, device, seed: int):
+def _loader(spec, rc, train: bool, batch_size: int, device, seed: int, shard: bool = True):
     from .data.loaders import Loader
     from .train import resolve_device
 
     data, idx = spec
-    dist = torch.distributed.is_available() and torch.distributed.is_initialized()
+    dist = shard and torch.distributed.is_available() and torch.distributed.is_initialized()
     return Loader(
         data,
         batch_size=batch_size,
@@ -83,38 +90,59 @@ def _loader(spec, rc, train: bool, batch_size: int, device, seed: int):
 
 
 def _train_config(rc: dict, method_name: str, progress: bool, resume: bool):
-    """The recipe's TrainConfig for a method ([rotnet] or [supervised]) with the run-wide settings."""
+    """The recipe's TrainConfig for a method ([rotnet], [deepcluster] or [supervised]) with the
+    run-wide settings; a method's own settings ([deepcluster.clusters]) are left out."""
     from .train import TrainConfig
 
-    section = "supervised" if method_name == "supervised" else method_name
+    section = method_name
     if section not in rc:
         raise FastSSLError(f"the recipe has no [{section}] section")
-    cfg = to_dataclass(TrainConfig, dict(rc[section]))
+    kw = {k: v for k, v in rc[section].items() if k != "clusters"}
+    cfg = to_dataclass(TrainConfig, kw)
     cfg.seed, cfg.device, cfg.progress, cfg.resume = int(rc["seed"]), rc["device"], progress, resume
     return cfg
 
 
-def _mono_stream(rc: dict, image, batch_size: int, seed: int):
-    """The one-image stream of the recipe's [mono] section, on the recipe's device."""
+def _method_kw(rc: dict, method_name: str) -> dict:
+    if method_name == "deepcluster":
+        return {**rc["deepcluster"].get("clusters", {}), "seed": int(rc["seed"])}
+    return {}
+
+
+def _fixed_dataset(rc: dict, cfg, *, image=None, data=None, progress: bool = True):
+    """A :class:`~fastssl.train.TensorData` for methods that need one (DeepCluster): the first
+    ``[mono] epoch_length`` patches of ``image`` (epoch 0, rendered once), or ``data`` (a
+    loader spec) decoded once at ``res`` with the evaluation transform."""
+    from tqdm import tqdm
+
+    from .train import TensorData, resolve_device
+
+    if data is None:  # every rank holds the whole set (rank 0's clustering labels it for all)
+        src = _mono_stream(rc, image, 1024, cfg.seed, device="cpu", rank=0, world_size=1).src
+        batches = (src.batch(i) for i in range(len(src)))
+        total, what = len(src), "patches"
+    else:
+        ld = _loader(data, rc, False, 512, "cpu", cfg.seed, shard=False)
+        batches = (x.cpu() for x, _ in ld)
+        total, what = len(ld), "images"
+    imgs = torch.cat(list(tqdm(batches, total=total, desc=f"fixed dataset ({what})", disable=not progress)))
+    return TensorData(imgs.contiguous(), cfg.batch_size, resolve_device(cfg.device), seed=cfg.seed)
+
+
+def _mono_stream(rc: dict, image, batch_size: int, seed: int, **kw):
+    """The one-image stream of the recipe's [mono] section, on the recipe's device (``kw``:
+    MonoSource overrides)."""
     from .mono import MonoSource
     from .spec import AugmentSpec
     from .train import MonoData, resolve_device
 
     mono_kw = dict(rc["mono"])
     n = int(mono_kw.pop("epoch_length"))
-    return MonoData(
-        MonoSource(
-            image,
-            AugmentSpec(**mono_kw),
-            batch_size=batch_size,
-            epoch_length=n,
-            seed=seed,
-            device=resolve_device(rc["device"]),
-        )
-    )
+    opts = dict(batch_size=batch_size, epoch_length=n, seed=seed, device=resolve_device(rc["device"]))
+    return MonoData(MonoSource(image, AugmentSpec(**mono_kw), **{**opts, **kw}))
 
 
-def _train(row: str, rc: dict, method_name: str, data, out: Path, num_classes, progress: bool):
+def _train(row: str, rc: dict, method_name: str, data, out: Path, num_classes, progress: bool, image=None):
     from .methods import build_method
     from .train import LoaderData, MonoData, Trainer, load_checkpoint
 
@@ -125,8 +153,11 @@ def _train(row: str, rc: dict, method_name: str, data, out: Path, num_classes, p
         _log(f"{row}: already trained ({ck})")
         return ck
     torch.manual_seed(cfg.seed)
-    method = build_method(method_name, dict(rc["model"]), num_classes)
-    if isinstance(data, MonoData):
+    method = build_method(method_name, dict(rc["model"]), num_classes, _method_kw(rc, method_name))
+    if method_name == "deepcluster":
+        mono = isinstance(data, MonoData)
+        stream = _fixed_dataset(rc, cfg, image=image if mono else None, data=None if mono else data, progress=progress)
+    elif isinstance(data, MonoData):
         stream = data
     else:
         stream = LoaderData(
@@ -158,8 +189,8 @@ def repro(
 
     if data is None:
         raise FastSSLError("--data is required: a labelled train source (folder, .tar.gz, or cifar10)")
-    if method != "rotnet":
-        raise FastSSLError(f"--method {method}: only rotnet is implemented so far (deepcluster and bigan come later)")
+    if method not in METHODS:
+        raise FastSSLError(f"--method {method}: choose one of {', '.join(METHODS)} (bigan comes later)")
     rc, out = _setup(preset, overrides, out)
     write_json(
         out / "config.json",
@@ -175,10 +206,12 @@ def repro(
     train_data, val_data, classes = _prepare_data(rc, data, eval_data, out, progress)
     nc = len(classes)
     device = rc["device"]
-    mono = _mono_stream(rc, image, int(rc["rotnet"]["batch_size"]), int(rc["seed"]))
+    if method not in rc:
+        raise FastSSLError(f"preset {preset} has no [{method}] section")
+    mono = _mono_stream(rc, image, int(rc[method]["batch_size"]), int(rc["seed"]))
     ckpts = {
-        "mono-rotnet": _train("mono-rotnet", rc, method, mono, out, nc, progress),
-        "full-rotnet": _train("full-rotnet", rc, method, train_data, out, nc, progress),
+        f"mono-{method}": _train(f"mono-{method}", rc, method, mono, out, nc, progress, image=image),
+        f"full-{method}": _train(f"full-{method}", rc, method, train_data, out, nc, progress),
         "supervised": _train("supervised", rc, "supervised", train_data, out, nc, progress),
     }
     pcfg = to_dataclass(ProbeConfig, dict(rc["probe"]))
@@ -186,7 +219,7 @@ def repro(
     rows = {}
     pdir = out / "probes"
     pdir.mkdir(exist_ok=True)
-    for row in ROWS:
+    for row in rows_for(method):
         rp = pdir / f"{row}.json"
         if rp.exists():
             rows[row] = json.loads(rp.read_text())["top1"]
@@ -231,12 +264,15 @@ def train_one(
     cfg = _train_config(rc, method, progress, resume)
     init_distributed(resolve_device(cfg.device))  # under torchrun: before the data, so that it shards by rank
     torch.manual_seed(cfg.seed)
+    mkw = _method_kw(rc, method)
     if data is None:
         if method == "supervised":
             raise FastSSLError("supervised training needs --data (a labelled source)")
-        return Trainer(
-            build_method(method, dict(rc["model"])), _mono_stream(rc, image, cfg.batch_size, cfg.seed), cfg, out
-        ).fit()
+        if method == "deepcluster":
+            stream = _fixed_dataset(rc, cfg, image=image, progress=progress)
+        else:
+            stream = _mono_stream(rc, image, cfg.batch_size, cfg.seed)
+        return Trainer(build_method(method, dict(rc["model"]), method_kw=mkw), stream, cfg, out).fit()
     if str(data).endswith(".beton"):
         from .data.beton import read_info
 
@@ -246,8 +282,13 @@ def train_one(
 
         src = open_source(data)
         nc = len(src.classes)
-    m = build_method(method, dict(rc["model"]), nc)
-    stream = LoaderData(_loader((src, None), rc, True, cfg.batch_size, cfg.device, cfg.seed), use_labels=m.needs_labels)
+    m = build_method(method, dict(rc["model"]), nc, mkw)
+    if method == "deepcluster":
+        stream = _fixed_dataset(rc, cfg, data=(src, None), progress=progress)
+    else:
+        stream = LoaderData(
+            _loader((src, None), rc, True, cfg.batch_size, cfg.device, cfg.seed), use_labels=m.needs_labels
+        )
     return Trainer(m, stream, cfg, out).fit()
 
 

@@ -271,6 +271,16 @@ def test_repro_end_to_end_writes_table_json_and_figure(tmp_path, capsys):
     capsys.readouterr()
     assert main(["repro", "--preset", TINY, "--data", str(data), "--out", str(out), "--quiet"]) == 0
     assert capsys.readouterr().out.count("already trained") == 3
+    # DeepCluster rows in the same folder: random and supervised are reused
+    capsys.readouterr()
+    args = ["repro", "--preset", TINY, "--data", str(data), "--out", str(out), "--quiet", "--method", "deepcluster"]
+    assert main(args) == 0
+    res = json.loads((out / "probes.json").read_text())
+    assert list(res["rows"]) == ["random", "mono-deepcluster", "full-deepcluster", "supervised"]
+    logs = capsys.readouterr().out
+    assert "supervised: already trained" in logs and "probes random: done already" in logs
+    ck = load_checkpoint(out / "full-deepcluster" / "ckpt.pt")
+    assert ck["method"] == "deepcluster" and len(ck["method_state"]["targets"]) == 24  # 3 classes x (10 - 2 held out)
 
 
 @pytest.mark.parametrize(
@@ -279,7 +289,7 @@ def test_repro_end_to_end_writes_table_json_and_figure(tmp_path, capsys):
         (["repro", "--preset", "nope", "--data", "{tmp}"], "unknown preset"),
         (["repro", "--preset", TINY, "--data", "{tmp}/missing"], "not found"),
         (["repro", "--preset", TINY, "--data", "{tmp}", "--set", "probe.epochs=x"], "bad --set"),
-        (["repro", "--preset", TINY, "--data", "{tmp}", "--method", "bigan"], "only rotnet"),
+        (["repro", "--preset", TINY, "--data", "{tmp}", "--method", "bigan"], "choose one of rotnet, deepcluster"),
         (["probe", "{tmp}/none.pt", "--data", "{tmp}", "--out", "{tmp}/p", "--preset", TINY], "checkpoint not found"),
         (["train", "--method", "supervised", "--out", "{tmp}/t", "--preset", TINY], "needs --data"),
     ],
@@ -290,7 +300,8 @@ def test_user_errors_are_one_line(tmp_path, capsys, args, words):
     assert rc == 2 and len(err) == 1 and words in err[0], err
 
 
-def test_torchrun_two_processes_gloo(tmp_path):
+@pytest.mark.parametrize("method", ["rotnet", "deepcluster"])
+def test_torchrun_two_processes_gloo(tmp_path, method):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -309,7 +320,7 @@ def test_torchrun_two_processes_gloo(tmp_path):
         "fastssl.cli",
         "train",
         "--method",
-        "rotnet",
+        method,
         "--preset",
         TINY,
         "--out",
@@ -323,4 +334,7 @@ def test_torchrun_two_processes_gloo(tmp_path):
     # 64 patches per epoch, batch 16, 2 ranks: 2 steps per rank per epoch, 2 epochs
     assert ck["global_step"] == 4 and ck["epoch"] == 2
     lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
-    assert lines and all(x["img_per_s"] > 0 for x in lines)  # rank 0 alone writes
+    steps = [x for x in lines if "img_per_s" in x]
+    assert steps and all(x["img_per_s"] > 0 for x in steps)  # rank 0 alone writes
+    if method == "deepcluster":  # clustered on rank 0, broadcast: one line per epoch
+        assert [x["epoch"] for x in lines if "kmeans_mse" in x] == [0, 1]
