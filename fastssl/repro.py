@@ -3,7 +3,9 @@
 Rows, for ``--method M`` (rotnet or deepcluster): ``random`` (an untrained AlexNet),
 ``mono-M`` (M on patches of one image), ``full-M`` (M on the labelled train split's images,
 labels unused: the paper's "millions of images" row at this scale) and ``supervised`` (on the
-labelled train split). DeepCluster trains on fixed datasets: the first ``[mono] epoch_length``
+labelled train split). The summary (``probes.json``, ``table.md``, ``probes.png``) holds every
+finished row of the folder, so both methods run into one ``--out`` make one table. DeepCluster
+trains on fixed datasets: the first ``[mono] epoch_length``
 patches of the one image, rendered once, and the train split decoded once at ``res`` (centre
 crops), both held in memory.
 Columns: linear-probe top-1 of conv1..conv5 on the held-out validation split (or
@@ -237,6 +239,14 @@ def repro(
         write_json(rp, res)
         rows[row] = res["top1"]
         _log(f"probes {row}: {rows[row]}")
+    # the summary holds every finished row in this folder: run --method rotnet, then deepcluster,
+    # into the same --out and the table has both (random and supervised trained once)
+    order = ["random"] + [f"{p}-{m}" for m in METHODS for p in ("mono", "full")] + ["supervised"]
+    for row in order:
+        rp = pdir / f"{row}.json"
+        if row not in rows and rp.exists():
+            rows[row] = json.loads(rp.read_text())["top1"]
+    rows = {r: rows[r] for r in order if r in rows}
     result = {"rows": rows, "preset": preset, "wall_s": round(time.perf_counter() - t_start, 1)}
     write_json(out / "probes.json", result)
     table = markdown_table(rows)

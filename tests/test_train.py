@@ -276,7 +276,15 @@ def test_repro_end_to_end_writes_table_json_and_figure(tmp_path, capsys):
     args = ["repro", "--preset", TINY, "--data", str(data), "--out", str(out), "--quiet", "--method", "deepcluster"]
     assert main(args) == 0
     res = json.loads((out / "probes.json").read_text())
-    assert list(res["rows"]) == ["random", "mono-deepcluster", "full-deepcluster", "supervised"]
+    assert list(res["rows"]) == [
+        "random",
+        "mono-rotnet",
+        "full-rotnet",
+        "mono-deepcluster",
+        "full-deepcluster",
+        "supervised",
+    ]
+    assert (out / "table.md").read_text().count("\n") == 8
     logs = capsys.readouterr().out
     assert "supervised: already trained" in logs and "probes random: done already" in logs
     ck = load_checkpoint(out / "full-deepcluster" / "ckpt.pt")
