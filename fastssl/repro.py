@@ -111,6 +111,19 @@ def _method_kw(rc: dict, method_name: str) -> dict:
     return {}
 
 
+def _check_fits(n: int, side: int, what: str) -> None:
+    """Refuse a fixed dataset larger than half the memory available now."""
+    import os
+
+    need = n * 3 * side * side
+    avail = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
+    if need > avail // 2:
+        raise FastSSLError(
+            f"deepcluster's fixed dataset ({n} images of {side} px) needs {need / 2**30:.1f} GiB in memory, "
+            f"{avail / 2**30:.1f} GiB are available: lower {what}"
+        )
+
+
 def _fixed_dataset(rc: dict, cfg, *, image=None, data=None, progress: bool = True):
     """A :class:`~fastssl.train.TensorData` for methods that need one (DeepCluster): the first
     ``[mono] epoch_length`` patches of ``image`` (epoch 0, rendered once), or ``data`` (a
@@ -121,10 +134,12 @@ def _fixed_dataset(rc: dict, cfg, *, image=None, data=None, progress: bool = Tru
 
     if data is None:  # every rank holds the whole set (rank 0's clustering labels it for all)
         src = _mono_stream(rc, image, 1024, cfg.seed, device="cpu", rank=0, world_size=1).src
+        _check_fits(src.epoch_length, src.spec.size, "[mono] epoch_length")
         batches = (src.batch(i) for i in range(len(src)))
         total, what = len(src), "patches"
     else:
         ld = _loader(data, rc, False, 512, "cpu", cfg.seed, shard=False)
+        _check_fits(len(ld) * 512, int(rc["res"]), "the train split (or res)")
         batches = (x.cpu() for x, _ in ld)
         total, what = len(ld), "images"
     imgs = torch.cat(list(tqdm(batches, total=total, desc=f"fixed dataset ({what})", disable=not progress)))

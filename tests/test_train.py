@@ -300,6 +300,20 @@ def test_repro_end_to_end_writes_table_json_and_figure(tmp_path, capsys):
         (["repro", "--preset", TINY, "--data", "{tmp}", "--method", "bigan"], "choose one of rotnet, deepcluster"),
         (["probe", "{tmp}/none.pt", "--data", "{tmp}", "--out", "{tmp}/p", "--preset", TINY], "checkpoint not found"),
         (["train", "--method", "supervised", "--out", "{tmp}/t", "--preset", TINY], "needs --data"),
+        (
+            [
+                "train",
+                "--method",
+                "deepcluster",
+                "--out",
+                "{tmp}/t",
+                "--preset",
+                TINY,
+                "--set",
+                "mono.epoch_length=1e13",
+            ],
+            "lower [mono] epoch_length",
+        ),
     ],
 )
 def test_user_errors_are_one_line(tmp_path, capsys, args, words):
