@@ -13,8 +13,8 @@ part, back to back (a machine goes back after 30 s idle):
     run(carry=[".carry/1"], command="python3 benchmarks/carry.py stash .carry/1")
     ...
     run(carry=[".carry/K"], command="python3 benchmarks/carry.py stash .carry/K && "
-        "python3 benchmarks/carry.py unpack && python3 benchmarks/carry.py verify --device cuda && "
-        "python3 benchmarks/gpu_check.py --site /tmp/fastssl-site --json $OUT/gpu_check.json")
+        "python3 benchmarks/carry.py unpack && { python3 benchmarks/carry.py verify --device cuda; "
+        "python3 benchmarks/gpu_check.py --site /tmp/fastssl-site --json $OUT/gpu_check.json; }")
 
 ``stash`` moves a part out of the working tree (to /tmp/fastssl-carry, which lives as long as
 the machine); ``unpack`` checks every sum, joins, extracts DALI and installs the wheels into
@@ -208,7 +208,8 @@ NOT_CARRIED = ("nvidia.nvimgcodec", "nvidia.nvjpeg", "nvidia.libnvcomp")
 
 def verify(site: Path, device: str = "cpu", n: int = 64, size: int = 32) -> dict:
     """Render ``n`` patches with the DALI found in ``site`` (put first, the codec packages
-    blocked) and with Numba on the same parameters; their largest difference and its share."""
+    blocked) and with Numba (torch on the CPU where Numba is missing) on the same parameters;
+    their largest difference and its share."""
     import numpy as np
 
     sys.meta_path.insert(0, _BlockImports(NOT_CARRIED))
@@ -226,15 +227,17 @@ def verify(site: Path, device: str = "cpu", n: int = 64, size: int = 32) -> dict
 
     from fastssl import AugmentSpec
     from fastssl.image import load_image
-    from fastssl.mono import Renderer
+    from fastssl.mono import Renderer, backend_available
 
     img, spec = load_image(None), AugmentSpec(size=size)
-    ref = Renderer(img, spec, "numba")
+    # the reference: Numba, or the torch backend on the CPU where Numba is missing
+    ref = Renderer(img, spec, "numba" if backend_available("numba", None) is None else "torch")
     p = ref.params(0, n, seed=7)
     d = np.abs(ref.render_nhwc(p).astype(int) - Renderer(img, spec, "dali", device).render_nhwc(p).astype(int))
     return {
         "dali": nvidia.dali.__file__,
         "device": device,
+        "reference": ref.backend,
         "max_diff": int(d.max()),
         "share_off": float((d > 0).mean()),
     }
@@ -281,7 +284,7 @@ def main(argv=None) -> int:
         elif args.cmd == "verify":
             r = verify(Path(args.site), args.device)
             print(
-                f"DALI from {r['dali']} on {r['device']}: max |DALI - Numba| = {r['max_diff']} LSB "
+                f"DALI from {r['dali']} on {r['device']}: max |DALI - {r['reference']}| = {r['max_diff']} LSB "
                 f"on {100 * r['share_off']:.3f}% of values"
             )
             if r["max_diff"] > 1:
