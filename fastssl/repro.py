@@ -28,7 +28,8 @@ from .config import apply_overrides, load_recipe, to_dataclass
 from .errors import FastSSLError
 from .report import bar_figure, markdown_table, write_json
 
-METHODS = ("rotnet", "deepcluster")
+METHODS = ("rotnet", "deepcluster", "bigan")
+SETTINGS = {"deepcluster": "clusters", "bigan": "gan"}  # a method's own sub-table of its recipe section
 
 
 def rows_for(method: str) -> tuple[str, ...]:
@@ -99,16 +100,17 @@ def _train_config(rc: dict, method_name: str, progress: bool, resume: bool):
     section = method_name
     if section not in rc:
         raise FastSSLError(f"the recipe has no [{section}] section")
-    kw = {k: v for k, v in rc[section].items() if k != "clusters"}
+    kw = {k: v for k, v in rc[section].items() if k != SETTINGS.get(method_name)}
     cfg = to_dataclass(TrainConfig, kw)
     cfg.seed, cfg.device, cfg.progress, cfg.resume = int(rc["seed"]), rc["device"], progress, resume
     return cfg
 
 
 def _method_kw(rc: dict, method_name: str) -> dict:
+    kw = dict(rc[method_name].get(SETTINGS[method_name], {})) if method_name in SETTINGS else {}
     if method_name == "deepcluster":
-        return {**rc["deepcluster"].get("clusters", {}), "seed": int(rc["seed"])}
-    return {}
+        kw["seed"] = int(rc["seed"])
+    return kw
 
 
 def _check_fits(n: int, side: int, what: str) -> None:
@@ -207,7 +209,7 @@ def repro(
     if data is None:
         raise FastSSLError("--data is required: a labelled train source (folder, .tar.gz, or cifar10)")
     if method not in METHODS:
-        raise FastSSLError(f"--method {method}: choose one of {', '.join(METHODS)} (bigan comes later)")
+        raise FastSSLError(f"--method {method}: choose one of {', '.join(METHODS)}")
     rc, out = _setup(preset, overrides, out)
     write_json(
         out / "config.json",

@@ -285,6 +285,11 @@ def test_repro_end_to_end_writes_table_json_and_figure(tmp_path, capsys):
         "supervised",
     ]
     assert (out / "table.md").read_text().count("\n") == 8
+    # and BiGAN rows (streamed like RotNet, two optimisers)
+    args = ["repro", "--preset", TINY, "--data", str(data), "--out", str(out), "--quiet", "--method", "bigan"]
+    assert main(args) == 0
+    rows = list(json.loads((out / "probes.json").read_text())["rows"])
+    assert rows[-3:] == ["mono-bigan", "full-bigan", "supervised"] and len(rows) == 8
     logs = capsys.readouterr().out
     assert "supervised: already trained" in logs and "probes random: done already" in logs
     ck = load_checkpoint(out / "full-deepcluster" / "ckpt.pt")
@@ -297,7 +302,14 @@ def test_repro_end_to_end_writes_table_json_and_figure(tmp_path, capsys):
         (["repro", "--preset", "nope", "--data", "{tmp}"], "unknown preset"),
         (["repro", "--preset", TINY, "--data", "{tmp}/missing"], "not found"),
         (["repro", "--preset", TINY, "--data", "{tmp}", "--set", "probe.epochs=x"], "bad --set"),
-        (["repro", "--preset", TINY, "--data", "{tmp}", "--method", "bigan"], "choose one of rotnet, deepcluster"),
+        (
+            ["repro", "--preset", TINY, "--data", "{tmp}", "--method", "simclr"],
+            "choose one of rotnet, deepcluster, bigan",
+        ),
+        (
+            ["train", "--method", "bigan", "--out", "{tmp}/t", "--preset", TINY, "--set", "model.input_res=24"],
+            "power-of-two",
+        ),
         (["probe", "{tmp}/none.pt", "--data", "{tmp}", "--out", "{tmp}/p", "--preset", TINY], "checkpoint not found"),
         (["train", "--method", "supervised", "--out", "{tmp}/t", "--preset", TINY], "needs --data"),
         (
@@ -322,7 +334,7 @@ def test_user_errors_are_one_line(tmp_path, capsys, args, words):
     assert rc == 2 and len(err) == 1 and words in err[0], err
 
 
-@pytest.mark.parametrize("method", ["rotnet", "deepcluster"])
+@pytest.mark.parametrize("method", ["rotnet", "deepcluster", "bigan"])
 def test_torchrun_two_processes_gloo(tmp_path, method):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -59,17 +59,21 @@ def flip_half(x: torch.Tensor, generator=None) -> torch.Tensor:
 
 
 def build_method(name: str, model_kw: dict, num_classes: int | None = None, method_kw: dict | None = None) -> Method:
-    """``method_kw``: the method's own settings (DeepCluster: k, pca_dim, iters, seed)."""
+    """``method_kw``: the method's own settings (DeepCluster: k, pca_dim, iters, seed; BiGAN:
+    z_dim, g_width, d_width)."""
+    from .bigan import BiGAN
     from .deepcluster import DeepCluster
     from .rotnet import RotNet
     from .supervised import Supervised
 
     if name == "deepcluster":
         return DeepCluster(model_kw, **(method_kw or {}))
+    if name == "bigan":
+        return BiGAN(model_kw, **(method_kw or {}))
     if name == "rotnet":
         return RotNet(model_kw)
     if name == "supervised":
         if not num_classes:
             raise FastSSLError("supervised training needs a labelled source")
         return Supervised(model_kw, num_classes)
-    raise FastSSLError(f"unknown method {name!r}; choose rotnet, deepcluster or supervised (bigan comes later)")
+    raise FastSSLError(f"unknown method {name!r}; choose rotnet, deepcluster, bigan or supervised")

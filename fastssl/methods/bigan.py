@@ -1,0 +1,62 @@
+"""BiGAN (Donahue et al. 2017): a generator z -> image, an encoder image -> z (the AlexNet, the
+network the probes read) and a discriminator on (image, code) pairs (PAPER.md section 4).
+
+Two optimisers per step, through the method interface: ``ctx.step(loss_d, "d")`` for the
+discriminator on (real image, its code) against (generated image, its z), then
+``ctx.step(loss_ge, "ge")`` for generator + encoder with the labels swapped. Real and generated
+pairs go through the discriminator as one batch (one forward per backward, as DDP wants).
+Latent codes are uniform in [-1, 1]; horizontal flips of the real images on the device.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from ..errors import FastSSLError
+from ..models import AlexNet
+from ..models.bigan import Generator, JointDiscriminator
+from . import Method, flip_half
+
+
+class BiGAN(Method):
+    name = "bigan"
+
+    def __init__(self, model_kw: dict, z_dim: int = 64, g_width: int = 64, d_width: int = 64):
+        super().__init__()
+        res = int(model_kw.get("input_res", 224))
+        self.z_dim = int(z_dim)
+        self.nets["model"] = AlexNet(self.z_dim, **model_kw)  # the encoder
+        try:
+            self.nets["generator"] = Generator(self.z_dim, res, g_width)
+            self.nets["discriminator"] = JointDiscriminator(self.z_dim, res, d_width)
+        except ValueError as e:
+            raise FastSSLError(
+                f"{e}: BiGAN runs at low resolution, e.g. --set res=64 --set model.input_res=64 --set mono.size=64"
+            ) from None
+
+    def param_groups(self) -> dict[str, list]:
+        return {
+            "d": list(self.nets["discriminator"].parameters()),
+            "ge": list(self.nets["generator"].parameters()) + list(self.nets["model"].parameters()),
+        }
+
+    def train_step(self, batch, ctx) -> dict:
+        x, _ = batch
+        x = flip_half(x).float()
+        n = x.shape[0]
+        E, G, D = self.nets["model"], self.nets["generator"], self.nets["discriminator"]
+        z = torch.rand(n, self.z_dim, device=x.device) * 2 - 1
+        real = torch.cat([torch.ones(n, device=x.device), torch.zeros(n, device=x.device)])
+        with ctx.autocast():
+            z_hat = E(x)
+            x_hat = G(z)
+            d = D(torch.cat([x, x_hat.detach()]), torch.cat([z_hat.detach(), z]))
+            loss_d = F.binary_cross_entropy_with_logits(d.float(), real)
+        ctx.step(loss_d, "d")
+        with ctx.autocast():
+            d = D(torch.cat([x, x_hat]), torch.cat([z_hat, z]))
+            loss_ge = F.binary_cross_entropy_with_logits(d.float(), 1.0 - real)
+        ctx.step(loss_ge, "ge")
+        acc = ((d.detach() > 0).float() == real).float().mean()  # the discriminator's, after its step
+        return {"loss_d": loss_d.detach(), "loss_ge": loss_ge.detach(), "d_acc": acc}

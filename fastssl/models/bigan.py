@@ -1,0 +1,62 @@
+"""BiGAN's generator and joint discriminator (DCGAN-style, PAPER.md section 4); the encoder is
+the AlexNet (its head outputs the latent code), so the probes read the encoder.
+
+Images cross these modules on the batch contract's scale (0..255, float here): the generator
+ends in ``tanh`` mapped to 0..255, the discriminator maps its input to [-1, 1] first.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+
+def _stages(res: int) -> int:
+    n = int(round(math.log2(res / 4)))
+    if res < 8 or 4 * 2**n != res:
+        raise ValueError(f"BiGAN's generator and discriminator need a power-of-two resolution >= 8, got {res}")
+    return n
+
+
+class Generator(nn.Module):
+    """z (B, z_dim) -> (B, 3, res, res) images on 0..255: a 4x4 seed, then stride-2 transposed
+    convolutions with BatchNorm and ReLU, halving the channels each time."""
+
+    def __init__(self, z_dim: int, res: int, width: int = 64):
+        super().__init__()
+        n = _stages(res)
+        c = width * 2 ** (n - 1)
+        layers = [nn.ConvTranspose2d(z_dim, c, 4, 1, 0, bias=False), nn.BatchNorm2d(c), nn.ReLU(True)]
+        for _ in range(n - 1):
+            layers += [nn.ConvTranspose2d(c, c // 2, 4, 2, 1, bias=False), nn.BatchNorm2d(c // 2), nn.ReLU(True)]
+            c //= 2
+        layers += [nn.ConvTranspose2d(c, 3, 4, 2, 1), nn.Tanh()]
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return (self.net(z[:, :, None, None]) + 1.0) * 127.5
+
+
+class JointDiscriminator(nn.Module):
+    """A logit for each (image, code) pair: a strided conv branch for the image, an MLP for the
+    code, and an MLP on both (LeakyReLU 0.2, no BatchNorm on the first conv, as DCGAN)."""
+
+    def __init__(self, z_dim: int, res: int, width: int = 64, hidden: int = 512):
+        super().__init__()
+        n = _stages(res)
+        layers, c_in, c = [], 3, width
+        for i in range(n):
+            layers.append(nn.Conv2d(c_in, c, 4, 2, 1, bias=i == 0))
+            if i:
+                layers.append(nn.BatchNorm2d(c))
+            layers.append(nn.LeakyReLU(0.2, True))
+            c_in, c = c, c * 2
+        self.image = nn.Sequential(*layers, nn.Flatten())
+        self.code = nn.Sequential(nn.Linear(z_dim, hidden), nn.LeakyReLU(0.2, True))
+        self.joint = nn.Sequential(nn.Linear(c_in * 16 + hidden, hidden), nn.LeakyReLU(0.2, True), nn.Linear(hidden, 1))
+
+    def forward(self, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        h = self.image(x.float() / 127.5 - 1.0)
+        return self.joint(torch.cat([h, self.code(z)], 1)).squeeze(1)
