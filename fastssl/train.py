@@ -389,7 +389,7 @@ class Trainer:
                     disable=not self.cfg.progress or self.rank != 0,
                     leave=False,
                 )
-                t0, seen, acc_m = time.perf_counter(), 0, {}
+                t0, seen, acc_m, acc_n = time.perf_counter(), 0, {}, 0
                 for batch in islice(self.data.iter_from(self.step), n_steps - self.step):
                     m = self.method.train_step(batch, self.ctx)
                     self.step += 1
@@ -397,12 +397,14 @@ class Trainer:
                     seen += batch[0].shape[0] * self.world
                     for k, v in m.items():  # summed where they are: read at the log step
                         acc_m[k] = acc_m.get(k, 0.0) + (v.detach() if isinstance(v, torch.Tensor) else v)
+                    acc_n += 1
                     rate = seen / max(time.perf_counter() - t0, 1e-9)
                     bar.update(1)
                     if self.global_step % self.cfg.log_every == 0:
                         self.check_finite()
-                        vals = {k: float(v) / self.cfg.log_every for k, v in acc_m.items()}
-                        acc_m = {}
+                        # the mean over the steps since the last line (fewer after an epoch start)
+                        vals = {k: float(v) / acc_n for k, v in acc_m.items()}
+                        acc_m, acc_n = {}, 0
                         bar.set_postfix(img_s=f"{rate:.0f}", **{k: f"{v:.3f}" for k, v in vals.items()})
                         self._log(
                             {

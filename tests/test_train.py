@@ -372,3 +372,29 @@ def test_torchrun_two_processes_gloo(tmp_path, method):
     assert steps and all(x["img_per_s"] > 0 for x in steps)  # rank 0 alone writes
     if method == "deepcluster":  # clustered on rank 0, broadcast: one line per epoch
         assert [x["epoch"] for x in lines if "kmeans_mse" in x] == [0, 1]
+
+
+def test_logged_metrics_are_means_over_the_steps_since_the_last_line(tmp_path):
+    """With 3 steps per epoch and a line every 2 global steps, the first line of epoch 1 covers
+    one step only: its mean must not be divided by 2."""
+    from fastssl.methods import Method
+
+    class Constant(Method):
+        name = "constant"
+
+        def __init__(self):
+            super().__init__()
+            self.nets["model"] = torch.nn.Linear(1, 1)
+
+        def arch(self):
+            return {}
+
+        def train_step(self, batch, ctx):
+            loss = self.nets["model"].weight.sum() * 0 + 1.0
+            ctx.step(loss, "main")
+            return {"one": torch.tensor(1.0)}
+
+    Trainer(Constant(), _mono(n=48), _cfg(epochs=2, log_every=2), tmp_path).fit()
+    lines = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [x["global_step"] for x in lines] == [2, 4, 6]
+    assert all(x["one"] == 1.0 for x in lines), lines

@@ -22,14 +22,14 @@ from . import Method, flip_half
 class BiGAN(Method):
     name = "bigan"
 
-    def __init__(self, model_kw: dict, z_dim: int = 64, g_width: int = 64, d_width: int = 64):
+    def __init__(self, model_kw: dict, z_dim: int = 64, g_width: int = 64, d_width: int = 64, d_dropout: float = 0.0):
         super().__init__()
         res = int(model_kw.get("input_res", 224))
         self.z_dim = int(z_dim)
         self.nets["model"] = AlexNet(self.z_dim, **model_kw)  # the encoder
         try:
             self.nets["generator"] = Generator(self.z_dim, res, g_width)
-            self.nets["discriminator"] = JointDiscriminator(self.z_dim, res, d_width)
+            self.nets["discriminator"] = JointDiscriminator(self.z_dim, res, d_width, dropout=d_dropout)
         except ValueError as e:
             raise FastSSLError(
                 f"{e}: BiGAN runs at low resolution, e.g. --set res=64 --set model.input_res=64 --set mono.size=64"

@@ -41,9 +41,11 @@ class Generator(nn.Module):
 
 class JointDiscriminator(nn.Module):
     """A logit for each (image, code) pair: a strided conv branch for the image, an MLP for the
-    code, and an MLP on both (LeakyReLU 0.2, no BatchNorm on the first conv, as DCGAN)."""
+    code, and an MLP on both (LeakyReLU 0.2, no BatchNorm on the first conv, as DCGAN; dropout
+    ``dropout`` after every hidden layer, as BiGAN's discriminator, to keep it from winning
+    outright)."""
 
-    def __init__(self, z_dim: int, res: int, width: int = 64, hidden: int = 512):
+    def __init__(self, z_dim: int, res: int, width: int = 64, hidden: int = 512, dropout: float = 0.0):
         super().__init__()
         n = _stages(res)
         layers, c_in, c = [], 3, width
@@ -51,11 +53,13 @@ class JointDiscriminator(nn.Module):
             layers.append(nn.Conv2d(c_in, c, 4, 2, 1, bias=i == 0))
             if i:
                 layers.append(nn.BatchNorm2d(c))
-            layers.append(nn.LeakyReLU(0.2, True))
+            layers += [nn.LeakyReLU(0.2, True), nn.Dropout(dropout)]
             c_in, c = c, c * 2
         self.image = nn.Sequential(*layers, nn.Flatten())
-        self.code = nn.Sequential(nn.Linear(z_dim, hidden), nn.LeakyReLU(0.2, True))
-        self.joint = nn.Sequential(nn.Linear(c_in * 16 + hidden, hidden), nn.LeakyReLU(0.2, True), nn.Linear(hidden, 1))
+        self.code = nn.Sequential(nn.Linear(z_dim, hidden), nn.LeakyReLU(0.2, True), nn.Dropout(dropout))
+        self.joint = nn.Sequential(
+            nn.Linear(c_in * 16 + hidden, hidden), nn.LeakyReLU(0.2, True), nn.Dropout(dropout), nn.Linear(hidden, 1)
+        )
 
     def forward(self, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         h = self.image(x.float() / 127.5 - 1.0)
