@@ -1,13 +1,13 @@
 """``fastssl repro``: the paper's table in miniature, in one command.
 
-Rows, for ``--method M`` (rotnet or deepcluster): ``random`` (an untrained AlexNet),
+Rows, for ``--method M`` (rotnet, deepcluster or bigan): ``random`` (an untrained AlexNet),
 ``mono-M`` (M on patches of one image), ``full-M`` (M on the labelled train split's images,
 labels unused: the paper's "millions of images" row at this scale) and ``supervised`` (on the
 labelled train split). The summary (``probes.json``, ``table.md``, ``probes.png``) holds every
-finished row of the folder, so both methods run into one ``--out`` make one table. DeepCluster
-trains on fixed datasets: the first ``[mono] epoch_length``
-patches of the one image, rendered once, and the train split decoded once at ``res`` (centre
-crops), both held in memory.
+finished row of the folder, so the methods run into one ``--out`` make one table (random and
+supervised trained once). DeepCluster trains on fixed datasets: the first ``[mono]
+epoch_length`` patches of the one image, rendered once, and the train split decoded once at
+``res`` (centre crops), both held in memory; RotNet and BiGAN stream.
 Columns: linear-probe top-1 of conv1..conv5 on the held-out validation split (or
 ``--eval-data``). Writes ``OUT/probes.json``, ``OUT/table.md`` and ``OUT/probes.png``.
 
@@ -93,8 +93,9 @@ def _loader(spec, rc, train: bool, batch_size: int, device, seed: int, shard: bo
 
 
 def _train_config(rc: dict, method_name: str, progress: bool, resume: bool):
-    """The recipe's TrainConfig for a method ([rotnet], [deepcluster] or [supervised]) with the
-    run-wide settings; a method's own settings ([deepcluster.clusters]) are left out."""
+    """The recipe's TrainConfig for a method ([rotnet], [deepcluster], [bigan] or [supervised])
+    with the run-wide settings; a method's own settings ([deepcluster.clusters], [bigan.gan])
+    are left out."""
     from .train import TrainConfig
 
     section = method_name
