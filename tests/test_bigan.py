@@ -55,7 +55,12 @@ def test_each_optimiser_moves_only_its_own_networks():
     x = torch.randint(0, 256, (8, 3, 16, 16), dtype=torch.uint8)
     out = m.train_step((x, None), ctx)
     assert ctx.changed == [("d", {"discriminator"}), ("ge", {"generator", "model"})]
-    assert set(out) == {"loss_d", "loss_ge", "d_acc"} and all(torch.isfinite(v) for v in out.values())
+    assert set(out) == {"loss_d", "loss_ge", "d_acc", "d_skipped"} and out["d_skipped"] == 0.0
+    # a discriminator above its d_skip_above accuracy sits the step out
+    skipper = build_method("bigan", MODEL, method_kw={**GAN, "d_skip_above": -0.5})
+    ctx2 = _Ctx(skipper)
+    assert skipper.train_step((x, None), ctx2)["d_skipped"] == 1.0
+    assert ctx2.changed == [("ge", {"generator", "model"})]
     # the probes read the encoder: an AlexNet whose head gives the latent code
     assert m.trunk() is m.nets["model"] and m.arch()["num_classes"] == GAN["z_dim"]
 

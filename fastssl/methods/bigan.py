@@ -22,10 +22,21 @@ from . import Method, flip_half
 class BiGAN(Method):
     name = "bigan"
 
-    def __init__(self, model_kw: dict, z_dim: int = 64, g_width: int = 64, d_width: int = 64, d_dropout: float = 0.0):
+    def __init__(
+        self,
+        model_kw: dict,
+        z_dim: int = 64,
+        g_width: int = 64,
+        d_width: int = 64,
+        d_dropout: float = 0.0,
+        d_skip_above: float = 1.0,
+    ):
         super().__init__()
         res = int(model_kw.get("input_res", 224))
         self.z_dim = int(z_dim)
+        # the discriminator skips its step while its accuracy on the batch is above this (1: never;
+        # a host read per step when set)
+        self.d_skip_above = float(d_skip_above)
         self.nets["model"] = AlexNet(self.z_dim, **model_kw)  # the encoder
         try:
             self.nets["generator"] = Generator(self.z_dim, res, g_width)
@@ -53,10 +64,12 @@ class BiGAN(Method):
             x_hat = G(z)
             d = D(torch.cat([x, x_hat.detach()]), torch.cat([z_hat.detach(), z]))
             loss_d = F.binary_cross_entropy_with_logits(d.float(), real)
-        ctx.step(loss_d, "d")
+        skip = self.d_skip_above < 1.0 and float(((d.detach() > 0).float() == real).float().mean()) > self.d_skip_above
+        if not skip:
+            ctx.step(loss_d, "d")
         with ctx.autocast():
             d = D(torch.cat([x, x_hat]), torch.cat([z_hat, z]))
             loss_ge = F.binary_cross_entropy_with_logits(d.float(), 1.0 - real)
         ctx.step(loss_ge, "ge")
         acc = ((d.detach() > 0).float() == real).float().mean()  # the discriminator's, after its step
-        return {"loss_d": loss_d.detach(), "loss_ge": loss_ge.detach(), "d_acc": acc}
+        return {"loss_d": loss_d.detach(), "loss_ge": loss_ge.detach(), "d_acc": acc, "d_skipped": float(skip)}
