@@ -210,20 +210,15 @@ def verify(site: Path, device: str = "cpu", n: int = 64, size: int = 32) -> dict
     """Render ``n`` patches with the DALI found in ``site`` (put first, the codec packages
     blocked) and with Numba (torch on the CPU where Numba is missing) on the same parameters;
     their largest difference and its share."""
+    import gpu_check  # makes fastssl importable from a plain checkout
     import numpy as np
 
     sys.meta_path.insert(0, _BlockImports(NOT_CARRIED))
-    sys.path.insert(0, str(site))
-    import nvidia
-
-    first = str(site / "nvidia")  # ahead of any copy the machine has
-    if isinstance(nvidia.__path__, list):  # a regular package; a namespace one follows sys.path
-        nvidia.__path__[:] = [first] + [p for p in nvidia.__path__ if p != first]
+    gpu_check.add_site(str(site), first=True)  # ahead of any copy the machine has
     import nvidia.dali
 
     if not Path(nvidia.dali.__file__).is_relative_to(site):
         raise CarryError(f"nvidia.dali came from {nvidia.dali.__file__}, not from {site}")
-    import gpu_check  # noqa: F401  (makes fastssl importable from a plain checkout)
 
     from fastssl import AugmentSpec
     from fastssl.image import load_image

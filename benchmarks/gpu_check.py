@@ -125,7 +125,7 @@ def augment(dev, sizes, batches, seconds, image, backends):
 
                     rate = _timed(one, dev, seconds) * batch
                 except Exception as e:  # reported, not fatal: the other rows still run
-                    row["error"] = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+                    row["error"] = _error(e)
                     print(f"  augment {be:8s} S={S:4d} batch={batch:5d}: {row['error']}", flush=True)
                     rows.append(row)
                     continue
@@ -148,7 +148,7 @@ def _kornia(dev, S, batch, seconds, image):
         one, _ = _kornia_runner(image, AugmentSpec(size=S), None, dev, batch)
         rate = _timed(one, dev, seconds) * batch
     except Exception as e:  # e.g. out of memory: kornia expands the photo to the batch
-        return {**row, "error": f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"}
+        return {**row, "error": _error(e)}
     print(f"  augment kornia   S={S:4d} batch={batch:5d}: {rate:12.0f} patches/s", flush=True)
     return {**row, "patches_per_s": round(rate, 1)}
 
@@ -237,7 +237,7 @@ def data_wait(dev, res, batch, steps, image, backends, step):
                 t_data += t1 - t0
                 t_all += time.perf_counter() - t0
         except Exception as e:
-            rows.append({"backend": be, "error": f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"})
+            rows.append({"backend": be, "error": _error(e)})
             continue
         share = t_data / t_all
         rows.append({"backend": be, "res": res, "steps": steps, "data_wait_share": round(share, 4)})
@@ -303,18 +303,28 @@ def table(report) -> str:
     return "\n".join(lines)
 
 
-def add_site(site: str) -> None:
+def add_site(site: str, first: bool = False) -> None:
     """Put ``site`` first on sys.path. ``nvidia`` is a package that several wheels share; where
     the machine's own copy is a regular package, the carried ``nvidia.dali`` is only found once
-    its folder is on ``nvidia.__path__`` too."""
+    its folder is on ``nvidia.__path__`` too (``first``: ahead of the machine's own, so that
+    only the carried copy can answer)."""
     sys.path.insert(0, site)
     try:
         import nvidia
     except ImportError:
         return
     extra = str(Path(site) / "nvidia")
-    if Path(extra).is_dir() and extra not in list(nvidia.__path__):
+    if not Path(extra).is_dir():
+        return
+    if first and isinstance(nvidia.__path__, list):  # a namespace package follows sys.path
+        nvidia.__path__[:] = [extra] + [p for p in nvidia.__path__ if p != extra]
+    elif extra not in list(nvidia.__path__):
         nvidia.__path__.append(extra)
+
+
+def _error(e: Exception) -> str:
+    """An exception as one line for the report."""
+    return f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
 
 
 def main(argv=None) -> int:
@@ -373,7 +383,7 @@ def main(argv=None) -> int:
             report[key] = run()
         except Exception as e:  # one failed section must not cost the others' figures
             traceback.print_exc()
-            report[key] = {"error": f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"}
+            report[key] = {"error": _error(e)}
         report["wall_s"] = round(time.perf_counter() - t0, 1)
         write_json(args.json, report)  # after every section: a timeout still leaves the figures so far
     report["verdict"] = verdicts(report)
