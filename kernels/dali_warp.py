@@ -4,9 +4,11 @@ One graph, two placements: ``DaliWarp(size, placement="cpu")`` builds it with CP
 (``device_id=None``, what CI can run), ``placement="gpu"`` with GPU operators. It applies the
 same sampled parameters as the other backends:
 
-- each patch gets a crop of its pyramid level covering its footprint (+2 texels), fed through
-  ``fn.external_source``, and the 2x3 matrix re-expressed in that crop's coordinates, in DALI's
-  convention (pixel edges at integers: the centre of pixel k is k + 0.5, as PIL);
+- each patch gets a crop of its pyramid level covering its footprint (+2 texels; one crop
+  side for the whole batch, gathered from the pyramid atlas in one indexing op and fed through
+  ``fn.external_source`` as one dense array), and the 2x3 matrix re-expressed in that crop's
+  coordinates, in DALI's convention (pixel edges at integers: the centre of pixel k is k + 0.5,
+  as PIL);
 - ``fn.warp_affine`` without ``fill_value`` clamps to the border, like the other backends;
 - the crop-box fill is a second, nearest-neighbour warp of a constant R x R image with the box
   matrix (``fill_value=0`` outside), multiplied in.
@@ -72,10 +74,6 @@ def gather_crops(image, origin, shape, level, xy0, side: int):
 
 MEAN_STRIDE = 4
 _W = (0.299, 0.587, 0.114)
-
-
-def _contiguous(a):
-    return a.contiguous() if hasattr(a, "contiguous") else np.ascontiguousarray(a)
 
 
 def _clamp(v):

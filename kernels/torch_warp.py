@@ -1,4 +1,4 @@
-"""Warp + colour jitter with torch ops: ``grid_sample`` over the pyramid, batched colour ops.
+"""Warp + colour jitter with torch ops: one ``grid_sample`` over the pyramid atlas, batched colour ops.
 
 Runs on CPU and CUDA with the same parameters as the Numba kernel. It is the portable GPU path
 and the cross-check for every other backend: same coordinates (pixel centres at integers,
