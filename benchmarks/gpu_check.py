@@ -1,4 +1,4 @@
-"""The GPU check: one command, a JSON report and a table (issue 5).
+"""The GPU check: one command, a JSON report and a table.
 
     python benchmarks/gpu_check.py --json gpu_check.json              # on a CUDA machine (< 4 min on an H100)
     python benchmarks/gpu_check.py --device cpu --json dry.json       # the same logic on the CPU, tiny sizes
@@ -14,10 +14,10 @@ a timeout or a failing section leaves the others' figures):
    (NCHW) vs channels-last + bf16 autocast + torch.compile;
 3. data wait: the share of a compiled bf16 RotNet step spent producing its batch, per backend
    (the source runs in the training loop, no prefetch thread);
-then the issue's targets, met or not, and a Markdown table.
+then the engine's GPU targets, met or not, and a Markdown table.
 
-It needs only torch and this repository (plus DALI / kornia when present): on the device
-machine run it from the repository root without installing fastssl.
+It needs torch and an installed fastssl (``pip install --no-deps --no-build-isolation -e .``
+installs it without a package index), plus DALI / kornia when present.
 """
 
 from __future__ import annotations
@@ -27,31 +27,8 @@ import json
 import sys
 import time
 import traceback
-from pathlib import Path
 
 import torch
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def _plain_checkout_imports() -> None:
-    """Make ``import fastssl`` work from a checkout that was never pip-installed (the device
-    machine): the repository root on sys.path, and ``kernels/`` registered as
-    ``fastssl.kernels`` (pyproject's package-dir does that mapping for an installed copy)."""
-    import importlib.util
-
-    sys.path.insert(0, str(ROOT))
-    if importlib.util.find_spec("fastssl.kernels") is None:
-        spec = importlib.util.spec_from_file_location(
-            "fastssl.kernels", ROOT / "kernels" / "__init__.py", submodule_search_locations=[str(ROOT / "kernels")]
-        )
-        mod = importlib.util.module_from_spec(spec)
-        sys.modules["fastssl.kernels"] = mod
-        spec.loader.exec_module(mod)
-
-
-_plain_checkout_imports()
-
 
 TARGETS = {"patches_per_s": {64: 1_000_000, 224: 100_000}, "data_wait_share": 0.05, "speedup": 2.0}
 
@@ -141,11 +118,11 @@ def _kornia(dev, S, batch, seconds, image):
         import kornia  # noqa: F401
     except ImportError:
         return {**row, "error": "kornia is not installed"}
-    from fastssl.bench import _kornia_runner
+    from fastssl.bench import kornia_runner
     from fastssl.spec import AugmentSpec
 
     try:
-        one, _ = _kornia_runner(image, AugmentSpec(size=S), None, dev, batch)
+        one, _ = kornia_runner(image, AugmentSpec(size=S), None, dev, batch)
         rate = _timed(one, dev, seconds) * batch
     except Exception as e:  # e.g. out of memory: kornia expands the photo to the batch
         return {**row, "error": _error(e)}
@@ -246,7 +223,7 @@ def data_wait(dev, res, batch, steps, image, backends, step):
 
 
 def verdicts(report) -> list[dict]:
-    """Each target of issue 5 against the best measured figure."""
+    """Each GPU target against the best measured figure."""
     out = []
     aug = [r for r in report.get("augment", []) if isinstance(r, dict) and "patches_per_s" in r]
     for be in ("dali", "torch"):
@@ -303,25 +280,6 @@ def table(report) -> str:
     return "\n".join(lines)
 
 
-def add_site(site: str, first: bool = False) -> None:
-    """Put ``site`` first on sys.path. ``nvidia`` is a package that several wheels share; where
-    the machine's own copy is a regular package, the carried ``nvidia.dali`` is only found once
-    its folder is on ``nvidia.__path__`` too (``first``: ahead of the machine's own, so that
-    only the carried copy can answer)."""
-    sys.path.insert(0, site)
-    try:
-        import nvidia
-    except ImportError:
-        return
-    extra = str(Path(site) / "nvidia")
-    if not Path(extra).is_dir():
-        return
-    if first and isinstance(nvidia.__path__, list):  # a namespace package follows sys.path
-        nvidia.__path__[:] = [extra] + [p for p in nvidia.__path__ if p != extra]
-    elif extra not in list(nvidia.__path__):
-        nvidia.__path__.append(extra)
-
-
 def _error(e: Exception) -> str:
     """An exception as one line for the report."""
     return f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
@@ -333,10 +291,7 @@ def main(argv=None) -> int:
     ap.add_argument("--json", default="gpu_check.json")
     ap.add_argument("--image", default=None, help="source image (default: the built-in photo)")
     ap.add_argument("--seconds", type=float, default=None, help="per measurement (default 2 on GPU, 0.5 on CPU)")
-    ap.add_argument("--site", help="extra site folder (the carried DALI / kornia, see benchmarks/carry.py)")
     args = ap.parse_args(argv)
-    if args.site:
-        add_site(args.site)
     dev = torch.device(args.device)
     if dev.type == "cuda" and not torch.cuda.is_available():
         print("gpu_check: CUDA is not available; use --device cpu for a dry run", file=sys.stderr)
