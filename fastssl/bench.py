@@ -166,7 +166,7 @@ def _run_processes(name, image, spec, threads, seconds):
     return sum(n / t for n, t, _ in res)
 
 
-def _kornia_runner(image, spec, threads, device="cpu", batch_size=BATCH):
+def kornia_runner(image, spec, threads, device="cpu", batch_size=BATCH):
     import kornia.augmentation as K
     import torch
 
@@ -231,7 +231,7 @@ def bench_augment(image: np.ndarray, size: int, threads: int, seconds: float = 3
         ("pil-chain", "PIL", "process", None),
         ("albumentations", "albumentations", "process", None),
         ("torchvision-v2", "torchvision", "process", None),
-        ("kornia", "kornia", "thread", lambda: _kornia_runner(image, spec, threads)),
+        ("kornia", "kornia", "thread", lambda: kornia_runner(image, spec, threads)),
     ]
     results, skipped = [], []
     for name, module, how, make in sides:

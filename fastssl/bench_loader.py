@@ -18,16 +18,6 @@ from .data.loaders import Loader
 from .data.sources import open_source
 
 
-def _source_bytes(src) -> int | None:
-    if hasattr(src, "_data") and src._data is not None:
-        return sum(len(v) for v in src._data.values())
-    if hasattr(src, "_offsets"):
-        return sum(s for _, s in src._offsets.values())
-    if hasattr(src, "root"):
-        return sum((src.root / k).stat().st_size for k in src.keys)
-    return None
-
-
 def _passes(loader, epochs: int = 1) -> dict:
     t0 = time.perf_counter()
     n = first = 0
@@ -69,7 +59,7 @@ def bench_loader(
         "res": res,
         "batch_size": batch_size,
         "num_images": len(src),
-        "source_bytes": _source_bytes(src),
+        "source_bytes": src.stored_bytes(),
         "conversion": [],
         "results": [],
     }

@@ -9,7 +9,9 @@ import argparse
 import dataclasses
 import json
 import os
+import signal
 import sys
+import threading
 from pathlib import Path
 
 from .errors import FastSSLError
@@ -64,12 +66,19 @@ def _sizes(text: str) -> list[int]:
     return sizes
 
 
+def _check_json(path: str | None) -> None:
+    """Refuse a --json destination before the work, not after it."""
+    if path:
+        from .atomic import JSON, check_destination
+
+        check_destination(path, replace=JSON, what="--json")
+
+
 def _write_json(path: str, obj) -> None:
+    from .atomic import JSON
     from .report import write_json
 
-    if not Path(path).parent.exists():
-        raise FastSSLError(f"folder for --json does not exist: {Path(path).parent}")
-    write_json(path, obj)
+    write_json(path, obj, replace=JSON, what="--json")
 
 
 def cmd_mono(args) -> int:
@@ -99,6 +108,7 @@ def cmd_mono(args) -> int:
 def cmd_bench(args) -> int:
     from .image import load_image
 
+    _check_json(args.json)
     image = load_image(args.image)
     if args.what == "augment":
         threads = args.threads or len(os.sched_getaffinity(0))
@@ -181,6 +191,7 @@ def cmd_data(args) -> int:
 def cmd_bench_loader(args) -> int:
     from .bench_loader import bench_loader, format_loader_table
 
+    _check_json(args.json)
     threads = args.threads or len(os.sched_getaffinity(0))
     run = bench_loader(
         args.data,
@@ -251,8 +262,17 @@ def cmd_probe(args) -> int:
     return 0
 
 
+def cmd_recipe(args) -> int:
+    from .config import load
+
+    print(json.dumps(load(args.preset, args.set), indent=1))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
-    from .mono import BACKENDS
+    from .mono import backend_names
+
+    BACKENDS = backend_names()
 
     ap = argparse.ArgumentParser(prog="fastssl", description="Self-supervised learning from a single image, fast.")
     sub = ap.add_subparsers(dest="command", required=True)
@@ -290,7 +310,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="where the time goes instead: per-stage timing (numba), torch.profiler (torch, dali)",
     )
-    b.add_argument("--backend", choices=["numba", "torch", "dali"], default="numba", help="with --profile")
+    b.add_argument("--backend", choices=BACKENDS[1:], default="numba", help="with --profile")
     b.add_argument("--device", default="cpu", help="with --profile: cpu or cuda")
     b.add_argument("--image", default=None, help="source image (default: a built-in photo)")
     b.add_argument("--json", default=None, help="write the results here")
@@ -350,6 +370,11 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--quiet", action="store_true")
     pr.set_defaults(func=cmd_probe)
 
+    rc = sub.add_parser("recipe", help="every value of a preset (or .toml) with overrides, checked, as JSON")
+    rc.add_argument("--preset", default="cpu-mini")
+    rc.add_argument("--set", action="append", metavar="KEY=VALUE")
+    rc.set_defaults(func=cmd_recipe)
+
     data = sub.add_parser("data", help="labelled datasets: convert to FFCV, inspect")
     dsub = data.add_subparsers(dest="action", required=True)
     c = dsub.add_parser("convert", help="write an FFCV .beton (image + label) and its class index")
@@ -379,17 +404,50 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
+def flags(message: str, args) -> str:
+    """A library message in the CLI's words: a parameter the library names in backticks
+    (`batch_size`) becomes its flag (--batch-size) where this command has one."""
+    import re
+
+    def sub(m):
+        name = m.group(1)
+        return "--" + name.replace("_", "-") if name in vars(args) and name != "func" else name
+
+    return re.sub(r"`([a-z_]+)`", sub, message)
+
+
 def main(argv: list[str] | None = None) -> int:
+    from . import signals
+
     args = build_parser().parse_args(argv)
+    signals.reset()
+    main_thread = threading.current_thread() is threading.main_thread()
+    old = signal.signal(signal.SIGINT, signals.raise_once) if main_thread else None
+    rc = 1
     try:
-        return args.func(args)
+        rc = args.func(args)
     except FastSSLError as e:
-        print(f"fastssl: error: {e}", file=sys.stderr)
-        return 2
+        print(f"fastssl: error: {flags(str(e), args)}", file=sys.stderr)
+        rc = 2
     except KeyboardInterrupt:
         print("fastssl: interrupted", file=sys.stderr)
-        return 130
+        rc = 130
+    finally:
+        if main_thread and not signals.stopping():  # while stopping, later signals stay ignored
+            signal.signal(signal.SIGINT, old)
+    return rc
+
+
+def run() -> None:
+    """The ``fastssl`` program: :func:`main`, then exit with its status."""
+    from . import signals
+
+    rc = main()
+    if signals.stopping():  # stopping: a late signal must not turn exit 130 into death by signal
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # (an ignored signal stays ignored through shutdown)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    sys.exit(rc)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run()

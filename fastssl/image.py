@@ -10,6 +10,7 @@ their range is not defined. Every failure raises FastSSLError with one actionabl
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +19,37 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from .errors import FastSSLError
 
 DEFAULT_IMAGE = "grace_hopper.jpg"  # ships with matplotlib; the built-in default photo
+
+# The paper's source photos (Asano et al., ICLR 2020), from the authors' public repository that
+# generates the single-image datasets (pinned commit), fetched once into the cache and checked.
+PAPER_REPO = (
+    "https://raw.githubusercontent.com/yukimasano/single_img_pretraining/04b07233154c614c6ae53535fe80de81e904ca8f"
+)
+PAPER_IMAGES = {  # name -> (file in that repository, SHA-256)
+    "ameyoko": ("images/ameyoko.jpg", "78c2681de2dbfb416fb861ca3ae0a5e21f3f53c56dfc18b276b0feab4ec526aa"),
+    "bridge": ("images/sf.png", "a17d42cda71851ff48b6abf24f7eaf28eb021e05094805443de073c11696b7f6"),
+    "animals": ("images/animals.png", "8d53d41034236f3b7248134e1b9b48060ee0f6eed1eb779a1f0522e0bf05f533"),
+}
+
+
+def paper_image(name: str, cache=None, base_url: str | None = None, progress: bool = True) -> Path:
+    """The path of the paper's photo ``name`` (ameyoko, bridge, animals), downloaded on first use."""
+    from .data.sources import default_cache, download
+
+    if name not in PAPER_IMAGES:
+        raise FastSSLError(f"unknown paper image {name!r}: choose paper:{', paper:'.join(PAPER_IMAGES)}")
+    rel, sha = PAPER_IMAGES[name]
+    dest = Path(cache or default_cache()) / "paper-images" / Path(rel).name
+    return download(f"{base_url or PAPER_REPO}/{rel}", dest, sha256=sha, progress=progress)
+
+
+def resolve_image(path) -> Path:
+    """A path, ``paper:NAME`` (downloaded on first use) or None (the built-in photo)."""
+    if path is None:
+        return default_image_path()
+    if isinstance(path, str) and path.startswith("paper:"):
+        return paper_image(path[len("paper:") :])
+    return Path(path)
 
 
 def default_image_path() -> Path:
@@ -48,19 +80,21 @@ def to_rgb_array(img: Image.Image) -> np.ndarray:
 
 
 def load_image(path: str | os.PathLike | None) -> np.ndarray:
-    """Decode ``path`` (or the built-in default when None) into an (h, w, 3) uint8 array."""
-    if path is None:
-        path = default_image_path()
-    p = Path(path)
+    """Decode ``path`` (``paper:NAME`` for the paper's photos; the built-in photo when None)
+    into an (h, w, 3) uint8 array."""
+    p = resolve_image(path)
     if not p.exists():
         raise FastSSLError(f"image not found: {p}")
     if p.is_dir():
         raise FastSSLError(f"expected an image file, got a directory: {p}")
     try:
-        with Image.open(p) as img:
-            img.load()
-            img = ImageOps.exif_transpose(img)
-            arr = to_rgb_array(img)
+        with warnings.catch_warnings():
+            # sizes between PIL's warning and error limits decode (or fail) without a warning
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(p) as img:
+                img.load()
+                img = ImageOps.exif_transpose(img)
+                arr = to_rgb_array(img)
     except FastSSLError:
         raise
     except UnidentifiedImageError:

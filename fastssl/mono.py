@@ -16,37 +16,31 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import sys
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from .atomic import atomic_output
+from .atomic import NPY, PNG, atomic_output, check_destination, reserve
+from .distributed import rank_world
 from .errors import FastSSLError
 from .image import load_image
 from .spec import PAPER_EPOCH, AugmentSpec, PatchParams, check_image_fits, num_levels, sample_params
 
-BACKENDS = ("auto", "numba", "torch", "dali")
+
+def backend_names() -> tuple[str, ...]:
+    from .kernels import BACKENDS
+
+    return ("auto", *BACKENDS)
 
 
-def backend_available(name: str, device: torch.device) -> str | None:
-    """None when ``name`` can run on ``device``, else the reason it cannot."""
-    if name == "numba":  # runs on the CPU; on another device its batches are copied there
-        try:
-            import numba  # noqa: F401
-        except ImportError:
-            return "numba is not installed (pip install numba)"
-        return None
-    if name == "torch":
-        return None
-    if name == "dali":  # GPU operators on a CUDA device, DALI's CPU operators on the CPU
-        try:
-            import nvidia.dali  # noqa: F401
-        except ImportError:
-            return "NVIDIA DALI is not installed (pip install 'fastssl[dali]')"
-        return None
-    return f"unknown backend {name!r}; choose one of {', '.join(BACKENDS)}"
+def backend_available(name: str, device) -> str | None:
+    """None when backend ``name`` can render on ``device``, else the reason it cannot."""
+    from .kernels import unavailable
+
+    return unavailable(name, torch.device(device).type)
 
 
 def resolve_backend(name: str, device: torch.device) -> str:
@@ -65,21 +59,19 @@ def resolve_backend(name: str, device: torch.device) -> str:
 def resolve_device(device) -> torch.device:
     dev = torch.device(device)
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise FastSSLError(f"device {device!r} asked for, but CUDA is not available; use --device cpu")
+        raise FastSSLError(f"device {device!r} asked for, but CUDA is not available: use `device` cpu")
     return dev
 
 
 class Renderer:
-    """Applies sampled parameters with one backend; holds the pyramid resident on its device.
-
-    ``compile`` (torch backend): run the fixed-shape, synchronisation-free form of the chain
-    under ``torch.compile`` (default: on CUDA, where the eager form's many small kernels and
-    host syncs dominate; a compiler failure falls back to eager with a warning).
-    """
+    """Applies sampled parameters with one backend (see :mod:`fastssl.kernels`), which holds the
+    pyramid resident on its device. ``compile``: passed to the backend (torch: run the chain
+    under ``torch.compile``; default on CUDA)."""
 
     def __init__(
         self, image: np.ndarray, spec: AugmentSpec, backend: str = "auto", device="cpu", threads=None, compile=None
     ):
+        from .kernels import backend_class
         from .kernels.pyramid import build_pyramid
 
         self.spec = spec
@@ -88,32 +80,9 @@ class Renderer:
         self.height, self.width = image.shape[:2]
         self._pool: list[np.ndarray] = []
         self.pyramid = build_pyramid(image, num_levels(self.height, self.width))
-        if self.backend == "numba":
-            import numba
-
-            if threads:
-                numba.set_num_threads(int(threads))
-            self.threads = numba.get_num_threads()
-        elif self.backend == "dali":
-            self.threads = int(threads or len(os.sched_getaffinity(0)))
-            self._dali = None  # built on first use, for the largest batch seen
-            from .kernels.pyramid import build_atlas
-
-            self._atlas = build_atlas(self.pyramid.levels)
-            if self.device.type == "cuda":  # the pyramid stays resident on the GPU
-                self._atlas.image = torch.from_numpy(self._atlas.image).to(self.device)
-        else:
-            from .kernels.torch_warp import TorchPyramid
-
-            if threads and self.device.type == "cpu":
-                torch.set_num_threads(int(threads))
-            self.threads = torch.get_num_threads() if self.device.type == "cpu" else 0
-            self.tpyr = TorchPyramid(self.pyramid.levels, self.device)
-            self._compiled = None
-            if compile if compile is not None else self.device.type == "cuda":
-                from .kernels.torch_warp import run_fixed
-
-                self._compiled = torch.compile(run_fixed)
+        cls = backend_class(self.backend)
+        self.impl = cls(self.pyramid.levels, spec.size, spec.resized, self.device, threads, compile=compile)
+        self.threads = self.impl.threads
 
     def params(self, start: int, stop: int, seed: int = 0, epoch: int = 0) -> PatchParams:
         return sample_params(self.spec, self.height, self.width, start, stop, seed=seed, epoch=epoch)
@@ -136,74 +105,30 @@ class Renderer:
         self._pool.append(buf)
         return buf
 
-    def render_numpy(self, p: PatchParams, out: np.ndarray | None = None) -> np.ndarray:
-        """(n, S, S, 3) uint8 numpy (CPU) from the numba backend."""
-        from .kernels import numba_warp
-
-        if out is None:
+    def _render(self, p: PatchParams, out=None):
+        if out is None and self.impl.writes_into:
             out = self._buffer(len(p))
-        arrays = numba_warp.prepare(p.level_matrix(), p.box, p.level, p.jitter, p.factors, p.order)
-        return numba_warp.run(self.pyramid, arrays, out)
+        return self.impl.render(p.level_matrix(), p.box, p.level, p.jitter, p.factors, p.order, out=out)
 
-    def _render_dali(self, p: PatchParams):
-        from .kernels.dali_warp import DaliWarp
-
-        if self._dali is None or self._dali.max_batch < len(p):
-            gpu = self.device.type == "cuda"
-            self._dali = DaliWarp(
-                self.spec.size,
-                self.spec.resized,
-                max(len(p), 1),
-                "gpu" if gpu else "cpu",
-                (self.device.index or 0) if gpu else 0,
-                self.threads,
-            )
-        return self._dali.run(self._atlas, p.level_matrix(), p.box, p.level, p.jitter, p.factors, p.order)
+    def render_numpy(self, p: PatchParams, out: np.ndarray | None = None) -> np.ndarray:
+        """(n, S, S, 3) uint8 NumPy from a CPU backend that writes into buffers (numba)."""
+        if not self.impl.writes_into:
+            raise ValueError(f"backend {self.backend} does not render into NumPy buffers")
+        return self._render(p, out)
 
     def render(self, p: PatchParams) -> torch.Tensor:
         """(n, 3, S, S) uint8 channels-last tensor on the device."""
-        if self.backend == "dali":
-            out = self._render_dali(p)
-            nhwc = out if isinstance(out, torch.Tensor) else torch.from_numpy(out)
-            return nhwc.permute(0, 3, 1, 2)
-        if self.backend == "numba":
-            nhwc = torch.from_numpy(self.render_numpy(p))
-            if self.device.type != "cpu":
-                nhwc = nhwc.pin_memory().to(self.device, non_blocking=True)
-            return nhwc.permute(0, 3, 1, 2)
-        from .kernels import torch_warp
-
-        dev = self.device
-        t = lambda a, dt: torch.as_tensor(a, dtype=dt).to(dev, non_blocking=True)  # noqa: E731
-        args = (
-            self.tpyr,
-            t(p.level_matrix(), torch.float64),
-            t(p.box, torch.float64),
-            t(p.level, torch.int64),
-            t(p.jitter, torch.bool),
-            t(p.factors, torch.float32),
-            t(p.order, torch.int64),
-            self.spec.size,
-        )
-        if self._compiled is not None:
-            try:
-                return self._compiled(*args)
-            except Exception as e:  # a compiler failure must not stop a run: eager from here on
-                import warnings
-
-                warnings.warn(
-                    f"torch.compile of the torch backend failed, running eager: {type(e).__name__}: {e}", stacklevel=2
-                )
-                self._compiled = None
-        return torch_warp.run(*args)
+        nhwc = self._render(p)
+        if isinstance(nhwc, np.ndarray):
+            nhwc = torch.from_numpy(nhwc)
+        if nhwc.device != self.device:
+            nhwc = nhwc.pin_memory().to(self.device, non_blocking=True)
+        return nhwc.permute(0, 3, 1, 2)
 
     def render_nhwc(self, p: PatchParams) -> np.ndarray:
-        """(n, S, S, 3) uint8 numpy from whichever backend (for export and comparison)."""
-        if self.backend == "numba":
-            return self.render_numpy(p)
-        if self.backend == "dali" and self.device.type == "cpu":
-            return self._render_dali(p)
-        return self.render(p).permute(0, 2, 3, 1).cpu().numpy()
+        """(n, S, S, 3) uint8 NumPy from whichever backend (for export and comparison)."""
+        x = self._render(p)
+        return x if isinstance(x, np.ndarray) else x.cpu().numpy()
 
 
 def image_for(image, spec: AugmentSpec) -> np.ndarray:
@@ -213,12 +138,6 @@ def image_for(image, spec: AugmentSpec) -> np.ndarray:
         raise FastSSLError(f"image array must be (h, w, 3) uint8, got {arr.shape} {arr.dtype}")
     check_image_fits(spec, arr.shape[0], arr.shape[1])
     return arr
-
-
-def _dist_rank_world() -> tuple[int, int]:
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        return torch.distributed.get_rank(), torch.distributed.get_world_size()
-    return 0, 1
 
 
 class MonoSource:
@@ -251,7 +170,7 @@ class MonoSource:
         self.spec = spec or AugmentSpec()
         arr = image_for(image, self.spec)
         self.renderer = Renderer(arr, self.spec, backend, device, threads, compile)
-        r, w = _dist_rank_world()
+        r, w = rank_world()
         self.rank = r if rank is None else rank
         self.world_size = w if world_size is None else world_size
         if not 0 <= self.rank < self.world_size:
@@ -301,6 +220,16 @@ class MonoSource:
             yield self.batch(step)
 
 
+def _is_export_folder(p: Path) -> bool:
+    """An earlier JPEG export: only ``mono/`` holding only ``NNNNNNN.jpg`` files."""
+    try:
+        if [x.name for x in p.iterdir()] != ["mono"] or not (p / "mono").is_dir():
+            return False
+        return all(re.fullmatch(r"\d{7,}\.jpg", f.name) for f in (p / "mono").iterdir())
+    except OSError:
+        return False
+
+
 def export(
     image,
     n: int,
@@ -320,30 +249,32 @@ def export(
     readers take it): the paper's fixed-dataset protocol. Written under a temporary name and
     renamed when complete, so an interrupted export leaves nothing behind.
     """
-    from tqdm import tqdm
+    from .progress import bar as progress_bar
 
     spec = spec or AugmentSpec()
     if n < 1:
-        raise FastSSLError(f"--n must be >= 1, got {n}")
+        raise FastSSLError(f"`n` must be >= 1, got {n}")
+    if batch_size < 1:
+        raise FastSSLError(f"`batch_size` must be >= 1, got {batch_size}")
     if not 1 <= jpeg_quality <= 100:
         raise FastSSLError(f"JPEG quality must be in 1..100, got {jpeg_quality}")
     out = Path(out)
     as_npy = out.suffix.lower() == ".npy"
-    if out.exists() and not overwrite:
-        raise FastSSLError(f"output exists: {out} (remove it or pass --overwrite)")
-    if not out.parent.exists():
-        raise FastSSLError(f"output folder does not exist: {out.parent}")
+    replace = NPY if as_npy else _is_export_folder
+    check_destination(out, folder=not as_npy, overwrite=overwrite, replace=replace)
     arr = image_for(image, spec)
     rend = Renderer(arr, spec, backend, "cpu")
     S = spec.size
     from PIL import Image
 
-    with atomic_output(out, folder=not as_npy) as tmp:
+    with atomic_output(out, folder=not as_npy, replace=replace) as tmp:
         if as_npy:
             mm = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(n, S, S, 3))
+            # the blocks now: a full disk is an error here, not a SIGBUS when a page is first written
+            reserve(tmp, mm.offset + mm.nbytes)
         else:
             (tmp / "mono").mkdir()
-        bar = tqdm(total=n, unit="patch", unit_scale=True, desc=f"export {rend.backend}", disable=not progress)
+        bar = progress_bar(total=n, unit="patch", unit_scale=True, desc=f"export {rend.backend}", enabled=progress)
         for a in range(0, n, batch_size):
             b = min(a + batch_size, n)
             p = rend.params(a, b, seed=seed, epoch=0)
@@ -379,10 +310,8 @@ def preview(
 
     spec = spec or AugmentSpec()
     if n < 1:
-        raise FastSSLError(f"--n must be >= 1, got {n}")
-    out = Path(out)
-    if not out.parent.exists():
-        raise FastSSLError(f"output folder does not exist: {out.parent}")
+        raise FastSSLError(f"`n` must be >= 1, got {n}")
+    out = check_destination(out, replace=PNG)
     arr = image_for(image, spec)
     rend = Renderer(arr, spec, backend, "cpu")
     x = rend.render_nhwc(rend.params(0, n, seed=seed))
@@ -393,6 +322,6 @@ def preview(
     for i in range(n):
         r, c = divmod(i, cols)
         grid[pad + r * (S + pad) : pad + r * (S + pad) + S, pad + c * (S + pad) : pad + c * (S + pad) + S] = x[i]
-    with atomic_output(out) as tmp:
+    with atomic_output(out, replace=PNG) as tmp:
         Image.fromarray(grid).save(tmp, format="PNG")
     return out

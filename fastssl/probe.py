@@ -15,6 +15,7 @@ CIFAR-scale rescaling (an unverified protocol; PAPER.md section 3).
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import time
@@ -25,9 +26,10 @@ import torch
 from torch import nn
 
 from .errors import FastSSLError
+from .methods.base import Method
 from .models import AlexNet, fold_bn
+from .models.alexnet import LAYERS
 
-LAYERS = ("conv1", "conv2", "conv3", "conv4", "conv5")
 PAPER_POOLS = ((6, 6, 3), (4, 4, 0), (3, 3, 1), (3, 3, 1), (2, 2, 0))
 
 
@@ -38,13 +40,23 @@ class ProbeConfig:
     lr: float = 0.01
     momentum: float = 0.9
     weight_decay: float = 1e-5
-    milestones: list = field(default_factory=lambda: [10, 20, 30])
+    milestones: list[int] = field(default_factory=lambda: [10, 20, 30])
     gamma: float = 0.1
     target: int = 9216  # features per layer, approximately
     ten_crop: bool = False
     steps_per_epoch: int = 0  # 0: whole epochs
     device: str = "auto"
     progress: bool = True
+
+    def check(self, where: str = "") -> None:
+        from .config import bad, check_sgd
+
+        for name in ("epochs", "batch_size", "target"):
+            if getattr(self, name) < 1:
+                bad(f"{where}{name}", "must be >= 1", getattr(self, name))
+        if self.steps_per_epoch < 0:
+            bad(f"{where}steps_per_epoch", "must be >= 0 (0: whole epochs)", self.steps_per_epoch)
+        check_sgd(where, self)
 
 
 def _grid(c: int, h: int, target: int) -> int:
@@ -98,11 +110,45 @@ def load_trunk(path: str | os.PathLike) -> AlexNet:
     return model
 
 
-def train_probes(trunk: AlexNet, train, val, num_classes: int, cfg: ProbeConfig, out_dir=None) -> dict:
-    """Train the five probes on ``train`` and score top-1 (%) on ``val``; both yield the batch contract."""
-    from tqdm import tqdm
+class ProbeMethod(Method):
+    """The five probes as a method of the trainer: the frozen, BN-folded trunk gives the taps
+    (outside ``nets``: neither trained nor checkpointed), the probes are the one network."""
 
-    from .train import resolve_device
+    name = "probe"
+    needs_labels = True
+    pretext = False
+
+    def __init__(self, frozen: AlexNet, probes: LinearProbes):
+        super().__init__()
+        self.frozen = frozen
+        self.nets["probes"] = probes
+
+    def trunk(self) -> AlexNet:
+        return self.frozen
+
+    def arch(self) -> dict:
+        return {**self.frozen.config, "probe_features": list(self.nets["probes"].features)}
+
+    def train_step(self, batch, ctx) -> dict:
+        x, y = batch
+        with torch.no_grad(), ctx.autocast():
+            taps = self.frozen.taps(x)
+        with ctx.autocast():
+            outs = self.nets["probes"](taps)
+        loss = sum(nn.functional.cross_entropy(o.float(), y) for o in outs)
+        ctx.step(loss, "main")
+        return {"loss": loss.detach() / len(outs)}
+
+
+def train_probes(trunk: AlexNet, train, val, num_classes: int, cfg: ProbeConfig, out_dir=None) -> dict:
+    """Train the five probes on ``train`` and score top-1 (%) on ``val``; both yield the batch
+    contract. Training runs through :class:`~fastssl.train.Trainer` (AMP, channels-last,
+    checkpoints and exact resume in ``out_dir``, Ctrl-C, NaN checks, progress); without
+    ``out_dir`` its checkpoints go to a temporary folder."""
+    import tempfile
+
+    from .data.adapters import LoaderData
+    from .train import OptimConfig, TrainConfig, Trainer, resolve_device
 
     dev = resolve_device(cfg.device)
     frozen = fold_bn(trunk).to(dev).to(memory_format=torch.channels_last).eval()
@@ -112,33 +158,25 @@ def train_probes(trunk: AlexNet, train, val, num_classes: int, cfg: ProbeConfig,
     with torch.no_grad():
         shapes = [tuple(t.shape[1:]) for t in frozen.taps(torch.zeros(1, 3, res, res, device=dev))]
     paper = (not frozen.config["small"]) and res == 224
-    probes = LinearProbes(shapes, num_classes, cfg.target, paper).to(dev)
-    opt = torch.optim.SGD(probes.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    probes = LinearProbes(shapes, num_classes, cfg.target, paper)
+    method = ProbeMethod(frozen, probes)
     n_steps = len(train) if not cfg.steps_per_epoch else min(len(train), cfg.steps_per_epoch)
+    tcfg = TrainConfig(
+        epochs=cfg.epochs,
+        batch_size=cfg.batch_size,
+        optim=OptimConfig("sgd", cfg.lr, cfg.momentum, False, cfg.weight_decay, list(cfg.milestones), cfg.gamma),
+        device=str(dev),
+        compile="off",
+        log_every=max(1, min(50, n_steps)),
+        ckpt_every=10**9,  # at every epoch end only
+        steps_per_epoch=cfg.steps_per_epoch,
+        resume=True,
+        progress=cfg.progress,
+    )
     t0 = time.perf_counter()
-    for epoch in range(cfg.epochs):
-        lr = cfg.lr * cfg.gamma ** sum(1 for m in cfg.milestones if epoch >= m)
-        for g in opt.param_groups:
-            g["lr"] = lr
-        train.set_epoch(epoch)
-        probes.train()
-        bar = tqdm(total=n_steps, desc=f"probes epoch {epoch}", unit="step", leave=False, disable=not cfg.progress)
-        for step, (x, y) in enumerate(train):
-            if step >= n_steps:
-                break
-            with torch.no_grad():
-                taps = frozen.taps(x)
-            losses = [nn.functional.cross_entropy(o, y) for o in probes(taps)]
-            loss = sum(losses)
-            if not torch.isfinite(loss):
-                raise FastSSLError(f"probe loss became {loss.item()} at epoch {epoch} step {step}; lower the lr")
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            bar.update(1)
-            if step % 20 == 0:
-                bar.set_postfix(loss=f"{loss.item() / 5:.3f}")
-        bar.close()
+    with tempfile.TemporaryDirectory() if out_dir is None else contextlib.nullcontext(out_dir) as folder:
+        if Trainer(method, LoaderData(train), tcfg, Path(folder)).fit() == "interrupted":
+            raise KeyboardInterrupt
     top1 = evaluate(frozen, probes, val, cfg.ten_crop)
     result = {
         "top1": top1,
@@ -147,7 +185,6 @@ def train_probes(trunk: AlexNet, train, val, num_classes: int, cfg: ProbeConfig,
         "seconds": round(time.perf_counter() - t0, 1),
     }
     if out_dir is not None:
-        Path(out_dir).mkdir(parents=True, exist_ok=True)
         from .report import write_json
 
         write_json(Path(out_dir) / "probes.json", result)

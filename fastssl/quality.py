@@ -20,6 +20,7 @@ import dataclasses
 import numpy as np
 from PIL import Image
 
+from .kernels.backend import GREY
 from .reference import pil_batch
 from .spec import AugmentSpec, sample_params
 
@@ -38,7 +39,7 @@ def radial_spectrum(x: np.ndarray, bands: int = BANDS) -> np.ndarray:
     A Hann window avoids the patch border leaking into every frequency. Band k covers radii
     [k, k+1) * (S/2) / bands of the centred 2-D spectrum (up to the Nyquist radius).
     """
-    g = x.astype(np.float64) @ np.array([0.299, 0.587, 0.114])
+    g = x.astype(np.float64) @ np.array(GREY)
     S = g.shape[1]
     bands = max(1, min(bands, S // 2))  # at least one pixel of radius per band
     win = np.outer(np.hanning(S), np.hanning(S))

@@ -6,12 +6,12 @@ import json
 import os
 
 from .atomic import atomic_output
+from .models.alexnet import LAYERS
 
-LAYERS = ("conv1", "conv2", "conv3", "conv4", "conv5")
 
-
-def write_json(path: str | os.PathLike, obj) -> None:
-    with atomic_output(path) as tmp:
+def write_json(path: str | os.PathLike, obj, **kw) -> None:
+    """``obj`` as JSON through a temporary file (``kw``: :func:`~fastssl.atomic.atomic_output`'s)."""
+    with atomic_output(path, **kw) as tmp:
         tmp.write_text(json.dumps(obj, indent=1))
 
 

@@ -18,18 +18,16 @@ is complete and resumes what was interrupted.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from pathlib import Path
 
 import torch
 
-from .config import apply_overrides, load_recipe, to_dataclass
+from .config import load, to_dataclass
 from .errors import FastSSLError
 from .report import bar_figure, markdown_table, write_json
-
-METHODS = ("rotnet", "deepcluster", "bigan")
-SETTINGS = {"deepcluster": "clusters", "bigan": "gan"}  # a method's own sub-table of its recipe section
 
 
 def rows_for(method: str) -> tuple[str, ...]:
@@ -52,7 +50,7 @@ def _prepare_data(rc: dict, data, eval_data, out: Path, progress: bool):
     else:
         vsrc = open_source(eval_data)
         if vsrc.classes != src.classes:
-            raise FastSSLError(f"--eval-data classes {vsrc.classes[:5]}... differ from --data's {src.classes[:5]}...")
+            raise FastSSLError(f"`eval_data` classes {vsrc.classes[:5]}... differ from `data`'s {src.classes[:5]}...")
         train_idx, val_idx = None, None
     if rc.get("loader", "auto") == "pytorch" or not ffcv_available():
         _log('using the PyTorch DataLoader (FFCV not installed, or loader = "pytorch" in the recipe)')
@@ -93,25 +91,22 @@ def _loader(spec, rc, train: bool, batch_size: int, device, seed: int, shard: bo
 
 
 def _train_config(rc: dict, method_name: str, progress: bool, resume: bool):
-    """The recipe's TrainConfig for a method ([rotnet], [deepcluster], [bigan] or [supervised])
-    with the run-wide settings; a method's own settings ([deepcluster.clusters], [bigan.gan])
-    are left out."""
+    """The recipe's TrainConfig for a method (its section, ``settings`` left out) with the
+    run-wide settings."""
     from .train import TrainConfig
 
-    section = method_name
-    if section not in rc:
-        raise FastSSLError(f"the recipe has no [{section}] section")
-    kw = {k: v for k, v in rc[section].items() if k != SETTINGS.get(method_name)}
-    cfg = to_dataclass(TrainConfig, kw)
+    kw = {k: v for k, v in rc[method_name].items() if k != "settings"}
+    cfg = to_dataclass(TrainConfig, kw, f"{method_name}.")
     cfg.seed, cfg.device, cfg.progress, cfg.resume = int(rc["seed"]), rc["device"], progress, resume
     return cfg
 
 
-def _method_kw(rc: dict, method_name: str) -> dict:
-    kw = dict(rc[method_name].get(SETTINGS[method_name], {})) if method_name in SETTINGS else {}
-    if method_name == "deepcluster":
-        kw["seed"] = int(rc["seed"])
-    return kw
+def _build(rc: dict, method_name: str, num_classes=None):
+    from .methods import build_method
+
+    return build_method(
+        method_name, dict(rc["model"]), num_classes, rc[method_name].get("settings"), seed=int(rc["seed"])
+    )
 
 
 def _check_fits(n: int, side: int, what: str) -> None:
@@ -131,9 +126,9 @@ def _fixed_dataset(rc: dict, cfg, *, image=None, data=None, progress: bool = Tru
     """A :class:`~fastssl.train.TensorData` for methods that need one (DeepCluster): the first
     ``[mono] epoch_length`` patches of ``image`` (epoch 0, rendered once), or ``data`` (a
     loader spec) decoded once at ``res`` with the evaluation transform."""
-    from tqdm import tqdm
-
-    from .train import TensorData, resolve_device
+    from .data.adapters import TensorData
+    from .progress import bar as progress_bar
+    from .train import resolve_device
 
     if data is None:  # every rank holds the whole set (rank 0's clustering labels it for all)
         src = _mono_stream(rc, image, 1024, cfg.seed, device="cpu", rank=0, world_size=1).src
@@ -145,16 +140,17 @@ def _fixed_dataset(rc: dict, cfg, *, image=None, data=None, progress: bool = Tru
         _check_fits(len(ld) * 512, int(rc["res"]), "the train split (or res)")
         batches = (x.cpu() for x, _ in ld)
         total, what = len(ld), "images"
-    imgs = torch.cat(list(tqdm(batches, total=total, desc=f"fixed dataset ({what})", disable=not progress)))
+    imgs = torch.cat(list(progress_bar(batches, total=total, desc=f"fixed dataset ({what})", enabled=progress)))
     return TensorData(imgs.contiguous(), cfg.batch_size, resolve_device(cfg.device), seed=cfg.seed)
 
 
 def _mono_stream(rc: dict, image, batch_size: int, seed: int, **kw):
     """The one-image stream of the recipe's [mono] section, on the recipe's device (``kw``:
     MonoSource overrides)."""
+    from .data.adapters import MonoData
     from .mono import MonoSource
     from .spec import AugmentSpec
-    from .train import MonoData, resolve_device
+    from .train import resolve_device
 
     mono_kw = dict(rc["mono"])
     n = int(mono_kw.pop("epoch_length"))
@@ -163,8 +159,8 @@ def _mono_stream(rc: dict, image, batch_size: int, seed: int, **kw):
 
 
 def _train(row: str, rc: dict, method_name: str, data, out: Path, num_classes, progress: bool, image=None):
-    from .methods import build_method
-    from .train import LoaderData, MonoData, Trainer, load_checkpoint
+    from .data.adapters import LoaderData, MonoData
+    from .train import Trainer, load_checkpoint
 
     cfg = _train_config(rc, method_name, progress, resume=True)
     run = out / row
@@ -173,8 +169,8 @@ def _train(row: str, rc: dict, method_name: str, data, out: Path, num_classes, p
         _log(f"{row}: already trained ({ck})")
         return ck
     torch.manual_seed(cfg.seed)
-    method = build_method(method_name, dict(rc["model"]), num_classes, _method_kw(rc, method_name))
-    if method_name == "deepcluster":
+    method = _build(rc, method_name, num_classes)
+    if method.fixed_dataset:
         mono = isinstance(data, MonoData)
         stream = _fixed_dataset(rc, cfg, image=image if mono else None, data=None if mono else data, progress=progress)
     elif isinstance(data, MonoData):
@@ -204,14 +200,23 @@ def repro(
     overrides=None,
     progress: bool = True,
 ) -> dict:
+
+    from .methods import pretext_methods
+
+    if data is None:
+        raise FastSSLError("`data` is required: a labelled train source (folder, .tar.gz, or cifar10)")
+    if method not in pretext_methods():
+        raise FastSSLError(f"`method` {method}: choose one of {', '.join(pretext_methods())}")
+    rc = load(preset, overrides, methods=(method, "supervised"))
+    with run_folder(out) as out:
+        return _repro(rc, preset, method, image, data, eval_data, out, progress)
+
+
+def _repro(rc, preset, method, image, data, eval_data, out: Path, progress: bool) -> dict:
+    from .methods import pretext_methods
     from .models import AlexNet
     from .probe import ProbeConfig, load_trunk, train_probes
 
-    if data is None:
-        raise FastSSLError("--data is required: a labelled train source (folder, .tar.gz, or cifar10)")
-    if method not in METHODS:
-        raise FastSSLError(f"--method {method}: choose one of {', '.join(METHODS)}")
-    rc, out = _setup(preset, overrides, out)
     write_json(
         out / "config.json",
         {
@@ -226,15 +231,13 @@ def repro(
     train_data, val_data, classes = _prepare_data(rc, data, eval_data, out, progress)
     nc = len(classes)
     device = rc["device"]
-    if method not in rc:
-        raise FastSSLError(f"preset {preset} has no [{method}] section")
     mono = _mono_stream(rc, image, int(rc[method]["batch_size"]), int(rc["seed"]))
     ckpts = {
         f"mono-{method}": _train(f"mono-{method}", rc, method, mono, out, nc, progress, image=image),
         f"full-{method}": _train(f"full-{method}", rc, method, train_data, out, nc, progress),
         "supervised": _train("supervised", rc, "supervised", train_data, out, nc, progress),
     }
-    pcfg = to_dataclass(ProbeConfig, dict(rc["probe"]))
+    pcfg = to_dataclass(ProbeConfig, dict(rc["probe"]), "probe.")
     pcfg.device, pcfg.progress = device, progress
     rows = {}
     pdir = out / "probes"
@@ -253,13 +256,13 @@ def repro(
         _log(f"probes {row}: training five linear probes for {pcfg.epochs} epochs")
         tr = _loader(train_data, rc, True, pcfg.batch_size, device, int(rc["seed"]))
         va = _loader(val_data, rc, False, pcfg.batch_size, device, int(rc["seed"]))
-        res = train_probes(trunk, tr, va, nc, pcfg)
+        res = train_probes(trunk, tr, va, nc, pcfg, out_dir=pdir / row)
         write_json(rp, res)
         rows[row] = res["top1"]
         _log(f"probes {row}: {rows[row]}")
     # the summary holds every finished row in this folder: run --method rotnet, then deepcluster,
     # into the same --out and the table has both (random and supervised trained once)
-    order = ["random"] + [f"{p}-{m}" for m in METHODS for p in ("mono", "full")] + ["supervised"]
+    order = ["random"] + [f"{p}-{m}" for m in pretext_methods() for p in ("mono", "full")] + ["supervised"]
     for row in order:
         rp = pdir / f"{row}.json"
         if row not in rows and rp.exists():
@@ -274,62 +277,88 @@ def repro(
     return result
 
 
-def _setup(preset, overrides, out):
-    rc = apply_overrides(load_recipe(preset), overrides)
+@contextlib.contextmanager
+def run_folder(out):
+    """``out`` created if needed and held exclusively (a lock file with this process's PID)
+    for the block; a folder this call created is removed again if the block fails before
+    writing anything into it."""
+    from .atomic import LOCK_NAME, run_lock
+
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    return rc, out
+    if out.exists() and not out.is_dir():
+        raise FastSSLError(f"`out` {out} is a file; give a folder")
+    created = not out.exists()
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise FastSSLError(f"cannot create `out` {out}: {e.strerror}") from None
+    ok = False
+    try:
+        with run_lock(out):
+            yield out
+        ok = True
+    finally:
+        if created and not ok and [p.name for p in out.iterdir()] == [LOCK_NAME]:
+            with contextlib.suppress(OSError):  # nothing the run wrote is removed
+                (out / LOCK_NAME).unlink()
+                out.rmdir()
 
 
 def train_one(
     preset="cpu-mini", *, method="rotnet", image=None, data=None, out, overrides=None, resume=False, progress=True
 ) -> str:
     """``fastssl train``: one method on the mono stream (``image``) or on ``data``."""
-    from .methods import build_method
-    from .train import LoaderData, Trainer, init_distributed, resolve_device
+    from .methods import get_method
+    from .train import Trainer, init_distributed, resolve_device
 
-    rc, out = _setup(preset, overrides, out)
+    cls = get_method(method)
+    if data is None and cls.needs_labels:
+        raise FastSSLError(f"{method} training needs `data` (a labelled source)")
+    rc = load(preset, overrides, methods=(method,))
     cfg = _train_config(rc, method, progress, resume)
-    init_distributed(resolve_device(cfg.device))  # under torchrun: before the data, so that it shards by rank
-    torch.manual_seed(cfg.seed)
-    mkw = _method_kw(rc, method)
-    if data is None:
-        if method == "supervised":
-            raise FastSSLError("supervised training needs --data (a labelled source)")
-        if method == "deepcluster":
-            stream = _fixed_dataset(rc, cfg, image=image, progress=progress)
+    rank, _ = init_distributed(resolve_device(cfg.device))  # under torchrun: before the data, so that it shards
+    folder = run_folder(out) if rank == 0 else contextlib.nullcontext(Path(out))
+    with folder as out:
+        torch.manual_seed(cfg.seed)
+        if data is None:
+            m = _build(rc, method)
+            if m.fixed_dataset:
+                stream = _fixed_dataset(rc, cfg, image=image, progress=progress)
+            else:
+                stream = _mono_stream(rc, image, cfg.batch_size, cfg.seed)
+            return Trainer(m, stream, cfg, out).fit()
+        if str(data).endswith(".beton"):
+            from .data.beton import read_info
+
+            src, nc = str(data), len(read_info(data)["classes"])
         else:
-            stream = _mono_stream(rc, image, cfg.batch_size, cfg.seed)
-        return Trainer(build_method(method, dict(rc["model"]), method_kw=mkw), stream, cfg, out).fit()
-    if str(data).endswith(".beton"):
-        from .data.beton import read_info
+            from .data.sources import open_source
 
-        src, nc = str(data), len(read_info(data)["classes"])
-    else:
-        from .data.sources import open_source
+            src = open_source(data)
+            nc = len(src.classes)
+        m = _build(rc, method, nc)
+        if m.fixed_dataset:
+            stream = _fixed_dataset(rc, cfg, data=(src, None), progress=progress)
+        else:
+            from .data.adapters import LoaderData
 
-        src = open_source(data)
-        nc = len(src.classes)
-    m = build_method(method, dict(rc["model"]), nc, mkw)
-    if method == "deepcluster":
-        stream = _fixed_dataset(rc, cfg, data=(src, None), progress=progress)
-    else:
-        stream = LoaderData(
-            _loader((src, None), rc, True, cfg.batch_size, cfg.device, cfg.seed), use_labels=m.needs_labels
-        )
-    return Trainer(m, stream, cfg, out).fit()
+            stream = LoaderData(
+                _loader((src, None), rc, True, cfg.batch_size, cfg.device, cfg.seed), use_labels=m.needs_labels
+            )
+        return Trainer(m, stream, cfg, out).fit()
 
 
 def probe_one(ckpt, *, preset="cpu-mini", data, eval_data=None, out, overrides=None, progress=True) -> dict:
     """``fastssl probe``: five linear probes of a checkpoint's trunk; writes OUT/probes.json."""
     from .probe import ProbeConfig, load_trunk, train_probes
 
-    rc, out = _setup(preset, overrides, out)
+    rc = load(preset, overrides)
     trunk = load_trunk(ckpt)
-    train_data, val_data, classes = _prepare_data(rc, data, eval_data, out, progress)
-    pcfg = to_dataclass(ProbeConfig, dict(rc["probe"]))
-    pcfg.device, pcfg.progress = rc["device"], progress
-    rc["res"] = trunk.config["input_res"]
-    tr = _loader(train_data, rc, True, pcfg.batch_size, rc["device"], int(rc["seed"]))
-    va = _loader(val_data, rc, False, pcfg.batch_size, rc["device"], int(rc["seed"]))
-    return train_probes(trunk, tr, va, len(classes), pcfg, out_dir=out)
+    with run_folder(out) as out:
+        train_data, val_data, classes = _prepare_data(rc, data, eval_data, out, progress)
+        pcfg = to_dataclass(ProbeConfig, dict(rc["probe"]), "probe.")
+        pcfg.device, pcfg.progress = rc["device"], progress
+        rc["res"] = trunk.config["input_res"]
+        tr = _loader(train_data, rc, True, pcfg.batch_size, rc["device"], int(rc["seed"]))
+        va = _loader(val_data, rc, False, pcfg.batch_size, rc["device"], int(rc["seed"]))
+        return train_probes(trunk, tr, va, len(classes), pcfg, out_dir=out)

@@ -26,6 +26,8 @@ import contextlib
 import dataclasses
 import json
 import os
+import shutil
+import sys
 import time
 from dataclasses import dataclass, field
 from itertools import islice
@@ -45,9 +47,20 @@ class OptimConfig:
     momentum: float = 0.9
     nesterov: bool = True
     weight_decay: float = 5e-4
-    milestones: list = field(default_factory=lambda: [15, 30, 45])  # epochs where lr *= gamma
+    milestones: list[int] = field(default_factory=lambda: [15, 30, 45])  # epochs where lr *= gamma
     gamma: float = 0.1
-    betas: list = field(default_factory=lambda: [0.5, 0.999])
+    betas: list[float] = field(default_factory=lambda: [0.5, 0.999])
+
+    def check(self, where: str = "") -> None:
+        from .config import bad, check_range, check_sgd
+
+        if self.name not in ("sgd", "adam"):
+            bad(f"{where}name", "must be sgd or adam", self.name)
+        check_sgd(where, self)
+        if len(self.betas) != 2:
+            bad(f"{where}betas", "must be two numbers", self.betas)
+        for i, b in enumerate(self.betas):
+            check_range(f"{where}betas[{i}]", b, 0, 1, hi_open=True)
 
 
 @dataclass
@@ -65,13 +78,29 @@ class TrainConfig:
     resume: bool = False
     progress: bool = True
 
+    def check(self, where: str = "") -> None:
+        from .config import bad, check_device
+
+        for name in ("epochs", "batch_size", "ckpt_every", "log_every"):
+            if getattr(self, name) < 1:
+                bad(f"{where}{name}", "must be >= 1", getattr(self, name))
+        if self.steps_per_epoch < 0:
+            bad(f"{where}steps_per_epoch", "must be >= 0 (0: the whole data)", self.steps_per_epoch)
+        if self.amp not in ("auto", "bf16", "fp16", "off"):
+            bad(f"{where}amp", "must be auto, bf16, fp16 or off", self.amp)
+        if self.compile not in ("auto", "on", "off"):
+            bad(f"{where}compile", "must be auto, on or off", self.compile)
+        check_device(f"{where}device", self.device)
+        if self.seed < 0:
+            bad(f"{where}seed", "must be >= 0", self.seed)
+
 
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dev = torch.device(name)
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise FastSSLError(f"device {name!r} asked for, but CUDA is not available; use --device cpu")
+        raise FastSSLError(f"device {name!r} asked for, but CUDA is not available: use `device` cpu")
     return dev
 
 
@@ -99,100 +128,23 @@ def init_distributed(device: torch.device) -> tuple[int, int]:
     if world > 1 and not torch.distributed.is_initialized():
         backend = "nccl" if device.type == "cuda" else "gloo"
         torch.distributed.init_process_group(backend)
-    from .mono import _dist_rank_world
+    from .distributed import rank_world
 
-    return _dist_rank_world()
-
-
-class MonoData:
-    """Adapts a MonoSource (no labels) to the trainer's data interface."""
-
-    def __init__(self, src):
-        self.src = src
-
-    def __len__(self):
-        return len(self.src)
-
-    def set_epoch(self, epoch: int):
-        self.src.set_epoch(epoch)
-
-    def iter_from(self, step: int):
-        for s in range(step, len(self.src)):
-            yield self.src.batch(s), None
-
-
-class TensorData:
-    """A fixed, in-memory dataset: uint8 (N, 3, H, W) images, for methods that need index
-    access (DeepCluster). Each epoch takes the order and per-image targets the method set
-    (``set_targets``), else a seeded permutation and no targets; rank ``r`` of ``W`` takes
-    every ``W``-th index of it. Batches move to the device channels-last."""
-
-    def __init__(self, images: torch.Tensor, batch_size: int, device, seed: int = 0):
-        if images.dtype != torch.uint8 or images.ndim != 4 or images.shape[1] != 3:
-            raise FastSSLError(f"TensorData needs uint8 (N, 3, H, W) images, got {tuple(images.shape)} {images.dtype}")
-        self.images, self.batch_size = images, int(batch_size)
-        self.device = torch.device(device)
-        self.seed, self.epoch = int(seed), 0
-        self.targets: torch.Tensor | None = None
-        self.order: torch.Tensor | None = None
-        from .mono import _dist_rank_world
-
-        self.rank, self.world = _dist_rank_world()
-
-    def __len__(self):
-        n = len(self.order) if self.order is not None else len(self.images)
-        return n // self.world // self.batch_size
-
-    def set_epoch(self, epoch: int):
-        self.epoch = int(epoch)
-
-    def set_targets(self, targets: torch.Tensor, order: torch.Tensor):
-        self.targets, self.order = targets.cpu(), order.cpu()
-
-    def _to(self, x):
-        return x.to(self.device, non_blocking=True).contiguous(memory_format=torch.channels_last)
-
-    def all_batches(self, batch_size: int):
-        """Every image once, in index order (for features)."""
-        for a in range(0, len(self.images), batch_size):
-            yield self._to(self.images[a : a + batch_size])
-
-    def iter_from(self, step: int):
-        if self.order is not None:
-            order = self.order
-        else:
-            g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
-            order = torch.randperm(len(self.images), generator=g)
-        shard = order[self.rank :: self.world]
-        for s in range(step, len(self)):
-            idx = shard[s * self.batch_size : (s + 1) * self.batch_size]
-            y = None if self.targets is None else self.targets[idx].to(self.device, non_blocking=True)
-            yield self._to(self.images[idx]), y
-
-
-class LoaderData:
-    """Adapts a labelled Loader; ``use_labels=False`` hides labels (RotNet on a labelled set)."""
-
-    def __init__(self, loader, use_labels: bool = True):
-        self.loader = loader
-        self.use_labels = use_labels
-
-    def __len__(self):
-        return len(self.loader)
-
-    def set_epoch(self, epoch: int):
-        self.loader.set_epoch(epoch)
-
-    def iter_from(self, step: int):
-        for x, y in islice(iter(self.loader), step, None):
-            yield x, (y if self.use_labels else None)
+    return rank_world()
 
 
 def atomic_save(obj, path: Path) -> None:
-    from .atomic import atomic_output
+    """``torch.save`` through a temporary file: the previous checkpoint stays valid until the
+    new one is complete; a failed write (a full disk) is one line."""
+    from .atomic import ZIP, atomic_output
 
-    with atomic_output(path) as tmp:
-        torch.save(obj, tmp)
+    with atomic_output(path, replace=ZIP, what="checkpoint") as tmp:
+        try:
+            torch.save(obj, tmp)
+        except RuntimeError as e:  # torch reports a failed write as RuntimeError, without errno
+            free = shutil.disk_usage(tmp.parent).free
+            why = "no space left on device" if free < (1 << 20) else str(e).splitlines()[0]
+            raise FastSSLError(f"could not write {path}: {why}; the previous checkpoint is kept") from None
 
 
 def load_checkpoint(path: str | os.PathLike) -> dict:
@@ -201,8 +153,10 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
         raise FastSSLError(f"checkpoint not found: {p}")
     try:
         ck = torch.load(p, map_location="cpu", weights_only=True)
-    except Exception as e:  # unpickling errors, truncated zip, foreign files
-        raise FastSSLError(f"{p} is not a readable fastssl checkpoint: {e}") from None
+    except Exception:  # unpickling errors, truncated zip, foreign files
+        raise FastSSLError(
+            f"{p} is not a readable fastssl checkpoint (truncated, damaged or another kind of file)"
+        ) from None
     if not isinstance(ck, dict) or ck.get("format") != CKPT_FORMAT:
         raise FastSSLError(f"{p} is not a fastssl checkpoint (format {CKPT_FORMAT} expected)")
     return ck
@@ -306,6 +260,7 @@ class Trainer:
             "step": self.step,
             "global_step": self.global_step,
             "torch_rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else [],
             "method_state": self.method.state_dict(),
             "config": dataclasses.asdict(self.cfg),
         }
@@ -344,6 +299,8 @@ class Trainer:
             self.scaler.load_state_dict(ck["scaler"])
         self.epoch, self.step, self.global_step = ck["epoch"], ck["step"], ck["global_step"]
         torch.set_rng_state(ck["torch_rng"])
+        if self.device.type == "cuda" and ck.get("cuda_rng"):
+            torch.cuda.set_rng_state_all(ck["cuda_rng"])
         self.method.load_state_dict(ck.get("method_state", {}), self.ctx)
 
     # ---------------------------------------------------------------- loop
@@ -353,18 +310,59 @@ class Trainer:
 
     def _log(self, rec: dict) -> None:
         if self.rank == 0:
+            rec = {"global_step": self.global_step, **rec}
             with open(self.out / "metrics.jsonl", "a") as f:
                 f.write(json.dumps(rec) + "\n")
 
+    def _trim_metrics(self) -> None:
+        """After a resume: drop the lines logged after the checkpoint (they are logged again)."""
+        path = self.out / "metrics.jsonl"
+        if self.rank != 0 or not path.exists():
+            return
+        keep = []
+        for line in path.read_text().splitlines():
+            try:
+                rec = json.loads(line)
+            except ValueError:  # a line cut by a kill
+                continue
+            if int(rec.get("global_step", 0)) <= self.global_step:
+                keep.append(line)
+        from .atomic import atomic_output
+
+        with atomic_output(path) as tmp:
+            tmp.write_text("".join(x + "\n" for x in keep))
+
+    def _stop_requested(self, flag: dict | None) -> bool:
+        """Whether a stop signal came (every rank agrees under DDP: read at log steps there)."""
+        if flag is None:
+            return False
+        if self.world == 1:
+            return flag["n"] > 0
+        if self.global_step % self.cfg.log_every:
+            return False
+        t = torch.tensor([float(flag["n"] > 0)], device=self.device)
+        torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
+        return bool(t.item())
+
     def fit(self) -> str:
-        """Train to the end; returns "done", or "interrupted" after Ctrl-C (checkpoint saved)."""
-        from tqdm import tqdm
+        """Train to the end; returns "done", or "interrupted" after Ctrl-C / SIGTERM (checkpoint
+        saved as of the last completed step)."""
+        from .atomic import run_lock
+        from .signals import deferred
 
         self.out.mkdir(parents=True, exist_ok=True)
+        lock = run_lock(self.out) if self.rank == 0 else contextlib.nullcontext()
+        with lock, deferred("stopping after this step, then saving a checkpoint") as flag:
+            return self._fit(flag)
+
+    def _fit(self, flag) -> str:
+        from .progress import bar as progress_bar
+
         if self.cfg.resume and self.ckpt_path.exists():
             self.restore(load_checkpoint(self.ckpt_path))
+            self._trim_metrics()
         elif self.ckpt_path.exists() and not self.cfg.resume:
-            raise FastSSLError(f"{self.ckpt_path} exists: pass --resume to continue it, or choose a new --out")
+            raise FastSSLError(f"{self.ckpt_path} exists: pass `resume` to continue it, or choose a new `out`")
         for m in self.method.nets.values():
             m.train()
         n_steps = len(self.data)
@@ -374,6 +372,8 @@ class Trainer:
             raise FastSSLError("the data gives no batch per epoch: lower the batch size or add data")
         try:
             while self.epoch < self.cfg.epochs:
+                if self._stop_requested(flag):
+                    return "interrupted"  # at an epoch boundary: its checkpoint is saved
                 if self.step == 0:
                     self.method.on_epoch_start(self.epoch, self.ctx)
                 self.data.set_epoch(self.epoch)
@@ -381,16 +381,26 @@ class Trainer:
                 for o in self.optims.values():
                     for g in o.param_groups:
                         g["lr"] = lr
-                bar = tqdm(
+                bar = progress_bar(
                     total=n_steps,
                     initial=self.step,
                     desc=f"{self.method.name} epoch {self.epoch}",
                     unit="step",
-                    disable=not self.cfg.progress or self.rank != 0,
+                    enabled=self.cfg.progress and self.rank == 0,
                     leave=False,
                 )
                 t0, seen, acc_m, acc_n = time.perf_counter(), 0, {}, 0
-                for batch in islice(self.data.iter_from(self.step), n_steps - self.step):
+                batches = islice(self.data.iter_from(self.step), n_steps - self.step)
+                while True:
+                    try:
+                        batch = next(batches)
+                    except StopIteration:
+                        break
+                    except Exception:  # loader workers stopped by the same Ctrl-C
+                        if flag is not None and flag["n"]:
+                            self.save()
+                            return "interrupted"
+                        raise
                     m = self.method.train_step(batch, self.ctx)
                     self.step += 1
                     self.global_step += 1
@@ -407,22 +417,26 @@ class Trainer:
                         acc_m, acc_n = {}, 0
                         bar.set_postfix(img_s=f"{rate:.0f}", **{k: f"{v:.3f}" for k, v in vals.items()})
                         self._log(
-                            {
-                                "epoch": self.epoch,
-                                "step": self.step,
-                                "global_step": self.global_step,
-                                "lr": lr,
-                                "img_per_s": round(rate, 1),
-                                **vals,
-                            }
+                            {"epoch": self.epoch, "step": self.step, "lr": lr, "img_per_s": round(rate, 1), **vals}
                         )
                     if self.global_step % self.cfg.ckpt_every == 0:
                         self.save()
+                    if self._stop_requested(flag):  # between steps: the state of the last completed one
+                        bar.close()
+                        self.save()
+                        return "interrupted"
                 bar.close()
+                if self.cfg.progress and self.rank == 0 and not sys.stderr.isatty():  # a log: one line an epoch
+                    print(
+                        f"{self.method.name} epoch {self.epoch + 1}/{self.cfg.epochs}: {self.global_step} steps, "
+                        f"{seen / max(time.perf_counter() - t0, 1e-9):.0f} img/s",
+                        file=sys.stderr,
+                        flush=True,
+                    )
                 self.epoch += 1
                 self.step = 0
                 self.save()
-        except KeyboardInterrupt:
+        except KeyboardInterrupt:  # no signal handler (not the main thread): saved where it stopped
             self.save()
             return "interrupted"
         self.check_finite()

@@ -24,6 +24,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from .backend import GREY as _W
+from .backend import MEAN_STRIDE, Backend
+
 
 def to_edge_convention(m: np.ndarray) -> np.ndarray:
     """(n, 2, 3) maps between pixel-centre coordinates -> the same maps with pixel edges at integers."""
@@ -70,10 +73,6 @@ def gather_crops(image, origin, shape, level, xy0, side: int):
     xs = torch.from_numpy(xs).to(image.device, non_blocking=True)
     ys = torch.from_numpy(ys).to(image.device, non_blocking=True)
     return image[ys[:, :, None], xs[:, None, :]]
-
-
-MEAN_STRIDE = 4
-_W = (0.299, 0.587, 0.114)
 
 
 def _clamp(v):
@@ -248,3 +247,48 @@ class DaliWarp:
             dst = torch.empty(t.shape(), dtype=torch.uint8, device=torch.device("cuda", self.device_id))
             return feed_ndarray(t, dst, cuda_stream=torch.cuda.current_stream(dst.device))
         return np.array(out.as_tensor())
+
+
+class DaliBackend(Backend):
+    """The DALI pipeline: GPU operators on a CUDA device (the pyramid atlas resident there),
+    DALI's CPU operators on the CPU. The pipeline is built on first use, for the largest batch
+    seen."""
+
+    name = "dali"
+
+    @classmethod
+    def unavailable(cls, device_type: str) -> str | None:
+        try:
+            import nvidia.dali  # noqa: F401
+        except ImportError:
+            return "NVIDIA DALI is not installed (pip install 'fastssl[dali]')"
+        return None
+
+    def __init__(self, levels, size, resized, device, threads=None, **options):
+        import os
+
+        import torch
+
+        from .pyramid import build_atlas
+
+        super().__init__(levels, size, resized, device, threads)
+        self.device = torch.device(device)
+        self.threads = int(threads or len(os.sched_getaffinity(0)))
+        self.atlas = build_atlas(levels)
+        if self.device.type == "cuda":  # the pyramid stays resident on the GPU
+            self.atlas.image = torch.from_numpy(self.atlas.image).to(self.device)
+        self._pipe = None
+
+    def render(self, level_matrix, box, level, jitter, factors, order, out=None):
+        n = len(level)
+        if self._pipe is None or self._pipe.max_batch < n:
+            gpu = self.device.type == "cuda"
+            self._pipe = DaliWarp(
+                self.size,
+                self.resized,
+                max(n, 1),
+                "gpu" if gpu else "cpu",
+                (self.device.index or 0) if gpu else 0,
+                self.threads,
+            )
+        return self._pipe.run(self.atlas, level_matrix, box, level, jitter, factors, order)

@@ -19,14 +19,14 @@ from __future__ import annotations
 import numba as nb
 import numpy as np
 
-MEAN_STRIDE = 4
+from .backend import GREY, MEAN_STRIDE, Backend
 
 _f32 = np.float32
 _ZERO = _f32(0.0)
 _ONE = _f32(1.0)
 _MAXV = _f32(255.0)
 _HALF = _f32(0.5)
-_WR, _WG, _WB = _f32(0.299), _f32(0.587), _f32(0.114)
+_WR, _WG, _WB = (_f32(w) for w in GREY)
 
 
 @nb.njit(inline="always", fastmath=True)
@@ -355,3 +355,29 @@ def prepare(level_matrix, box, level, jitter, factors, order):
         np.ascontiguousarray(factors, dtype=np.float32),
         np.ascontiguousarray(order, dtype=np.int8),
     )
+
+
+class NumbaBackend(Backend):
+    """The CPU kernel: one fused warp + colour pass per patch, written in place into a NumPy
+    buffer, threads over patches (``threads``: Numba's thread count)."""
+
+    name = "numba"
+    writes_into = True
+
+    @classmethod
+    def unavailable(cls, device_type: str) -> str | None:
+        return None  # renders on the CPU; on another device the engine copies its batches there
+
+    def __init__(self, levels, size, resized, device, threads=None, **options):
+        from .pyramid import pack_levels
+
+        super().__init__(levels, size, resized, device, threads)
+        self.pyramid = pack_levels(levels)
+        if threads:
+            nb.set_num_threads(int(threads))
+        self.threads = nb.get_num_threads()
+
+    def render(self, level_matrix, box, level, jitter, factors, order, out=None):
+        if out is None:
+            out = np.empty((len(level), self.size, self.size, 3), np.uint8)
+        return run(self.pyramid, prepare(level_matrix, box, level, jitter, factors, order), out)

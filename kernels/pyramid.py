@@ -43,6 +43,11 @@ def build_pyramid(img: np.ndarray, num_levels: int) -> Pyramid:
     levels = [np.ascontiguousarray(img)]
     for _ in range(num_levels - 1):
         levels.append(box_halve(levels[-1]))
+    return pack_levels(levels)
+
+
+def pack_levels(levels: list) -> Pyramid:
+    """The packed form of ready-made levels (level 0 first)."""
     heights = np.array([lv.shape[0] for lv in levels], dtype=np.int64)
     widths = np.array([lv.shape[1] for lv in levels], dtype=np.int64)
     sizes = heights * widths

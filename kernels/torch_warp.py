@@ -11,8 +11,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-MEAN_STRIDE = 4
-_W = (0.299, 0.587, 0.114)
+from .backend import GREY as _W
+from .backend import MEAN_STRIDE, Backend
 
 
 class TorchPyramid:
@@ -157,3 +157,48 @@ def run_fixed(pyr: TorchPyramid, level_matrix, box, level, jitter, factors, orde
     x = warp(pyr, level_matrix, box, level, size)
     x = colour_masked(x, jitter, factors, order)
     return to_uint8_nhwc(x)
+
+
+class TorchBackend(Backend):
+    """The chain in torch ops on any device; ``compile`` (default: on CUDA) runs the fixed-shape,
+    synchronisation-free form under ``torch.compile``, falling back to eager with a warning if
+    the compiler fails."""
+
+    name = "torch"
+
+    def __init__(self, levels, size, resized, device, threads=None, compile=None, **options):
+        super().__init__(levels, size, resized, device, threads)
+        self.device = dev = torch.device(device)
+        if threads and dev.type == "cpu":
+            torch.set_num_threads(int(threads))
+        self.threads = torch.get_num_threads() if dev.type == "cpu" else 0
+        self.pyramid = TorchPyramid(levels, dev)
+        self._compiled = torch.compile(run_fixed) if (compile if compile is not None else dev.type == "cuda") else None
+
+    def render(self, level_matrix, box, level, jitter, factors, order, out=None):
+        dev = self.device
+
+        def t(a, dt):
+            return torch.as_tensor(a, dtype=dt).to(dev, non_blocking=True)
+
+        args = (
+            self.pyramid,
+            t(level_matrix, torch.float64),
+            t(box, torch.float64),
+            t(level, torch.int64),
+            t(jitter, torch.bool),
+            t(factors, torch.float32),
+            t(order, torch.int64),
+            self.size,
+        )
+        if self._compiled is not None:
+            try:
+                return self._compiled(*args).permute(0, 2, 3, 1)
+            except Exception as e:  # a compiler failure must not stop a run: eager from here on
+                import warnings
+
+                warnings.warn(
+                    f"torch.compile of the torch backend failed, running eager: {type(e).__name__}: {e}", stacklevel=2
+                )
+                self._compiled = None
+        return run(*args).permute(0, 2, 3, 1)  # NHWC view of the channels-last batch

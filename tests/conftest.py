@@ -1,3 +1,5 @@
+import http.server
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -38,3 +40,23 @@ def ameyoko() -> np.ndarray:
 def cifar_archive() -> Path:
     """The CIFAR-10 train split as a JPEG ImageFolder archive from ../shared/data (skips when absent)."""
     return shared_file("cifar10-train-jpg.tar.gz")
+
+
+@pytest.fixture
+def http_dir(tmp_path):
+    """A folder served over HTTP on 127.0.0.1: (folder, base URL)."""
+    served = tmp_path / "www"
+    served.mkdir()
+
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def __init__(self, *a, **k):
+            super().__init__(*a, directory=str(served), **k)
+
+        def log_message(self, *a):
+            pass
+
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Quiet)
+    t = threading.Thread(target=srv.serve_forever, daemon=True)
+    t.start()
+    yield served, f"http://127.0.0.1:{srv.server_address[1]}"
+    srv.shutdown()

@@ -1,6 +1,7 @@
 import json
 
 import pytest
+import torch
 
 from fastssl.cli import main
 
@@ -34,6 +35,33 @@ def test_bench_augment_writes_the_documented_json(tmp_path, capsys):
     assert "vs numba" in capsys.readouterr().out
 
 
+def test_rates_and_ratios_are_computed_from_what_was_done(monkeypatch):
+    import time
+
+    from fastssl import bench
+
+    def make():
+        def fn():
+            time.sleep(0.01)
+
+        return fn, 10  # 10 patches a call, 100 calls a second at most
+
+    rate = bench._run_in_process(make, 0.3)
+    assert 400 < rate <= 1000 * 1.02
+    run = {
+        "size": 64,
+        "threads": 2,
+        "results": [
+            {"name": "fastssl-numba", "patches_per_s": 1000.0, "setup": "x"},
+            {"name": "kornia", "patches_per_s": 40.0, "setup": "x"},
+            {"name": "albumentations", "patches_per_s": 250.0, "setup": "x"},
+        ],
+        "skipped": [{"name": "torchvision-v2", "reason": "not installed"}],
+    }
+    table = bench.format_table(run)
+    assert "fastssl-numba / fastest peer = 4.00x" in table and "0.250x" in table and "skipped: not installed" in table
+
+
 def test_bench_profile_and_agreement(tmp_path, capsys):
     assert main(["bench", "augment", "--profile", "--size", "16", "--threads", "1"]) == 0
     prof = json.loads(capsys.readouterr().out.strip().splitlines()[0])
@@ -57,6 +85,7 @@ def test_profile_of_the_torch_backend_names_its_ops(capsys):
     assert 0 < sum(o["share"] for o in prof["top_ops"]) <= 1.0001
 
 
+@pytest.mark.slow
 def test_gpu_check_dry_run_on_cpu(tmp_path):
     import subprocess
     import sys
@@ -76,36 +105,12 @@ def test_gpu_check_dry_run_on_cpu(tmp_path):
     assert {("numba", 16), ("numba", 32), ("torch", 16), ("torch", 32)} <= done
     assert rep["train"][0]["config"] == "eager-fp32" and rep["train"][-1]["speedup"] > 0
     assert all(0 <= d["data_wait_share"] <= 1 for d in rep["data_wait"] if "data_wait_share" in d)
-    assert {d["backend"] for d in rep["data_wait"] if "data_wait_share" in d} == {"numba", "torch", "dali"}
+    from fastssl.mono import backend_available
+
+    dali = {"dali"} if backend_available("dali", torch.device("cpu")) is None else set()  # an optional extra
+    assert {d["backend"] for d in rep["data_wait"] if "data_wait_share" in d} == {"numba", "torch"} | dali
     assert [r["size"] for r in rep["sampler"]] == [16, 32] and all(r["patches_per_s"] > 0 for r in rep["sampler"])
     verdict = {v["what"]: v for v in rep["verdict"]}
     sp = verdict["compiled bf16 channels-last / eager fp32"]
     assert sp["got"] == rep["train"][-1]["speedup"] and sp["met"] == (sp["got"] >= 2.0)
     assert "| target | wanted | measured | met |" in r.stdout
-
-
-def test_gpu_check_finds_a_carried_package_beside_the_machines_own(tmp_path):
-    """--site: a carried ``nvidia.*`` module is found even where ``nvidia`` is already a package."""
-    import subprocess
-    import sys
-    from pathlib import Path
-
-    pytest.importorskip(
-        "nvidia", reason="needs an installed nvidia.* package (the dali extra) to stand for the machine's"
-    )
-
-    (tmp_path / "nvidia").mkdir()
-    (tmp_path / "nvidia" / "fastssl_probe.py").write_text("VALUE = 42\n")
-    script = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_check.py"
-    code = (
-        "import importlib.util, sys\n"
-        "import nvidia\n"  # the machine's own, imported first (torch loads its CUDA wheels early)
-        f"spec = importlib.util.spec_from_file_location('gpu_check', {str(script)!r})\n"
-        "m = importlib.util.module_from_spec(spec); spec.loader.exec_module(m)\n"
-        f"m.add_site({str(tmp_path)!r})\n"
-        "import nvidia.fastssl_probe\n"
-        "print(nvidia.fastssl_probe.VALUE)\n"
-    )
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
-    assert r.returncode == 0, r.stderr[-2000:]
-    assert r.stdout.strip().splitlines()[-1] == "42"

@@ -4,9 +4,10 @@ import pytest
 import torch
 
 from fastssl import AugmentSpec, MonoSource
+from fastssl.data.adapters import MonoData
 from fastssl.methods import build_method
 from fastssl.models.bigan import Generator, JointDiscriminator
-from fastssl.train import MonoData, TrainConfig, Trainer, load_checkpoint
+from fastssl.train import TrainConfig, Trainer, load_checkpoint
 
 MODEL = dict(small=True, input_res=16, width=0.1, fc_width=32)
 GAN = dict(z_dim=8, g_width=8, d_width=8)

@@ -81,9 +81,10 @@ def test_bad_input_exits_2_with_one_line_and_writes_nothing(tmp_path, capsys, ar
 
 def test_existing_output_is_kept_unless_overwrite(tmp_path, capsys):
     out = tmp_path / "x.npy"
-    out.write_bytes(b"keep me")
+    np.save(out, np.arange(3))
+    keep = out.read_bytes()
     rc, cap = run(["mono", "export", "--n", 2, "--size", 8, "--out", out, "--quiet"], capsys)
-    assert rc == 2 and "exists" in cap.err and out.read_bytes() == b"keep me"
+    assert rc == 2 and "exists" in cap.err and out.read_bytes() == keep
     rc, _ = run(["mono", "export", "--n", 2, "--size", 8, "--out", out, "--quiet", "--overwrite"], capsys)
     assert rc == 0 and np.load(out).shape == (2, 8, 8, 3)
 

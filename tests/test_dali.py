@@ -36,6 +36,7 @@ def test_dali_cpu_full_chain_agrees_with_numba(photo, size):
     assert d.max() <= 1 and d.mean() < 0.01
 
 
+@pytest.mark.slow
 def test_each_colour_op_alone_agrees(photo):
     spec = AugmentSpec(size=24, jitter_p=1.0)
     r = Renderer(photo, spec, "numba")
@@ -93,6 +94,7 @@ def test_gather_on_torch_tensors_matches_numpy(photo):
     np.testing.assert_array_equal(a, b.numpy())
 
 
+@pytest.mark.slow
 def test_dali_backend_through_monosource_and_cli(photo, tmp_path, capsys):
     assert resolve_backend("dali", torch.device("cpu")) == "dali"
     src = MonoSource(photo, AugmentSpec(size=16), batch_size=40, epoch_length=100, backend="dali")

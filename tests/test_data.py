@@ -1,12 +1,10 @@
 """Labelled data: sources, untrusted archives, CIFAR-10 download, .beton writing, loaders."""
 
 import hashlib
-import http.server
 import io
 import json
 import os
 import tarfile
-import threading
 from pathlib import Path
 
 import numpy as np
@@ -63,7 +61,7 @@ def test_folder_and_archives_list_the_same_images(tmp_path):
 def test_several_splits_need_a_choice(tmp_path):
     make_folder(tmp_path / "root" / "train")
     make_folder(tmp_path / "root" / "val", per_class=2)
-    with pytest.raises(FastSSLError, match="--split"):
+    with pytest.raises(FastSSLError, match="`split`"):
         open_source(tmp_path / "root")
     assert len(open_source(tmp_path / "root", split="val")) == 6
     with pytest.raises(FastSSLError, match="no split"):
@@ -148,25 +146,6 @@ def _cifar_archive(path: Path, n_per_batch=7, seed=0):
     return recs
 
 
-@pytest.fixture
-def http_dir(tmp_path):
-    served = tmp_path / "www"
-    served.mkdir()
-
-    class Quiet(http.server.SimpleHTTPRequestHandler):
-        def __init__(self, *a, **k):
-            super().__init__(*a, directory=str(served), **k)
-
-        def log_message(self, *a):
-            pass
-
-    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Quiet)
-    t = threading.Thread(target=srv.serve_forever, daemon=True)
-    t.start()
-    yield served, f"http://127.0.0.1:{srv.server_address[1]}"
-    srv.shutdown()
-
-
 def test_cifar10_download_verifies_and_decodes_the_binary_format(tmp_path, http_dir):
     served, base = http_dir
     recs = _cifar_archive(served / "cifar-10-binary.tar.gz")
@@ -235,6 +214,7 @@ def test_pytorch_fallback_loader_contract(tmp_path):
         Loader(src, batch_size=4, train=True, res=16, backend="ffcv")
 
 
+@pytest.mark.slow
 @needs_ffcv
 def test_convert_info_and_ffcv_loader_match_the_fallback(tmp_path, capsys):
     folder = make_folder(tmp_path / "imgs", per_class=8)
@@ -341,6 +321,7 @@ def _ffcv_rank(rank, world, port, beton, out):
         dist.destroy_process_group()
 
 
+@pytest.mark.slow
 @needs_ffcv
 def test_ffcv_loader_shards_across_ranks_under_torch_distributed(tmp_path):
     import socket
@@ -365,6 +346,7 @@ def test_ffcv_loader_shards_across_ranks_under_torch_distributed(tmp_path):
     assert not set(r0) & set(r1) and sorted(r0 + r1) == list(range(12))
 
 
+@pytest.mark.slow
 @needs_ffcv
 def test_shared_cifar10_archive_converts_and_loads(tmp_path, capsys, cifar_archive):
     dst = tmp_path / "val.beton"
@@ -386,6 +368,7 @@ def test_shared_cifar10_archive_converts_and_loads(tmp_path, capsys, cifar_archi
     _check_batch(x, y, 64, 32)
 
 
+@pytest.mark.slow
 def test_bench_loader_json(tmp_path, capsys):
     pytest.importorskip("ffcv", reason="FFCV is not installed (CI installs it)")
     folder = make_folder(tmp_path / "imgs", per_class=20)

@@ -5,10 +5,11 @@ import json
 import pytest
 import torch
 
+from fastssl.data.adapters import TensorData
 from fastssl.errors import FastSSLError
 from fastssl.methods import build_method
 from fastssl.methods.deepcluster import kmeans, pca_whiten, uniform_over_clusters
-from fastssl.train import TensorData, TrainConfig, Trainer, load_checkpoint
+from fastssl.train import TrainConfig, Trainer, load_checkpoint
 
 MODEL = dict(small=True, input_res=16, width=0.1, fc_width=32)
 
@@ -128,11 +129,11 @@ def test_deepcluster_resumes_mid_epoch_exactly(tmp_path):
 
 def test_deepcluster_refuses_a_stream_without_index_access(tmp_path):
     from fastssl import AugmentSpec, MonoSource
-    from fastssl.train import MonoData
+    from fastssl.data.adapters import MonoData
 
     m = build_method("deepcluster", MODEL, method_kw=dict(k=3))
     data = MonoData(MonoSource(None, AugmentSpec(size=16), batch_size=16, epoch_length=32))
     with pytest.raises(FastSSLError, match="fixed dataset with index access"):
         Trainer(m, data, _cfg(), tmp_path).fit()
-    with pytest.raises(FastSSLError, match="k >= 2"):
+    with pytest.raises(FastSSLError, match="k must be >= 2"):
         build_method("deepcluster", MODEL, method_kw=dict(k=1))

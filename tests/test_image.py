@@ -1,6 +1,7 @@
 """Bad and unusual source images: converted, or refused with one clear line."""
 
 import io
+import os
 
 import numpy as np
 import pytest
@@ -77,6 +78,47 @@ def test_exif_orientation_is_applied(tmp_path):
     assert out[:15].mean() > 200 and out[25:].mean() < 50  # the white half is now on top
 
 
-def test_default_image_is_builtin():
+def test_default_image_is_the_builtin_photo_decoded_as_rgb():
+    from fastssl.image import default_image_path
+
     out = load_image(None)
-    assert out.shape == (600, 512, 3)
+    with Image.open(default_image_path()) as im:
+        want = np.asarray(im.convert("RGB"))
+    np.testing.assert_array_equal(out, want)  # same pixels, RGB order, no EXIF surprise
+    assert out.std() > 20  # a real photo, not a blank stand-in
+
+
+def test_paper_photos_download_once_and_are_checked(tmp_path, monkeypatch, http_dir):
+    """``paper:NAME`` fetches the paper's photo from the authors' repository into the cache
+    with its SHA-256 checked (here from a local server holding stand-ins with the expected
+    checksums patched in)."""
+    import hashlib
+
+    import fastssl.image as image
+    from fastssl.errors import FastSSLError
+    from fastssl.image import PAPER_IMAGES, load_image
+
+    served, base = http_dir
+    (served / "images").mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    table = {}
+    for name, (rel, _) in PAPER_IMAGES.items():
+        Image.fromarray(rng.integers(0, 256, (40, 50, 3), dtype=np.uint8)).save(served / rel, format="PNG")
+        table[name] = (rel, hashlib.sha256((served / rel).read_bytes()).hexdigest())
+
+    monkeypatch.setenv("FASTSSL_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(image, "PAPER_REPO", base)
+    monkeypatch.setattr(image, "PAPER_IMAGES", table)
+    a = load_image("paper:bridge")
+    assert a.shape == (40, 50, 3)
+    np.testing.assert_array_equal(a, np.asarray(Image.open(served / table["bridge"][0]).convert("RGB")))
+    assert sorted(os.listdir(tmp_path / "cache" / "paper-images")) == ["sf.png"]
+    (served / table["bridge"][0]).unlink()  # the second use reads the cache
+    np.testing.assert_array_equal(load_image("paper:bridge"), a)
+    # a download whose checksum differs is refused and leaves nothing
+    monkeypatch.setattr(image, "PAPER_IMAGES", {**table, "animals": (table["animals"][0], "0" * 64)})
+    with pytest.raises(FastSSLError, match="corrupt"):
+        load_image("paper:animals")
+    assert not (tmp_path / "cache" / "paper-images" / "animals.png").exists()
+    with pytest.raises(FastSSLError, match="unknown paper image"):
+        load_image("paper:nope")

@@ -49,7 +49,7 @@ def _torch_args(renderer, p):
 
     t = torch.as_tensor
     return (
-        renderer.tpyr,
+        renderer.impl.pyramid,
         t(p.level_matrix(), dtype=torch.float64),
         t(p.box, dtype=torch.float64),
         t(p.level, dtype=torch.int64),
@@ -69,6 +69,7 @@ def test_fixed_shape_chain_equals_the_grouped_one(photo):
     assert torch_warp.run(*args).equal(torch_warp.run_fixed(*args))
 
 
+@pytest.mark.slow
 def test_compiled_torch_backend_is_one_graph_and_agrees_with_numba(photo):
     """The GPU form of the torch backend compiles whole (fullgraph: no data-dependent shape, no
     host synchronisation) and renders what Numba renders (measured on CPU: <0.2% of values off
@@ -206,14 +207,14 @@ def test_kernels_never_crash_and_agree_on_any_spec_and_shape(h, w, size, rot, sh
 def test_a_compiler_failure_falls_back_to_eager_with_a_warning(photo):
     spec = AugmentSpec(size=16)
     r = Renderer(photo, spec, "torch")  # CPU: not compiled unless asked
-    assert r._compiled is None
+    assert r.impl._compiled is None
     p = r.params(0, 8)
     want = r.render(p)
 
     def broken(*args):
         raise RuntimeError("inductor could not build")
 
-    r._compiled = broken
+    r.impl._compiled = broken
     with pytest.warns(UserWarning, match="running eager: RuntimeError: inductor could not build"):
         got = r.render(p)
-    assert got.equal(want) and r._compiled is None
+    assert got.equal(want) and r.impl._compiled is None

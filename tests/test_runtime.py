@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 
+import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as tmp
@@ -24,6 +25,7 @@ print(json.dumps({"hits": sum(k.warp_colour.stats.cache_hits.values()),
 """
 
 
+@pytest.mark.slow
 def test_second_process_loads_the_kernel_from_the_numba_cache(tmp_path):
     env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path / "cache"))
     runs = [
@@ -49,6 +51,7 @@ def _worker(rank, world, port, out):
         dist.destroy_process_group()
 
 
+@pytest.mark.slow
 def test_ranks_under_torch_distributed_get_disjoint_shards(tmp_path):
     import socket
 

@@ -9,21 +9,27 @@ be read with class names and a mismatched index is detected.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import json
 import multiprocessing as mp
 import os
+import queue
+import signal
+import threading
 import time
 from pathlib import Path
 
 import numpy as np
 
-from ..atomic import atomic_output
+from ..atomic import JSON, atomic_output, check_destination, has_magic, os_error
 from ..errors import FastSSLError
 from ..report import write_json
 from .sources import LabelledSource
 
 SCHEMA = {"image": "RGBImageField", "label": "IntField"}
 WRITE_MODES = ("smart", "jpg", "raw")
+ALLOC_ENTRY = 24  # bytes of one allocation-table entry (sample id, pointer, size: three uint64)
 SMART_THRESHOLD = 32 * 1024  # smart mode: raw below 32 KiB of pixels (CIFAR), JPEG above (ImageNet)
 
 
@@ -87,7 +93,7 @@ def _scan_one(i):
 
 def scan(src: LabelledSource, workers: int, strict: bool, progress: bool = True) -> tuple[np.ndarray, list[str]]:
     """Decode every image once; return the readable indices and the problems found."""
-    from tqdm import tqdm
+    from ..progress import bar as progress_bar
 
     global _SCAN_SRC
     _SCAN_SRC = src
@@ -95,13 +101,13 @@ def scan(src: LabelledSource, workers: int, strict: bool, progress: bool = True)
     ok = np.ones(len(src), dtype=bool)
     try:
         ctx = mp.get_context("fork")
-        with ctx.Pool(workers) as pool, tqdm(total=len(src), unit="img", desc="check", disable=not progress) as bar:
+        with ctx.Pool(workers) as pool, progress_bar(total=len(src), unit="img", desc="check", enabled=progress) as bar:
             for i, err in pool.imap_unordered(_scan_one, range(len(src)), chunksize=256):
                 bar.update(1)
                 if err:
                     if strict:
                         pool.terminate()
-                        raise FastSSLError(f"{err} (--strict: stopping; without it, bad images are skipped)")
+                        raise FastSSLError(f"{err} (`strict`: stopping; without it, bad images are skipped)")
                     ok[i] = False
                     bad.append(err)
     finally:
@@ -130,16 +136,14 @@ def convert(
     dst = Path(dst)
     if not dst.name.endswith(".beton"):
         raise FastSSLError(f"output must end in .beton, got {dst}")
-    if not dst.parent.exists():
-        raise FastSSLError(f"output folder does not exist: {dst.parent}")
-    if dst.exists() and not overwrite:
-        raise FastSSLError(f"output exists: {dst} (remove it or pass --overwrite)")
+    check_destination(dst, overwrite=overwrite, replace=is_beton)
+    check_destination(index_path(dst), overwrite=True, replace=JSON, what="class index")
     if write_mode not in WRITE_MODES:
-        raise FastSSLError(f"--write-mode must be one of {', '.join(WRITE_MODES)}, got {write_mode!r}")
+        raise FastSSLError(f"`write_mode` must be one of {', '.join(WRITE_MODES)}, got {write_mode!r}")
     if not 1 <= jpeg_quality <= 100:
-        raise FastSSLError(f"--jpeg-quality must be in 1..100, got {jpeg_quality}")
+        raise FastSSLError(f"`jpeg_quality` must be in 1..100, got {jpeg_quality}")
     if max_res is not None and max_res < 8:
-        raise FastSSLError(f"--max-res must be >= 8 pixels, got {max_res}")
+        raise FastSSLError(f"`max_res` must be >= 8 pixels, got {max_res}")
     workers = workers or len(os.sched_getaffinity(0))
     idx = np.arange(len(src)) if indices is None else np.asarray(indices, dtype=np.int64)
     t0 = time.perf_counter()
@@ -168,8 +172,8 @@ def convert(
         "jpeg_quality": jpeg_quality,
     }
     # the .beton is renamed into place first, its index right after (read_info needs both)
-    with atomic_output(dst) as tmp:
-        DatasetWriter(str(tmp), fields, num_workers=workers).from_indexed_dataset(_Images(sub), indices=list(good))
+    with atomic_output(dst, replace=is_beton, what="output") as tmp:
+        _write(DatasetWriter(str(tmp), fields, num_workers=workers), _Images(sub), list(good), dst, progress)
     write_json(index_path(dst), index)
     return {
         "output": str(dst),
@@ -181,6 +185,102 @@ def convert(
         "seconds_total": round(time.perf_counter() - t0, 2),
         "bytes": dst.stat().st_size,
     }
+
+
+is_beton = has_magic(b"\x02\x00")  # an FFCV header (format version 2) is what convert replaces
+
+
+class _WorkerFailed(Exception):
+    pass
+
+
+_FAILURES = None  # a queue the writer's workers report errors to (inherited through fork)
+
+
+def _guarded_worker(*args):
+    """FFCV's indexed-dataset writer worker; an error goes to the parent as (errno, text)
+    instead of a traceback and a worker the parent waits for forever."""
+    from ffcv.writer import worker_job_indexed_dataset
+
+    try:
+        worker_job_indexed_dataset(*args)
+    except BaseException as e:
+        if _FAILURES is None:
+            raise
+        _FAILURES.put((getattr(e, "errno", None), f"{type(e).__name__}: {e}"))
+        raise SystemExit(1) from None
+
+
+def _write(writer, dataset, indices: list, dst: Path, progress: bool) -> None:
+    """``writer.from_indexed_dataset`` with failures that reach the caller.
+
+    FFCV's parent process waits until its workers have written every sample; a worker that
+    fails (a full disk, an unreadable sample) leaves it waiting forever. Here each worker
+    reports its error on a queue, a watcher thread also notices a worker killed by a signal,
+    and either interrupts the waiting main thread (SIGUSR1): the workers are stopped and one
+    line is raised. Without a main thread to interrupt, FFCV's own call is used.
+    """
+    global _FAILURES
+    import ffcv.writer
+
+    from ..progress import bar as progress_bar
+
+    # FFCV's own bar follows the caller's choice
+    ffcv.writer.tqdm = functools.partial(progress_bar, enabled=progress, desc="write", unit="img")
+    if threading.current_thread() is not threading.main_thread() or not hasattr(writer, "_write_common"):
+        writer.from_indexed_dataset(dataset, indices=indices)
+        return
+    before = set(mp.active_children())
+    _FAILURES = failures = mp.get_context("fork").Queue()
+    failed: list = []
+    done = threading.Event()
+    main = threading.main_thread().ident
+
+    def watch():
+        workers: set = set()
+        while not done.is_set():
+            try:
+                failed.append(failures.get(timeout=0.2))
+            except queue.Empty:
+                try:
+                    workers.update(set(mp.active_children()) - before)
+                except RuntimeError:  # the main thread was starting a worker: look again
+                    continue
+                dead = [p.exitcode for p in workers if p.exitcode not in (None, 0)]
+                if not dead:
+                    continue
+                failed.append((None, f"a conversion worker died (exit code {dead[0]})"))
+            signal.pthread_kill(main, signal.SIGUSR1)
+            return
+
+    def interrupted(signum, frame):
+        if not done.is_set():
+            raise _WorkerFailed
+
+    old = signal.signal(signal.SIGUSR1, interrupted)
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    try:
+        chunks = [list(enumerate(indices))[a : a + 100] for a in range(0, len(indices), 100)]
+        writer._write_common(len(indices), chunks, _guarded_worker, (dataset,))
+    except _WorkerFailed:
+        for p in set(mp.active_children()) - before:
+            p.terminate()
+            p.join()
+        shm = getattr(writer, "metadata_sm", None)
+        if shm is not None:
+            with contextlib.suppress(OSError):
+                shm.close()
+                shm.unlink()
+        code, text = failed[0] if failed else (None, "a conversion worker failed")
+        if code is not None:
+            raise os_error(dst, OSError(code, os.strerror(code))) from None
+        raise FastSSLError(f"could not write {dst}: {text}") from None
+    finally:
+        done.set()
+        watcher.join()
+        signal.signal(signal.SIGUSR1, old)
+        _FAILURES = None
 
 
 class _Subset(LabelledSource):
@@ -209,14 +309,19 @@ def read_info(beton: str | os.PathLike) -> dict:
         r = Reader(str(p))
     except Exception as e:  # FFCV raises assorted errors on foreign or cut files
         raise FastSSLError(f"{p} is not a readable FFCV .beton (truncated or another format): {e}") from None
-    if len(r.metadata) != r.num_samples or int(r.header["alloc_table_ptr"]) > size:
+    table_at = int(r.header["alloc_table_ptr"])
+    if len(r.metadata) != r.num_samples or table_at > size or (size - table_at) % ALLOC_ENTRY:
         raise FastSSLError(f"{p} is truncated: its header promises {r.num_samples} samples; convert it again")
-    ends = r.alloc_table["ptr"] + r.alloc_table["size"]
-    if len(ends) and int(ends.max()) > size:
-        raise FastSSLError(f"{p} is truncated: sample data runs past the end of the file; convert it again")
+    # the allocation table is the file's tail: every sample's image must have its entry, and
+    # every entry's pages must lie inside the data region (before the table)
     kinds = {name: type(h).__name__ for name, h in r.handlers.items()}
     if kinds != SCHEMA:
         raise FastSSLError(f"{p} has another schema {kinds}; fastssl expects {SCHEMA}")
+    table = r.alloc_table  # in this schema every sample has its image's allocation
+    ends = table["ptr"] + table["size"]
+    missing = r.num_samples - len(np.unique(table["sample_id"]))
+    if missing > 0 or (len(ends) and int(ends.max()) > table_at):
+        raise FastSSLError(f"{p} is truncated or damaged: sample data is missing; convert it again")
     labels = np.asarray(r.metadata[f"f{r.field_names.index('label')}"]).astype(np.int64)
     ipath = index_path(p)
     if not ipath.is_file():

@@ -142,7 +142,7 @@ class Loader:
             raise FastSSLError(f"crop ratio must be in (0, 1], got {crop_ratio}")
         self.device = torch.device(device)
         if self.device.type == "cuda" and not torch.cuda.is_available():
-            raise FastSSLError("CUDA device asked for, but CUDA is not available; use --device cpu")
+            raise FastSSLError("CUDA device asked for, but CUDA is not available: use `device` cpu")
         self.res, self.train, self.ten = res, train, ten_crop and not train
         self.batch_size = batch_size
         self.workers = workers or len(os.sched_getaffinity(0))

@@ -50,8 +50,6 @@ def decode_rgb(data: bytes, name: str = "image") -> np.ndarray:
 class LabelledSource:
     """A list of (key, label) with a way to read each image."""
 
-    kind = "source"
-
     def __init__(self, name: str, classes: list[str], keys: list[str], labels: np.ndarray):
         self.name = name
         self.classes = classes
@@ -72,8 +70,9 @@ class LabelledSource:
         c = np.bincount(lab, minlength=len(self.classes))
         return {name: int(c[k]) for k, name in enumerate(self.classes)}
 
-    def describe(self) -> str:
-        return f"{self.kind} {self.name}: {len(self)} images in {len(self.classes)} classes"
+    def stored_bytes(self) -> int | None:
+        """Bytes of the encoded images as stored (None where the source does not know)."""
+        return None
 
 
 def _group(paths: list[PurePosixPath], where: str, split: str | None):
@@ -88,7 +87,7 @@ def _group(paths: list[PurePosixPath], where: str, split: str | None):
         prefixes = {p.parent.parent for p in paths}
     if len(prefixes) > 1:
         names = ", ".join(sorted(str(x) or "." for x in prefixes)[:5])
-        raise FastSSLError(f"{where} holds class folders under several parents ({names}); choose one with --split NAME")
+        raise FastSSLError(f"{where} holds class folders under several parents ({names}); choose one with `split`")
     root_files = [p for p in paths if str(p.parent) in ("", ".")]
     if root_files:
         raise FastSSLError(
@@ -101,8 +100,6 @@ def _group(paths: list[PurePosixPath], where: str, split: str | None):
 
 
 class FolderSource(LabelledSource):
-    kind = "folder"
-
     def __init__(self, root: str | os.PathLike, split: str | None = None):
         self.root = Path(root)
         if not self.root.is_dir():
@@ -122,6 +119,9 @@ class FolderSource(LabelledSource):
         classes, paths, labels = _group(found, str(self.root), split)
         super().__init__(str(self.root), classes, [str(p) for p in paths], labels)
 
+    def stored_bytes(self) -> int:
+        return sum((self.root / k).stat().st_size for k in self.keys)
+
     def raw(self, i: int) -> bytes:
         try:
             return (self.root / self.keys[i]).read_bytes()
@@ -140,8 +140,6 @@ def _check_member(m: tarfile.TarInfo, archive: str) -> None:
 
 
 class TarSource(LabelledSource):
-    kind = "archive"
-
     def __init__(self, path: str | os.PathLike, split: str | None = None):
         self.path = Path(path)
         compressed = self.path.suffix.lower() in (".gz", ".tgz", ".bz2", ".xz")
@@ -168,6 +166,11 @@ class TarSource(LabelledSource):
         super().__init__(str(self.path), classes, [str(p) for p in paths], labels)
         self._fh = None
 
+    def stored_bytes(self) -> int:
+        if self._data is not None:
+            return sum(len(v) for v in self._data.values())
+        return sum(size for _, size in self._offsets.values())
+
     def raw(self, i: int) -> bytes:
         key = self.keys[i]
         if self._data is not None:
@@ -187,8 +190,6 @@ class TarSource(LabelledSource):
 
 class CifarBinarySource(LabelledSource):
     """CIFAR-10 from ``cifar-10-binary.tar.gz``: records of 1 label byte + 3072 pixel bytes."""
-
-    kind = "cifar10"
 
     def __init__(self, archive: str | os.PathLike, train: bool = True):
         self.path = Path(archive)
@@ -229,35 +230,39 @@ class CifarBinarySource(LabelledSource):
         return np.ascontiguousarray(self._pixels[i])
 
 
-def download(url: str, dest: Path, md5: str, progress: bool = True) -> Path:
-    """Fetch ``url`` to ``dest`` through a temporary file; verify the MD5 before renaming."""
-    from tqdm import tqdm
+def download(url: str, dest: Path, md5: str | None = None, progress: bool = True, *, sha256: str | None = None) -> Path:
+    """Fetch ``url`` to ``dest`` through a temporary file; verify its checksum (``md5`` or
+    ``sha256``, hex) before renaming. A file already at ``dest`` with that checksum is used."""
+    from ..progress import bar as progress_bar
 
+    algo, want = ("sha256", sha256) if sha256 else ("md5", md5)
+    if not want:
+        raise ValueError("download needs an md5 or a sha256 checksum")
     dest = Path(dest)
     if dest.exists():
-        if _md5(dest) == md5:
+        if _digest(dest, algo) == want:
             return dest
         raise FastSSLError(f"{dest} exists but its checksum does not match; delete it and run again")
     dest.parent.mkdir(parents=True, exist_ok=True)
-    h = hashlib.md5()
+    h = hashlib.new(algo)
     try:
         r = urllib.request.urlopen(url, timeout=60)
     except OSError as e:
         raise FastSSLError(f"cannot download {url}: {e}") from None
     total = int(r.headers.get("Content-Length") or 0) or None
-    bar = tqdm(total=total, unit="B", unit_scale=True, desc=f"download {dest.name}", disable=not progress)
+    bar = progress_bar(total=total, unit="B", unit_scale=True, desc=f"download {dest.name}", enabled=progress)
     with r, bar, atomic_output(dest) as tmp, open(tmp, "wb") as f:
         while chunk := r.read(1 << 20):
             f.write(chunk)
             h.update(chunk)
             bar.update(len(chunk))
-        if h.hexdigest() != md5:
-            raise FastSSLError(f"download of {url} is corrupt: md5 {h.hexdigest()} != expected {md5}; try again")
+        if h.hexdigest() != want:
+            raise FastSSLError(f"download of {url} is corrupt: {algo} {h.hexdigest()} != expected {want}; try again")
     return dest
 
 
-def _md5(path: Path) -> str:
-    h = hashlib.md5()
+def _digest(path: Path, algo: str) -> str:
+    h = hashlib.new(algo)
     with open(path, "rb") as f:
         while chunk := f.read(1 << 20):
             h.update(chunk)
@@ -302,7 +307,7 @@ def split_indices(labels: np.ndarray, val_per_class: int) -> tuple[np.ndarray, n
     validation, the rest training. Sources list items sorted by key, so this is stable."""
     labels = np.asarray(labels)
     if val_per_class < 0:
-        raise FastSSLError(f"--val-per-class must be >= 0, got {val_per_class}")
+        raise FastSSLError(f"`val_per_class` must be >= 0, got {val_per_class}")
     val = []
     for c in np.unique(labels):
         idx = np.flatnonzero(labels == c)

@@ -15,65 +15,47 @@ or ``None`` for unlabelled sources.
 
 from __future__ import annotations
 
-import torch
-from torch import nn
-
 from ..errors import FastSSLError
+from .base import Method, flip_half
+from .bigan import BiGAN
+from .deepcluster import DeepCluster
+from .rotnet import RotNet
+from .supervised import Supervised
+
+# name -> class: adding a method is its own file and one line here (and, optionally, a recipe section)
+METHODS: dict[str, type[Method]] = {
+    "rotnet": RotNet,
+    "deepcluster": DeepCluster,
+    "bigan": BiGAN,
+    "supervised": Supervised,
+}
+
+__all__ = ["METHODS", "Method", "build_method", "flip_half", "pretext_methods"]
 
 
-class Method:
-    name = "method"
-    needs_labels = False
-
-    def __init__(self):
-        self.nets: dict[str, nn.Module] = {}
-
-    def param_groups(self) -> dict[str, list]:
-        return {"main": [p for n in self.nets.values() for p in n.parameters()]}
-
-    def trunk(self) -> nn.Module:
-        net = self.nets["model"]
-        return getattr(net, "module", net)  # unwrap DDP
-
-    def on_epoch_start(self, epoch: int, ctx) -> None:
-        pass
-
-    def state_dict(self) -> dict:
-        """What the method needs, beyond its networks, to resume mid-epoch (tensors only)."""
-        return {}
-
-    def load_state_dict(self, state: dict, ctx) -> None:
-        pass
-
-    def train_step(self, batch, ctx) -> dict:
-        raise NotImplementedError
-
-    def arch(self) -> dict:
-        return self.trunk().config
+def pretext_methods() -> list[str]:
+    return [n for n, c in METHODS.items() if c.pretext]
 
 
-def flip_half(x: torch.Tensor, generator=None) -> torch.Tensor:
-    """Mirror a random half of the batch horizontally (on the device)."""
-    m = torch.rand(x.shape[0], device=x.device, generator=generator) < 0.5
-    return torch.where(m.view(-1, 1, 1, 1), x.flip(3), x)
+def get_method(name: str) -> type[Method]:
+    if name not in METHODS:
+        raise FastSSLError(f"unknown method {name!r}; choose one of {', '.join(METHODS)}")
+    return METHODS[name]
 
 
-def build_method(name: str, model_kw: dict, num_classes: int | None = None, method_kw: dict | None = None) -> Method:
-    """``method_kw``: the method's own settings (DeepCluster: k, pca_dim, iters, seed; BiGAN:
-    z_dim, g_width, d_width)."""
-    from .bigan import BiGAN
-    from .deepcluster import DeepCluster
-    from .rotnet import RotNet
-    from .supervised import Supervised
+def build_method(
+    name: str, model_kw: dict, num_classes: int | None = None, method_kw: dict | None = None, seed: int = 0
+) -> Method:
+    """An instance of the registered method ``name``: ``model_kw`` the AlexNet's keywords,
+    ``method_kw`` its own settings (checked against its ``Settings``)."""
+    from ..config import to_dataclass
 
-    if name == "deepcluster":
-        return DeepCluster(model_kw, **(method_kw or {}))
-    if name == "bigan":
-        return BiGAN(model_kw, **(method_kw or {}))
-    if name == "rotnet":
-        return RotNet(model_kw)
-    if name == "supervised":
-        if not num_classes:
-            raise FastSSLError("supervised training needs a labelled source")
-        return Supervised(model_kw, num_classes)
-    raise FastSSLError(f"unknown method {name!r}; choose rotnet, deepcluster, bigan or supervised")
+    cls = get_method(name)
+    if cls.needs_labels and not num_classes:
+        raise FastSSLError(f"{name} training needs a labelled source")
+    settings = None
+    if cls.Settings is not None:
+        settings = to_dataclass(cls.Settings, dict(method_kw or {}), f"{name}.settings.")
+    elif method_kw:
+        raise FastSSLError(f"{name} takes no settings, got {', '.join(method_kw)}")
+    return cls(dict(model_kw), settings, num_classes=num_classes, seed=seed)

@@ -10,28 +10,63 @@ Latent codes are uniform in [-1, 1]; horizontal flips of the real images on the 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 
 from ..errors import FastSSLError
 from ..models import AlexNet
 from ..models.bigan import Generator, JointDiscriminator
-from . import Method, flip_half
+from .base import Method, flip_half
+
+
+@dataclass
+class BiGANSettings:
+    z_dim: int = 64  # latent code size (uniform in [-1, 1])
+    g_width: int = 64  # generator width (channels of its last hidden layer)
+    d_width: int = 64  # discriminator width
+    d_dropout: float = 0.0  # dropout after every hidden layer of the discriminator
+    d_skip_above: float = 1.0  # the discriminator sits out its step while its batch accuracy is above this
+
+    def check(self, where: str = "") -> None:
+        from ..config import bad, check_range
+
+        for name in ("z_dim", "g_width", "d_width"):
+            if getattr(self, name) < 1:
+                bad(f"{where}{name}", "must be >= 1", getattr(self, name))
+        check_range(f"{where}d_dropout", self.d_dropout, 0, 1, hi_open=True)
+        check_range(f"{where}d_skip_above", self.d_skip_above, -1, 1)
 
 
 class BiGAN(Method):
     name = "bigan"
 
-    def __init__(
-        self,
-        model_kw: dict,
-        z_dim: int = 64,
-        g_width: int = 64,
-        d_width: int = 64,
-        d_dropout: float = 0.0,
-        d_skip_above: float = 1.0,
-    ):
+    Settings = BiGANSettings
+
+    @classmethod
+    def check_recipe(cls, rc: dict) -> None:
+        from ..config import bad
+
+        res = rc["model"]["input_res"]
+        if res < 8 or res & (res - 1):
+            bad(
+                "model.input_res",
+                "must be a power of two >= 8 for BiGAN's generator (e.g. --set res=64 --set model.input_res=64 "
+                "--set mono.size=64)",
+                res,
+            )
+
+    def __init__(self, model_kw: dict, settings: BiGANSettings | None = None, *, num_classes=None, seed: int = 0):
         super().__init__()
+        st = settings or BiGANSettings()
+        z_dim, g_width, d_width, d_dropout, d_skip_above = (
+            st.z_dim,
+            st.g_width,
+            st.d_width,
+            st.d_dropout,
+            st.d_skip_above,
+        )
         res = int(model_kw.get("input_res", 224))
         self.z_dim = int(z_dim)
         # the discriminator skips its step while its accuracy on the batch is above this (1: never;

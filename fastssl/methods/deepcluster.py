@@ -8,7 +8,7 @@ device); the cluster ids become the labels, the epoch's order samples clusters u
 non-empty cluster contributes the same number of draws), and the classifier layer is
 re-initialised (its optimiser state dropped). Under DDP, rank 0 clusters and broadcasts.
 
-The data must be a :class:`fastssl.train.TensorData`: DeepCluster needs index access to a
+The data must be a :class:`fastssl.data.adapters.TensorData`: DeepCluster needs index access to a
 fixed set of images (for the one-image rows: a fixed set of rendered patches, as the paper
 trains on a fixed dataset of patches).
 """
@@ -16,13 +16,14 @@ trains on a fixed dataset of patches).
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
 from ..errors import FastSSLError
 from ..models import AlexNet
-from . import Method, flip_half
+from .base import Method, flip_half
 
 
 def pca_whiten(x: torch.Tensor, dim: int, eps: float = 1e-5) -> torch.Tensor:
@@ -102,14 +103,33 @@ def uniform_over_clusters(assign: torch.Tensor, n: int, generator: torch.Generat
     return idx[torch.randperm(len(idx), generator=generator)][:n]
 
 
+@dataclass
+class DeepClusterSettings:
+    k: int = 100  # clusters (the reference: 10,000 for 1.28M images)
+    pca_dim: int = 256  # PCA-whitened feature dimension before k-means
+    iters: int = 20  # Lloyd iterations per clustering
+
+    def check(self, where: str = "") -> None:
+        from ..config import bad
+
+        if self.k < 2:
+            bad(f"{where}k", "must be >= 2 clusters", self.k)
+        if self.pca_dim < 1:
+            bad(f"{where}pca_dim", "must be >= 1", self.pca_dim)
+        if self.iters < 1:
+            bad(f"{where}iters", "must be >= 1", self.iters)
+
+
 class DeepCluster(Method):
     name = "deepcluster"
 
-    def __init__(self, model_kw: dict, k: int = 100, pca_dim: int = 256, iters: int = 20, seed: int = 0):
+    fixed_dataset = True
+    Settings = DeepClusterSettings
+
+    def __init__(self, model_kw: dict, settings: DeepClusterSettings | None = None, *, num_classes=None, seed: int = 0):
         super().__init__()
-        if k < 2:
-            raise FastSSLError(f"deepcluster needs k >= 2 clusters, got {k}")
-        self.k, self.pca_dim, self.iters, self.seed = int(k), int(pca_dim), int(iters), int(seed)
+        st = settings or DeepClusterSettings()
+        self.k, self.pca_dim, self.iters, self.seed = st.k, st.pca_dim, st.iters, int(seed)
         self.nets["model"] = AlexNet(self.k, **model_kw)
         self.targets: torch.Tensor | None = None  # cluster id per image of the dataset
         self.order: torch.Tensor | None = None  # this epoch's index order
@@ -121,8 +141,7 @@ class DeepCluster(Method):
         feats = []
         with torch.no_grad(), ctx.autocast():
             for x in data.all_batches(512):
-                h = net._trunk(net.prepare(x))
-                feats.append(net.head[:-1](torch.flatten(h, 1)).float())
+                feats.append(net.head[:-1](net.features(x)).float())
         net.train(was)
         return torch.cat(feats)
 

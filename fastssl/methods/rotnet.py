@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from ..models import AlexNet
-from . import Method, flip_half
+from .base import Method, flip_half
 
 
 def four_rotations(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -20,7 +20,7 @@ def four_rotations(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 class RotNet(Method):
     name = "rotnet"
 
-    def __init__(self, model_kw: dict):
+    def __init__(self, model_kw: dict, settings=None, *, num_classes=None, seed: int = 0):
         super().__init__()
         self.nets["model"] = AlexNet(4, **model_kw)
 

@@ -6,14 +6,16 @@ import torch.nn.functional as F
 
 from ..errors import FastSSLError
 from ..models import AlexNet
-from . import Method
+from .base import Method
 
 
 class Supervised(Method):
     name = "supervised"
     needs_labels = True
 
-    def __init__(self, model_kw: dict, num_classes: int):
+    pretext = False
+
+    def __init__(self, model_kw: dict, settings=None, *, num_classes: int, seed: int = 0):
         super().__init__()
         self.nets["model"] = AlexNet(num_classes, **model_kw)
 

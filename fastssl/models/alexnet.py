@@ -22,13 +22,55 @@ from __future__ import annotations
 
 import copy
 import math
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
+from ..kernels.backend import GREY
+
 MEAN = (0.485, 0.456, 0.406)
 STD = (0.229, 0.224, 0.225)
 BASE = (96, 256, 384, 384, 256)
+LAYERS = ("conv1", "conv2", "conv3", "conv4", "conv5")  # the probed taps
+
+
+@dataclass
+class ModelConfig:
+    """The AlexNet keyword arguments a recipe's ``[model]`` section sets."""
+
+    small: bool = False  # the small-input variant (5x5 conv1) for 32 / 64 px inputs
+    input_res: int = 224
+    width: float = 1.0  # scales every conv's filter count and the FC widths
+    conv1_width: int | None = None  # conv1 filters, overriding width for conv1 alone
+    fc_width: int | None = None
+    sobel: bool = False  # greyscale + Sobel input instead of RGB (as DeepCluster)
+    dropout: float = 0.5
+
+    def check(self, where: str = "") -> None:
+        from ..config import bad, check_range
+
+        check_range(f"{where}width", self.width, 0, 16, lo_open=True)
+        check_range(f"{where}dropout", self.dropout, 0, 1, hi_open=True)
+        for name in ("conv1_width", "fc_width"):
+            v = getattr(self, name)
+            if v is not None and not 1 <= v <= 65536:
+                bad(f"{where}{name}", "must be in [1, 65536] (or absent)", v)
+        if trunk_side(self.small, self.input_res) < 1:
+            bad(
+                f"{where}input_res",
+                f"is too small for the {'small' if self.small else 'paper'} AlexNet",
+                self.input_res,
+            )
+
+
+def trunk_side(small: bool, input_res: int) -> int:
+    """Side of conv5's pooled output for a square input (< 1: the input is too small)."""
+    k, s, p = (5, max(1, input_res // 32), 2) if small else (11, 4, 2)
+    x = (input_res + 2 * p - k) // s + 1
+    for _ in range(3):  # max-pools 3/2 after conv1, conv2 and conv5 (3x3 and 5x5 convs keep the side)
+        x = (x - 3) // 2 + 1 if x >= 3 else 0
+    return x
 
 
 class AlexNet(nn.Module):
@@ -114,7 +156,8 @@ class AlexNet(nn.Module):
         """uint8 (or float 0..255) images -> normalised float input."""
         x = x.float()
         if self.config["sobel"]:
-            grey = (0.299 * x[:, 0:1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:3]) / 255.0
+            wr, wg, wb = GREY
+            grey = (wr * x[:, 0:1] + wg * x[:, 1:2] + wb * x[:, 2:3]) / 255.0
             return nn.functional.conv2d(grey, self.sobel_w, padding=1)
         return (x - self.mean) / self.std
 
@@ -126,6 +169,10 @@ class AlexNet(nn.Module):
             if i in self.pool_after:
                 x = self.pool(x)
         return x
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """conv5's pooled output for a batch (the head's input), flattened: (B, C * s * s)."""
+        return torch.flatten(self._trunk(self.prepare(x)), 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self._trunk(self.prepare(x))

@@ -1,0 +1,17 @@
+"""Progress bars on a terminal only.
+
+On a terminal, tqdm bars; in a log file (stderr not a terminal) no bars: carriage-return frames
+make a log unreadable, so the trainer writes one line per epoch instead and each stage logs
+its own line.
+"""
+
+from __future__ import annotations
+
+import sys
+
+
+def bar(iterable=None, *, enabled: bool = True, **kw):
+    """A tqdm bar, shown when ``enabled`` and stderr is a terminal."""
+    from tqdm import tqdm
+
+    return tqdm(iterable, disable=not (enabled and sys.stderr.isatty()), **kw)

@@ -1,0 +1,47 @@
+"""The backend interface: how a batch of sampled patch parameters becomes pixels.
+
+A backend is built once per source image and device: it receives the image's pyramid (level
+0 first, each an (h, w, 3) uint8 array) and keeps whatever it needs resident on its device.
+``render`` then turns one batch of parameters into a uint8 NHWC batch:
+
+- ``level_matrix`` (n, 2, 3) float64: output pixel centre -> coordinates in the patch's level;
+- ``box`` (n, 2, 3): output pixel -> normalised coordinates in the random-resized-crop box
+  (pixels outside [0, 1)^2 are filled with 0);
+- ``level`` (n,) int: the pyramid level each patch samples;
+- ``jitter`` (n,) bool, ``factors`` (n, 4) float32 (brightness, contrast, saturation, hue),
+  ``order`` (n, 4) int: the colour jitter, its four operations in that order.
+
+It returns a NumPy array (CPU placements, written into ``out`` when one is given) or a torch
+tensor on the backend's device. Adding a backend is one file with a subclass and one line in
+the registry (:data:`fastssl.kernels.BACKENDS`).
+"""
+
+from __future__ import annotations
+
+import abc
+
+import numpy as np
+
+GREY = (0.299, 0.587, 0.114)  # luma weights of the grey image (contrast, saturation; Sobel input)
+MEAN_STRIDE = 4  # contrast blends towards the mean grey of every 4th row and column
+
+
+class Backend(abc.ABC):
+    name = ""
+    writes_into = False  # render() fills a caller's NumPy buffer (``out``) in place
+
+    @classmethod
+    def unavailable(cls, device_type: str) -> str | None:
+        """None when this backend can render on a device of this type ("cpu", "cuda"), else why not."""
+        return None
+
+    def __init__(
+        self, levels: list[np.ndarray], size: int, resized: int, device, threads: int | None = None, **options
+    ):
+        self.size, self.resized = int(size), int(resized)
+        self.device = device
+        self.threads = threads
+
+    @abc.abstractmethod
+    def render(self, level_matrix, box, level, jitter, factors, order, out: np.ndarray | None = None):
+        """(n, S, S, 3) uint8: a NumPy array, or a torch tensor on the device."""

@@ -1,0 +1,83 @@
+"""The backend seam: a new renderer is one class and one registry line, and the engine (the
+patch stream, export, the CLI's choices) takes it from the registry."""
+
+import numpy as np
+import pytest
+import torch
+
+import fastssl.kernels as kernels
+from fastssl.kernels.backend import Backend
+from fastssl.mono import MonoSource, Renderer, backend_available, backend_names
+from fastssl.spec import AugmentSpec
+
+
+class NumpyReference(Backend):
+    """Bilinear sampling of each patch's level in plain NumPy, crop-box fill, no colour jitter."""
+
+    name = "numpy-ref"
+    writes_into = True
+
+    def __init__(self, levels, size, resized, device, threads=None, **options):
+        super().__init__(levels, size, resized, device, threads)
+        self.levels = [lv.astype(np.float64) for lv in levels]
+
+    def render(self, level_matrix, box, level, jitter, factors, order, out=None):
+        S = self.size
+        if out is None:
+            out = np.empty((len(level), S, S, 3), np.uint8)
+        y, x = np.mgrid[0:S, 0:S].astype(np.float64)
+        pts = np.stack([x, y, np.ones_like(x)])  # (3, S, S)
+        for i in range(len(level)):
+            lv = self.levels[level[i]]
+            h, w = lv.shape[:2]
+            u, v = np.tensordot(level_matrix[i], pts, 1)
+            s, t = np.tensordot(box[i], pts, 1)
+            fu, fv = np.floor(u), np.floor(v)
+            ax, ay = (u - fu)[..., None], (v - fv)[..., None]
+            x0, y0 = np.clip(fu, 0, w - 1).astype(int), np.clip(fv, 0, h - 1).astype(int)
+            x1, y1 = np.clip(fu + 1, 0, w - 1).astype(int), np.clip(fv + 1, 0, h - 1).astype(int)
+            top = lv[y0, x0] * (1 - ax) + lv[y0, x1] * ax
+            bottom = lv[y1, x0] * (1 - ax) + lv[y1, x1] * ax
+            px = top * (1 - ay) + bottom * ay
+            inside = ((s >= 0) & (s < 1) & (t >= 0) & (t < 1))[..., None]
+            out[i] = np.clip(np.floor(px * inside + 0.5), 0, 255).astype(np.uint8)
+        return out
+
+
+@pytest.fixture
+def registered(monkeypatch):
+    monkeypatch.setitem(kernels.BACKENDS, "numpy-ref", f"{__name__}:NumpyReference")  # the one line
+    return "numpy-ref"
+
+
+def test_a_backend_is_one_class_and_one_registry_line(registered, photo):
+    assert "numpy-ref" in backend_names() and backend_available("numpy-ref", "cpu") is None
+    spec = AugmentSpec(size=24, jitter_p=0.0)
+    src = MonoSource(photo, spec, backend=registered, batch_size=16, epoch_length=32)
+    batch = src.batch(1)
+    assert batch.shape == (16, 3, 24, 24) and batch.dtype == torch.uint8
+    assert batch.is_contiguous(memory_format=torch.channels_last)
+    ref = Renderer(photo, spec, "numba")
+    a = ref.render_nhwc(ref.params(16, 32)).astype(int)
+    b = batch.permute(0, 2, 3, 1).numpy().astype(int)
+    # same parameters, same pixels up to float rounding (the NumPy one is float64)
+    assert np.abs(a - b).max() <= 1 and (a != b).mean() < 0.01
+
+
+def test_an_unknown_or_unavailable_backend_is_refused_with_its_reason(monkeypatch):
+    from fastssl.errors import FastSSLError
+
+    assert "unknown backend" in backend_available("nope", "cpu")
+    monkeypatch.setitem(kernels.BACKENDS, "broken", "fastssl.kernels.no_such_module:X")
+    assert "cannot be imported" in backend_available("broken", "cpu")
+    with pytest.raises(FastSSLError, match="backend 'broken' is unavailable"):
+        MonoSource(None, AugmentSpec(size=16), backend="broken")
+
+
+def test_the_cli_offers_the_registered_backends(registered, tmp_path, capsys):
+    from fastssl.cli import main
+
+    out = tmp_path / "x.npy"
+    args = ["mono", "export", "--n", 8, "--size", 16, "--spec", "jitter_p=0", "--backend", registered]
+    assert main([str(a) for a in [*args, "--out", out, "--quiet"]]) == 0
+    assert np.load(out).shape == (8, 16, 16, 3)
