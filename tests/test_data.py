@@ -409,3 +409,17 @@ def test_importing_ffcv_leaves_thread_counts_alone():
     before = (torch.get_num_threads(), numba.get_num_threads())
     ffcv_available()
     assert (torch.get_num_threads(), numba.get_num_threads()) == before
+
+
+def test_workers_zero_loads_in_this_process(tmp_path):
+    import multiprocessing
+
+    folder = make_folder(tmp_path / "imgs", per_class=4)
+    ld = Loader(str(folder), batch_size=4, train=True, res=8, workers=0, backend="pytorch")
+    seen = 0
+    for x, _ in ld:
+        assert multiprocessing.active_children() == []  # no worker process
+        seen += x.shape[0]
+    assert seen == len(ld) * 4 > 0
+    with pytest.raises(FastSSLError, match="workers"):
+        Loader(str(folder), batch_size=4, train=True, res=8, workers=-1, backend="pytorch")

@@ -209,8 +209,13 @@ def test_a_checkpoint_that_does_not_fit_is_one_line_and_the_old_one_survives(tmp
 @pytest.mark.parametrize("bs", [0, -2])
 def test_export_batch_size_must_be_positive(tmp_path, capsys, bs):
     out = tmp_path / "x.npy"
-    one_line(*run(["mono", "export", "--n", 4, "--size", 16, "--out", out, "--batch-size", bs], capsys), "batch-size")
+    one_line(*run(["mono", "export", "--n", 4, "--size", 16, "--out", out, "--batch-size", bs], capsys), "--batch-size")
     assert not out.exists()
+    from fastssl.mono import export
+
+    with pytest.raises(FastSSLError) as e:  # the library names its parameter; the CLI maps it to the flag
+        export(None, 4, out, batch_size=bs)
+    assert "`batch_size`" in str(e.value) and "--" not in str(e.value)
 
 
 # ------------------------------------------------------- 6. truncated .beton

@@ -144,7 +144,8 @@ def convert(
         raise FastSSLError(f"`jpeg_quality` must be in 1..100, got {jpeg_quality}")
     if max_res is not None and max_res < 8:
         raise FastSSLError(f"`max_res` must be >= 8 pixels, got {max_res}")
-    workers = workers or len(os.sched_getaffinity(0))
+    # None: every core; conversion runs in worker processes, at least one
+    workers = max(1, len(os.sched_getaffinity(0)) if workers is None else int(workers))
     idx = np.arange(len(src)) if indices is None else np.asarray(indices, dtype=np.int64)
     t0 = time.perf_counter()
     sub = _Subset(src, idx)

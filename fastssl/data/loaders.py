@@ -145,7 +145,10 @@ class Loader:
             raise FastSSLError("CUDA device asked for, but CUDA is not available: use `device` cpu")
         self.res, self.train, self.ten = res, train, ten_crop and not train
         self.batch_size = batch_size
-        self.workers = workers or len(os.sched_getaffinity(0))
+        # None: every core; 0: the PyTorch fallback loads in this process (FFCV always uses >= 1 thread)
+        self.workers = len(os.sched_getaffinity(0)) if workers is None else int(workers)
+        if self.workers < 0:
+            raise FastSSLError(f"`workers` must be >= 0, got {workers}")
         drop_last = train if drop_last is None else drop_last
         decode_res = int(round(res / crop_ratio)) if self.ten else res
         eval_ratio = 1.0 if self.ten else crop_ratio
@@ -195,7 +198,7 @@ class Loader:
         self._ffcv = FFCVLoader(
             path,
             batch_size=self.batch_size,
-            num_workers=self.workers,
+            num_workers=max(1, self.workers),
             order=OrderOption.RANDOM if train else OrderOption.SEQUENTIAL,
             distributed=distributed,
             seed=seed,
