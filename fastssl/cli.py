@@ -209,6 +209,15 @@ def cmd_bench_loader(args) -> int:
     return 0
 
 
+def _seeds(text: str | None):
+    if text is None:
+        return None
+    try:
+        return [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise FastSSLError(f"--seeds takes integers separated by commas, got {text!r}") from None
+
+
 def cmd_repro(args) -> int:
     from .repro import repro
 
@@ -220,6 +229,7 @@ def cmd_repro(args) -> int:
         out=args.out,
         method=args.method,
         overrides=args.set,
+        seeds=_seeds(args.seeds),
         progress=not args.quiet,
     )
     print(f"wrote {Path(args.out) / 'probes.json'}, table.md, probes.png")
@@ -348,6 +358,7 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--out", default="runs/repro")
     rp.add_argument("--method", default="rotnet", help="rotnet, deepcluster or bigan (the mono and full rows)")
     rp.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a recipe value, e.g. probe.epochs=2")
+    rp.add_argument("--seeds", default=None, help="train and probe every row for each seed, e.g. 0,1,2 (mean ± std)")
     rp.add_argument("--quiet", action="store_true")
     rp.set_defaults(func=cmd_repro)
     tr = sub.add_parser("train", help="train one method (mono image or a data source)")

@@ -15,16 +15,22 @@ def write_json(path: str | os.PathLike, obj, **kw) -> None:
         tmp.write_text(json.dumps(obj, indent=1))
 
 
-def markdown_table(rows: dict[str, dict[str, float]], title: str = "probe top-1 %") -> str:
-    lines = [f"| {title} | " + " | ".join(LAYERS) + " |", "| --- |" + " --- |" * len(LAYERS)]
+def markdown_table(rows: dict, std: dict | None = None, n: int = 1, title: str = "probe top-1 %") -> str:
+    """One line per row; with ``std`` and ``n`` > 1 each cell is ``mean ± std``."""
+    head = title if n <= 1 else f"{title}, mean ± std over {n} seeds"
+    lines = [f"| {head} | " + " | ".join(LAYERS) + " |", "| --- |" + " --- |" * len(LAYERS)]
     for name, r in rows.items():
-        lines.append(f"| {name} | " + " | ".join(f"{r[k]:.1f}" for k in LAYERS) + " |")
+        if std is not None and n > 1:
+            cells = [f"{r[k]:.1f} ± {std[name][k]:.1f}" for k in LAYERS]
+        else:
+            cells = [f"{r[k]:.1f}" for k in LAYERS]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
-def bar_figure(rows: dict[str, dict[str, float]], path: str | os.PathLike, title: str = "") -> None:
-    """Grouped bars per layer; the y axis starts a little below the lowest bar (where the rows
-    differ, not at 0) and the legend sits to the right of the axes, off the bars."""
+def bar_figure(rows: dict, path: str | os.PathLike, title: str = "", std: dict | None = None) -> None:
+    """Grouped bars per layer (error bars: ``std``); the y axis starts a little below the lowest
+    bar (where the rows differ, not at 0) and the legend sits to the right, off the bars."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -35,9 +41,11 @@ def bar_figure(rows: dict[str, dict[str, float]], path: str | os.PathLike, title
     n = len(rows)
     w = 0.8 / max(n, 1)
     x = np.arange(len(LAYERS))
-    values = [r[k] for r in rows.values() for k in LAYERS]
+    values = [r[k] - (std[name][k] if std else 0) for name, r in rows.items() for k in LAYERS]
+    values += [r[k] + (std[name][k] if std else 0) for name, r in rows.items() for k in LAYERS]
     for i, (name, r) in enumerate(rows.items()):
-        ax.bar(x + (i - (n - 1) / 2) * w, [r[k] for k in LAYERS], w, label=name)
+        err = [std[name][k] for k in LAYERS] if std else None
+        ax.bar(x + (i - (n - 1) / 2) * w, [r[k] for k in LAYERS], w, label=name, yerr=err, capsize=2 if err else 0)
     if values:
         lo, hi = min(values), max(values)
         pad = max(1.0, 0.08 * (hi - lo))

@@ -19,12 +19,14 @@ is complete and resumes what was interrupted.
 from __future__ import annotations
 
 import contextlib
+import copy
 import json
 import time
 from pathlib import Path
 
 import torch
 
+from .atomic import atomic_output
 from .config import load, to_dataclass
 from .errors import FastSSLError
 from .report import bar_figure, markdown_table, write_json
@@ -198,9 +200,11 @@ def repro(
     out="runs/repro",
     method: str = "rotnet",
     overrides=None,
+    seeds=None,
     progress: bool = True,
 ) -> dict:
-
+    """The rows of ``method`` for each of ``seeds`` (default: the recipe's seed), then the
+    summary of every finished row of ``out``: each cell the mean over seeds, with its std."""
     from .methods import pretext_methods
 
     if data is None:
@@ -208,15 +212,14 @@ def repro(
     if method not in pretext_methods():
         raise FastSSLError(f"`method` {method}: choose one of {', '.join(pretext_methods())}")
     rc = load(preset, overrides, methods=(method, "supervised"))
+    seeds = [int(rc["seed"])] if seeds is None else [int(s) for s in seeds]
+    if not seeds or any(s < 0 for s in seeds) or len(set(seeds)) != len(seeds):
+        raise FastSSLError(f"`seeds` must be distinct integers >= 0, got {seeds}")
     with run_folder(out) as out:
-        return _repro(rc, preset, method, image, data, eval_data, out, progress)
+        return _repro(rc, preset, method, image, data, eval_data, out, progress, seeds)
 
 
-def _repro(rc, preset, method, image, data, eval_data, out: Path, progress: bool) -> dict:
-    from .methods import pretext_methods
-    from .models import AlexNet
-    from .probe import ProbeConfig, load_trunk, train_probes
-
+def _repro(rc, preset, method, image, data, eval_data, out: Path, progress: bool, seeds: list[int]) -> dict:
     write_json(
         out / "config.json",
         {
@@ -224,12 +227,34 @@ def _repro(rc, preset, method, image, data, eval_data, out: Path, progress: bool
             "image": str(image),
             "data": str(data),
             "eval_data": str(eval_data) if eval_data else None,
+            "seeds": seeds,
             "recipe": rc,
         },
     )
     t_start = time.perf_counter()
     train_data, val_data, classes = _prepare_data(rc, data, eval_data, out, progress)
-    nc = len(classes)
+    for seed in seeds:
+        rcs = copy.deepcopy(rc)
+        rcs["seed"] = seed
+        _log(f"seed {seed}")
+        _rows_of_one_seed(rcs, method, image, train_data, val_data, len(classes), out / f"seed-{seed}", progress)
+    result = summary(out, seeds)
+    result.update(preset=preset, wall_s=round(time.perf_counter() - t_start, 1))
+    write_json(out / "probes.json", result)
+    table = markdown_table(result["rows"], result["std"], n=len(seeds))
+    with atomic_output(out / "table.md") as tmp:
+        tmp.write_text(table)
+    title = f"linear probes, preset {preset}" + (f", mean +/- std over {len(seeds)} seeds" if len(seeds) > 1 else "")
+    bar_figure(result["rows"], out / "probes.png", title=title, std=result["std"] if len(seeds) > 1 else None)
+    print(table)
+    return result
+
+
+def _rows_of_one_seed(rc, method, image, train_data, val_data, nc: int, out: Path, progress: bool) -> None:
+    from .models import AlexNet
+    from .probe import ProbeConfig, load_trunk, train_probes
+
+    out.mkdir(exist_ok=True)
     device = rc["device"]
     mono = _mono_stream(rc, image, int(rc[method]["batch_size"]), int(rc["seed"]))
     ckpts = {
@@ -239,14 +264,12 @@ def _repro(rc, preset, method, image, data, eval_data, out: Path, progress: bool
     }
     pcfg = to_dataclass(ProbeConfig, dict(rc["probe"]), "probe.")
     pcfg.device, pcfg.progress = device, progress
-    rows = {}
     pdir = out / "probes"
     pdir.mkdir(exist_ok=True)
     for row in rows_for(method):
         rp = pdir / f"{row}.json"
         if rp.exists():
-            rows[row] = json.loads(rp.read_text())["top1"]
-            _log(f"probes {row}: done already {rows[row]}")
+            _log(f"probes {row}: done already {json.loads(rp.read_text())['top1']}")
             continue
         if row == "random":
             torch.manual_seed(int(rc["seed"]))
@@ -258,23 +281,55 @@ def _repro(rc, preset, method, image, data, eval_data, out: Path, progress: bool
         va = _loader(val_data, rc, False, pcfg.batch_size, device, int(rc["seed"]))
         res = train_probes(trunk, tr, va, nc, pcfg, out_dir=pdir / row)
         write_json(rp, res)
-        rows[row] = res["top1"]
-        _log(f"probes {row}: {rows[row]}")
-    # the summary holds every finished row in this folder: run --method rotnet, then deepcluster,
-    # into the same --out and the table has both (random and supervised trained once)
-    order = ["random"] + [f"{p}-{m}" for m in pretext_methods() for p in ("mono", "full")] + ["supervised"]
-    for row in order:
-        rp = pdir / f"{row}.json"
-        if row not in rows and rp.exists():
-            rows[row] = json.loads(rp.read_text())["top1"]
-    rows = {r: rows[r] for r in order if r in rows}
-    result = {"rows": rows, "preset": preset, "wall_s": round(time.perf_counter() - t_start, 1)}
-    write_json(out / "probes.json", result)
-    table = markdown_table(rows)
-    (out / "table.md").write_text(table)
-    bar_figure(rows, out / "probes.png", title=f"linear probes, preset {preset}")
-    print(table)
-    return result
+        _log(f"probes {row}: {res['top1']}")
+
+
+def row_order(names) -> list[str]:
+    """random first, supervised last; between them by method (registry order), then by images
+    (one, ten, a thousand, N, the full split), then the ablation variant."""
+    from .methods import pretext_methods
+
+    rank = {m: i for i, m in enumerate(pretext_methods())}
+
+    def key(name: str):
+        if name == "random":
+            return (0, 0, "")
+        if name == "supervised":
+            return (2, 0, "")
+        prefix, _, rest = name.partition("-")  # mono / deka / kilo / n<N> / full, then method[-variant]
+        method, _, variant = rest.partition("-")
+        images = int(prefix[1:]) if prefix[:1] == "n" and prefix[1:].isdigit() else 0
+        return (
+            1,
+            rank.get(method, len(rank)),
+            {"mono": 0, "deka": 1, "kilo": 2, "full": 9}.get(prefix, 5),
+            images,
+            variant,
+        )
+
+    return sorted(names, key=key)
+
+
+def summary(out: Path, seeds: list[int]) -> dict:
+    """Every finished probe row under ``out`` for ``seeds``: mean and std (over the seeds that
+    have the row) of each cell, the per-seed values and the seed count per row."""
+    import numpy as np
+
+    from .models.alexnet import LAYERS
+
+    per_seed: dict[str, dict] = {}
+    for seed in seeds:
+        for rp in sorted((out / f"seed-{seed}" / "probes").glob("*.json")):
+            per_seed.setdefault(rp.stem, {})[str(seed)] = json.loads(rp.read_text())["top1"]
+    rows, std, count = {}, {}, {}
+    for name in row_order(per_seed):
+        vals = per_seed[name]
+        a = np.array([[v[k] for k in LAYERS] for v in vals.values()])
+        rows[name] = {k: round(float(x), 2) for k, x in zip(LAYERS, a.mean(0), strict=True)}
+        sd = a.std(0, ddof=1) if len(a) > 1 else np.zeros(len(LAYERS))
+        std[name] = {k: round(float(x), 2) for k, x in zip(LAYERS, sd, strict=True)}
+        count[name] = len(a)
+    return {"rows": rows, "std": std, "seeds": seeds, "n": count, "per_seed": {r: per_seed[r] for r in rows}}
 
 
 @contextlib.contextmanager

@@ -294,14 +294,36 @@ def test_repro_end_to_end_writes_table_json_and_figure(tmp_path, capsys):
     assert rows[-3:] == ["mono-bigan", "full-bigan", "supervised"] and len(rows) == 8
     logs = capsys.readouterr().out
     assert "supervised: already trained" in logs and "probes random: done already" in logs
-    ck = load_checkpoint(out / "full-deepcluster" / "ckpt.pt")
+    ck = load_checkpoint(out / "seed-0" / "full-deepcluster" / "ckpt.pt")
     assert ck["method"] == "deepcluster" and len(ck["method_state"]["targets"]) == 24  # 3 classes x (10 - 2 held out)
+
+
+@pytest.mark.slow
+def test_repro_over_seeds_reports_mean_and_std(tmp_path, capsys):
+    data = _folder(tmp_path / "imgs")
+    out = tmp_path / "run"
+    args = ["repro", "--preset", TINY, "--data", str(data), "--out", str(out), "--quiet", "--seeds", "0,1"]
+    assert main(args) == 0
+    res = json.loads((out / "probes.json").read_text())
+    assert res["seeds"] == [0, 1] and set(res["n"].values()) == {2}
+    for row, cells in res["rows"].items():
+        per = [res["per_seed"][row][s] for s in ("0", "1")]
+        for k, mean in cells.items():
+            a, b = per[0][k], per[1][k]
+            assert abs(mean - (a + b) / 2) < 0.01 and abs(res["std"][row][k] - abs(a - b) / 2**0.5) < 0.01
+    # the seeds differ (the random row's init and the mono stream depend on them)
+    assert res["per_seed"]["random"]["0"] != res["per_seed"]["random"]["1"]
+    table = (out / "table.md").read_text()
+    assert "mean ± std over 2 seeds" in table and table.count("±") >= 4 * 5
+    assert (out / "seed-1" / "mono-rotnet" / "ckpt.pt").exists()
 
 
 @pytest.mark.parametrize(
     "args, words",
     [
         (["repro", "--preset", "nope", "--data", "{tmp}"], "unknown preset"),
+        (["repro", "--preset", TINY, "--data", "{tmp}", "--seeds", "0,0"], "distinct"),
+        (["repro", "--preset", TINY, "--data", "{tmp}", "--seeds", "a"], "--seeds takes integers"),
         (["repro", "--preset", TINY, "--data", "{tmp}/missing"], "not found"),
         (["repro", "--preset", TINY, "--data", "{tmp}", "--set", "probe.epochs=x"], "bad override"),
         (

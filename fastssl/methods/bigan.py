@@ -28,6 +28,7 @@ class BiGANSettings:
     d_width: int = 64  # discriminator width
     d_dropout: float = 0.0  # dropout after every hidden layer of the discriminator
     d_skip_above: float = 1.0  # the discriminator sits out its step while its batch accuracy is above this
+    code: str = "linear"  # the encoder's code: linear (the head's output) or tanh (standardised, then tanh)
 
     def check(self, where: str = "") -> None:
         from ..config import bad, check_range
@@ -37,6 +38,8 @@ class BiGANSettings:
                 bad(f"{where}{name}", "must be >= 1", getattr(self, name))
         check_range(f"{where}d_dropout", self.d_dropout, 0, 1, hi_open=True)
         check_range(f"{where}d_skip_above", self.d_skip_above, -1, 1)
+        if self.code not in ("linear", "tanh"):
+            bad(f"{where}code", "must be linear or tanh", self.code)
 
 
 class BiGAN(Method):
@@ -72,6 +75,9 @@ class BiGAN(Method):
         # the discriminator skips its step while its accuracy on the batch is above this (1: never;
         # a host read per step when set)
         self.d_skip_above = float(d_skip_above)
+        # tanh: each code dimension standardised over the batch, then squashed into (-1, 1), so the
+        # encoder's codes have the spread of the U(-1, 1) prior from the first step
+        self.code = st.code
         self.nets["model"] = AlexNet(self.z_dim, **model_kw)  # the encoder
         try:
             self.nets["generator"] = Generator(self.z_dim, res, g_width)
@@ -96,6 +102,9 @@ class BiGAN(Method):
         real = torch.cat([torch.ones(n, device=x.device), torch.zeros(n, device=x.device)])
         with ctx.autocast():
             z_hat = E(x)
+            if self.code == "tanh":
+                z_hat = z_hat.float()
+                z_hat = torch.tanh((z_hat - z_hat.mean(0)) / (z_hat.std(0) + 1e-5))
             x_hat = G(z)
             d = D(torch.cat([x, x_hat.detach()]), torch.cat([z_hat.detach(), z]))
             loss_d = F.binary_cross_entropy_with_logits(d.float(), real)

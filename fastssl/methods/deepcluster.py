@@ -108,6 +108,7 @@ class DeepClusterSettings:
     k: int = 100  # clusters (the reference: 10,000 for 1.28M images)
     pca_dim: int = 256  # PCA-whitened feature dimension before k-means
     iters: int = 20  # Lloyd iterations per clustering
+    pre_relu: bool = False  # cluster the last hidden layer before its ReLU (the reference's fc7)
 
     def check(self, where: str = "") -> None:
         from ..config import bad
@@ -130,6 +131,7 @@ class DeepCluster(Method):
         super().__init__()
         st = settings or DeepClusterSettings()
         self.k, self.pca_dim, self.iters, self.seed = st.k, st.pca_dim, st.iters, int(seed)
+        self.pre_relu = st.pre_relu
         self.nets["model"] = AlexNet(self.k, **model_kw)
         self.targets: torch.Tensor | None = None  # cluster id per image of the dataset
         self.order: torch.Tensor | None = None  # this epoch's index order
@@ -141,7 +143,8 @@ class DeepCluster(Method):
         feats = []
         with torch.no_grad(), ctx.autocast():
             for x in data.all_batches(512):
-                feats.append(net.head[:-1](net.features(x)).float())
+                hidden = net.head[:-2] if self.pre_relu else net.head[:-1]  # fc7 before / after its ReLU
+                feats.append(hidden(net.features(x)).float())
         net.train(was)
         return torch.cat(feats)
 
