@@ -56,6 +56,13 @@ def parse_spec(size: int | None, overrides: list[str] | None):
     return AugmentSpec(**kw)
 
 
+def _images(items):
+    """None (the built-in photo), one image, or a list of several (a list of one is one)."""
+    if not items:
+        return None
+    return items[0] if len(items) == 1 else list(items)
+
+
 def _sizes(text: str) -> list[int]:
     try:
         sizes = [int(x) for x in text.split(",") if x.strip()]
@@ -86,11 +93,11 @@ def cmd_mono(args) -> int:
 
     spec = parse_spec(args.size, args.spec)
     if args.action == "preview":
-        out = preview(args.image, args.out, spec, n=args.n, seed=args.seed, backend=args.backend)
+        out = preview(_images(args.image), args.out, spec, n=args.n, seed=args.seed, backend=args.backend)
         print(f"wrote {out}")
     else:
         out = export(
-            args.image,
+            _images(args.image),
             args.n,
             args.out,
             spec,
@@ -209,13 +216,13 @@ def cmd_bench_loader(args) -> int:
     return 0
 
 
-def _seeds(text: str | None):
+def _seeds(text: str | None, flag: str = "--seeds"):
     if text is None:
         return None
     try:
         return [int(x) for x in text.split(",") if x.strip()]
     except ValueError:
-        raise FastSSLError(f"--seeds takes integers separated by commas, got {text!r}") from None
+        raise FastSSLError(f"{flag} takes integers separated by commas, got {text!r}") from None
 
 
 def cmd_repro(args) -> int:
@@ -223,13 +230,15 @@ def cmd_repro(args) -> int:
 
     repro(
         args.preset,
-        image=args.image,
+        image=_images(args.image),
         data=args.data,
         eval_data=args.eval_data,
         out=args.out,
         method=args.method,
         overrides=args.set,
         seeds=_seeds(args.seeds),
+        n_images=_seeds(args.n_images, "--n-images"),
+        ablation=args.ablation,
         progress=not args.quiet,
     )
     print(f"wrote {Path(args.out) / 'probes.json'}, table.md, probes.png")
@@ -242,7 +251,7 @@ def cmd_train(args) -> int:
     status = train_one(
         args.preset,
         method=args.method,
-        image=args.image,
+        image=_images(args.image),
         data=args.data,
         out=args.out,
         overrides=args.set,
@@ -291,7 +300,11 @@ def build_parser() -> argparse.ArgumentParser:
     msub = mono.add_subparsers(dest="action", required=True)
     for name, hlp in (("preview", "a grid of sample patches as PNG"), ("export", "write N patches (.npy or JPEGs)")):
         p = msub.add_parser(name, help=hlp)
-        p.add_argument("image", nargs="?", default=None, help="source image (default: a built-in photo)")
+        p.add_argument(
+            "image",
+            nargs="*",
+            help="source image(s) or a folder of them; paper:NAME for the paper's (default: built-in)",
+        )
         p.add_argument("--size", type=int, default=None, help="patch side S (default 256)")
         p.add_argument("--seed", type=int, default=0)
         p.add_argument("--backend", choices=BACKENDS, default="auto")
@@ -352,18 +365,30 @@ def build_parser() -> argparse.ArgumentParser:
 
     rp = sub.add_parser("repro", help="the paper's table in miniature: random / mono / full METHOD / supervised")
     rp.add_argument("--preset", default="cpu-mini", help="cpu-mini (2 CPU cores, ~30 min) or paper (GPUs), or a .toml")
-    rp.add_argument("--image", default=None, help="the single source image (default: a built-in photo)")
+    rp.add_argument(
+        "--image", action="append", help="the source image (repeat, or a folder, for several; default: built-in)"
+    )
     rp.add_argument("--data", required=True, help="labelled train source: folder, .tar/.tar.gz, or cifar10")
     rp.add_argument("--eval-data", default=None, help="labelled source to score on (default: held-out part of --data)")
     rp.add_argument("--out", default="runs/repro")
     rp.add_argument("--method", default="rotnet", help="rotnet, deepcluster or bigan (the mono and full rows)")
     rp.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a recipe value, e.g. probe.epochs=2")
     rp.add_argument("--seeds", default=None, help="train and probe every row for each seed, e.g. 0,1,2 (mean ± std)")
+    rp.add_argument(
+        "--n-images",
+        default=None,
+        help="also train on the first N training images of --data, e.g. 10,1000 (rows deka-M, kilo-M)",
+    )
+    rp.add_argument(
+        "--ablation", action="store_true", help="also the rows without scale, rotation/shear or colour jitter"
+    )
     rp.add_argument("--quiet", action="store_true")
     rp.set_defaults(func=cmd_repro)
     tr = sub.add_parser("train", help="train one method (mono image or a data source)")
     tr.add_argument("--method", default="rotnet", help="rotnet, deepcluster, bigan or supervised")
-    tr.add_argument("--image", default=None, help="train on patches of this image (mono)")
+    tr.add_argument(
+        "--image", action="append", help="train on patches of this image (repeat, or a folder, for several)"
+    )
     tr.add_argument("--data", default=None, help="train on this source instead (labels used only by supervised)")
     tr.add_argument("--preset", default="cpu-mini")
     tr.add_argument("--out", required=True)

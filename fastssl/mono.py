@@ -66,26 +66,44 @@ def resolve_device(device) -> torch.device:
 class Renderer:
     """Applies sampled parameters with one backend (see :mod:`fastssl.kernels`), which holds the
     pyramid resident on its device. ``compile``: passed to the backend (torch: run the chain
-    under ``torch.compile``; default on CUDA)."""
+    under ``torch.compile``; default on CUDA).
 
-    def __init__(
-        self, image: np.ndarray, spec: AugmentSpec, backend: str = "auto", device="cpu", threads=None, compile=None
-    ):
+    ``image`` is one (h, w, 3) uint8 array or a list of them: with several, each patch's source
+    image is sampled with its parameters, one backend instance holds each image's pyramid, and
+    a batch is rendered image by image into one output.
+    """
+
+    def __init__(self, image, spec: AugmentSpec, backend: str = "auto", device="cpu", threads=None, compile=None):
         from .kernels import backend_class
         from .kernels.pyramid import build_pyramid
 
+        images = image if isinstance(image, (list, tuple)) else [image]
+        if not images:
+            raise FastSSLError("no source image given")
         self.spec = spec
         self.device = resolve_device(device)
         self.backend = resolve_backend(backend, self.device)
-        self.height, self.width = image.shape[:2]
+        self.heights = np.array([a.shape[0] for a in images], dtype=np.int64)
+        self.widths = np.array([a.shape[1] for a in images], dtype=np.int64)
+        self.height, self.width = int(self.heights[0]), int(self.widths[0])
         self._pool: list[np.ndarray] = []
-        self.pyramid = build_pyramid(image, num_levels(self.height, self.width))
         cls = backend_class(self.backend)
-        self.impl = cls(self.pyramid.levels, spec.size, spec.resized, self.device, threads, compile=compile)
+        self.impls = []
+        for a in images:
+            pyramid = build_pyramid(a, num_levels(a.shape[0], a.shape[1]))
+            self.impls.append(cls(pyramid.levels, spec.size, spec.resized, self.device, threads, compile=compile))
+        self.impl = self.impls[0]
+        self.pyramid = pyramid if len(images) == 1 else None
         self.threads = self.impl.threads
 
+    @property
+    def num_images(self) -> int:
+        return len(self.impls)
+
     def params(self, start: int, stop: int, seed: int = 0, epoch: int = 0) -> PatchParams:
-        return sample_params(self.spec, self.height, self.width, start, stop, seed=seed, epoch=epoch)
+        if self.num_images == 1:
+            return sample_params(self.spec, self.height, self.width, start, stop, seed=seed, epoch=epoch)
+        return sample_params(self.spec, self.heights, self.widths, start, stop, seed=seed, epoch=epoch)
 
     def _buffer(self, n: int) -> np.ndarray:
         """An output batch, recycled once nothing else refers to it.
@@ -108,7 +126,20 @@ class Renderer:
     def _render(self, p: PatchParams, out=None):
         if out is None and self.impl.writes_into:
             out = self._buffer(len(p))
-        return self.impl.render(p.level_matrix(), p.box, p.level, p.jitter, p.factors, p.order, out=out)
+        if self.num_images == 1:
+            return self.impl.render(p.level_matrix(), p.box, p.level, p.jitter, p.factors, p.order, out=out)
+        for j in np.unique(p.image):  # one render per source image in the batch, into one output
+            idx = np.flatnonzero(p.image == j)
+            q = p.subset(idx)
+            part = self.impls[j].render(q.level_matrix(), q.box, q.level, q.jitter, q.factors, q.order)
+            if out is None:
+                shape = (len(p), *part.shape[1:])
+                out = np.empty(shape, np.uint8) if isinstance(part, np.ndarray) else part.new_empty(shape)
+            if isinstance(out, np.ndarray):
+                out[idx] = part if isinstance(part, np.ndarray) else part.cpu().numpy()
+            else:
+                out[torch.as_tensor(idx, device=out.device)] = part
+        return out
 
     def render_numpy(self, p: PatchParams, out: np.ndarray | None = None) -> np.ndarray:
         """(n, S, S, 3) uint8 NumPy from a CPU backend that writes into buffers (numba)."""
@@ -132,12 +163,36 @@ class Renderer:
 
 
 def image_for(image, spec: AugmentSpec) -> np.ndarray:
-    """A path (None: the built-in photo) or an array, checked to fit ``spec``."""
+    """A path (None: the built-in photo; ``paper:NAME``) or an array, checked to fit ``spec``."""
     arr = image if isinstance(image, np.ndarray) else load_image(image)
     if arr.ndim != 3 or arr.shape[2] != 3 or arr.dtype != np.uint8:
         raise FastSSLError(f"image array must be (h, w, 3) uint8, got {arr.shape} {arr.dtype}")
     check_image_fits(spec, arr.shape[0], arr.shape[1])
     return arr
+
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".ppm")
+
+
+def images_for(image, spec: AugmentSpec):
+    """One image (an array), or a list of them for several sources: ``image`` may be a list of
+    paths / arrays, or a folder (its image files in name order)."""
+    if isinstance(image, (str, os.PathLike)) and Path(image).is_dir():
+        files = sorted(p for p in Path(image).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        if not files:
+            raise FastSSLError(f"no images in folder {image}")
+        image = files
+    if isinstance(image, (list, tuple)):
+        if not image:
+            raise FastSSLError("no source image given")
+        arrays = [image_for(x, spec) for x in image]
+        return arrays[0] if len(arrays) == 1 else arrays
+    return image_for(image, spec)
+
+
+def row_prefix(n: int) -> str:
+    """How rows trained on ``n`` source images are named: mono (1), deka (10), kilo (1000), n<N>."""
+    return {1: "mono", 10: "deka", 1000: "kilo"}.get(n, f"n{n}")
 
 
 class MonoSource:
@@ -168,8 +223,7 @@ class MonoSource:
         if epoch_length < 1:
             raise FastSSLError(f"epoch_length must be >= 1, got {epoch_length}")
         self.spec = spec or AugmentSpec()
-        arr = image_for(image, self.spec)
-        self.renderer = Renderer(arr, self.spec, backend, device, threads, compile)
+        self.renderer = Renderer(images_for(image, self.spec), self.spec, backend, device, threads, compile)
         r, w = rank_world()
         self.rank = r if rank is None else rank
         self.world_size = w if world_size is None else world_size
@@ -262,8 +316,7 @@ def export(
     as_npy = out.suffix.lower() == ".npy"
     replace = NPY if as_npy else _is_export_folder
     check_destination(out, folder=not as_npy, overwrite=overwrite, replace=replace)
-    arr = image_for(image, spec)
-    rend = Renderer(arr, spec, backend, "cpu")
+    rend = Renderer(images_for(image, spec), spec, backend, "cpu")
     S = spec.size
     from PIL import Image
 
@@ -312,8 +365,7 @@ def preview(
     if n < 1:
         raise FastSSLError(f"`n` must be >= 1, got {n}")
     out = check_destination(out, replace=PNG)
-    arr = image_for(image, spec)
-    rend = Renderer(arr, spec, backend, "cpu")
+    rend = Renderer(images_for(image, spec), spec, backend, "cpu")
     x = rend.render_nhwc(rend.params(0, n, seed=seed))
     cols = math.ceil(math.sqrt(n))
     rows = math.ceil(n / cols)

@@ -124,7 +124,7 @@ def _check_fits(n: int, side: int, what: str) -> None:
         )
 
 
-def _fixed_dataset(rc: dict, cfg, *, image=None, data=None, progress: bool = True):
+def _fixed_dataset(rc: dict, cfg, *, image=None, data=None, spec=None, progress: bool = True):
     """A :class:`~fastssl.train.TensorData` for methods that need one (DeepCluster): the first
     ``[mono] epoch_length`` patches of ``image`` (epoch 0, rendered once), or ``data`` (a
     loader spec) decoded once at ``res`` with the evaluation transform."""
@@ -133,7 +133,7 @@ def _fixed_dataset(rc: dict, cfg, *, image=None, data=None, progress: bool = Tru
     from .train import resolve_device
 
     if data is None:  # every rank holds the whole set (rank 0's clustering labels it for all)
-        src = _mono_stream(rc, image, 1024, cfg.seed, device="cpu", rank=0, world_size=1).src
+        src = _mono_stream(rc, image, 1024, cfg.seed, spec, device="cpu", rank=0, world_size=1).src
         _check_fits(src.epoch_length, src.spec.size, "[mono] epoch_length")
         batches = (src.batch(i) for i in range(len(src)))
         total, what = len(src), "patches"
@@ -146,21 +146,22 @@ def _fixed_dataset(rc: dict, cfg, *, image=None, data=None, progress: bool = Tru
     return TensorData(imgs.contiguous(), cfg.batch_size, resolve_device(cfg.device), seed=cfg.seed)
 
 
-def _mono_stream(rc: dict, image, batch_size: int, seed: int, **kw):
-    """The one-image stream of the recipe's [mono] section, on the recipe's device (``kw``:
-    MonoSource overrides)."""
+def _mono_stream(rc: dict, image, batch_size: int, seed: int, spec: dict | None = None, **kw):
+    """The stream of patches of the recipe's [mono] section (``spec``: AugmentSpec fields
+    changed on top, for the ablation rows) from one or several images, on the recipe's device
+    (``kw``: MonoSource overrides)."""
     from .data.adapters import MonoData
     from .mono import MonoSource
     from .spec import AugmentSpec
     from .train import resolve_device
 
-    mono_kw = dict(rc["mono"])
+    mono_kw = {**rc["mono"], **(spec or {})}
     n = int(mono_kw.pop("epoch_length"))
     opts = dict(batch_size=batch_size, epoch_length=n, seed=seed, device=resolve_device(rc["device"]))
     return MonoData(MonoSource(image, AugmentSpec(**mono_kw), **{**opts, **kw}))
 
 
-def _train(row: str, rc: dict, method_name: str, data, out: Path, num_classes, progress: bool, image=None):
+def _train(row: str, rc: dict, method_name: str, data, out: Path, num_classes, progress: bool, image=None, spec=None):
     from .data.adapters import LoaderData, MonoData
     from .train import Trainer, load_checkpoint
 
@@ -174,7 +175,9 @@ def _train(row: str, rc: dict, method_name: str, data, out: Path, num_classes, p
     method = _build(rc, method_name, num_classes)
     if method.fixed_dataset:
         mono = isinstance(data, MonoData)
-        stream = _fixed_dataset(rc, cfg, image=image if mono else None, data=None if mono else data, progress=progress)
+        stream = _fixed_dataset(
+            rc, cfg, image=image if mono else None, data=None if mono else data, spec=spec, progress=progress
+        )
     elif isinstance(data, MonoData):
         stream = data
     else:
@@ -201,10 +204,17 @@ def repro(
     method: str = "rotnet",
     overrides=None,
     seeds=None,
+    n_images=None,
+    ablation: bool = False,
     progress: bool = True,
 ) -> dict:
     """The rows of ``method`` for each of ``seeds`` (default: the recipe's seed), then the
-    summary of every finished row of ``out``: each cell the mean over seeds, with its std."""
+    summary of every finished row of ``out``: each cell the mean over seeds, with its std.
+
+    Rows: ``random``; ``mono-M`` on ``image`` (several images: named by their count);
+    with ``ablation``, ``mono-M-no-scale`` / ``-no-rotation`` / ``-no-colour``; for each N of
+    ``n_images``, M on the first N training images of ``data`` (``deka-M`` for 10, ``kilo-M``
+    for 1000, else ``n<N>-M``); ``full-M``; ``supervised``."""
     from .methods import pretext_methods
 
     if data is None:
@@ -215,11 +225,13 @@ def repro(
     seeds = [int(rc["seed"])] if seeds is None else [int(s) for s in seeds]
     if not seeds or any(s < 0 for s in seeds) or len(set(seeds)) != len(seeds):
         raise FastSSLError(f"`seeds` must be distinct integers >= 0, got {seeds}")
+    if n_images and (any(n < 1 for n in n_images) or len(set(n_images)) != len(n_images)):
+        raise FastSSLError(f"`n_images` must be distinct counts >= 1, got {n_images}")
     with run_folder(out) as out:
-        return _repro(rc, preset, method, image, data, eval_data, out, progress, seeds)
+        return _repro(rc, preset, method, image, data, eval_data, out, progress, seeds, n_images or [], ablation)
 
 
-def _repro(rc, preset, method, image, data, eval_data, out: Path, progress: bool, seeds: list[int]) -> dict:
+def _repro(rc, preset, method, image, data, eval_data, out: Path, progress, seeds, n_images, ablation) -> dict:
     write_json(
         out / "config.json",
         {
@@ -233,11 +245,12 @@ def _repro(rc, preset, method, image, data, eval_data, out: Path, progress: bool
     )
     t_start = time.perf_counter()
     train_data, val_data, classes = _prepare_data(rc, data, eval_data, out, progress)
+    extra = (source_images(data, eval_data, rc, n_images), ablation)
     for seed in seeds:
         rcs = copy.deepcopy(rc)
         rcs["seed"] = seed
         _log(f"seed {seed}")
-        _rows_of_one_seed(rcs, method, image, train_data, val_data, len(classes), out / f"seed-{seed}", progress)
+        _rows_of_one_seed(rcs, method, image, train_data, val_data, len(classes), out / f"seed-{seed}", progress, extra)
     result = summary(out, seeds)
     result.update(preset=preset, wall_s=round(time.perf_counter() - t_start, 1))
     write_json(out / "probes.json", result)
@@ -250,38 +263,78 @@ def _repro(rc, preset, method, image, data, eval_data, out: Path, progress: bool
     return result
 
 
-def _rows_of_one_seed(rc, method, image, train_data, val_data, nc: int, out: Path, progress: bool) -> None:
+ABLATION = {  # the paper's augmentation ablation: each row drops one part of the chain
+    "no-scale": {"scale": [1.0, 1.0], "ratio": [1.0, 1.0]},  # no random-resized crop
+    "no-rotation": {"rotation": 0.0, "shear": 0.0},
+    "no-colour": {"jitter_p": 0.0},
+}
+
+
+def _image_rows(method: str, image, source_images: dict, ablation: bool) -> list[tuple]:
+    """(row name, images, spec changes) of every row trained on source images."""
+    from .mono import row_prefix
+
+    n = len(image) if isinstance(image, (list, tuple)) else 1
+    rows = [(f"{row_prefix(n)}-{method}", image, None)]
+    if ablation:
+        rows += [(f"{row_prefix(n)}-{method}-{name}", image, spec) for name, spec in ABLATION.items()]
+    for k, images in source_images.items():
+        rows.append((f"{row_prefix(k)}-{method}", images, None))
+    return rows
+
+
+def _rows_of_one_seed(rc, method, image, train_data, val_data, nc: int, out: Path, progress: bool, extra) -> None:
     from .models import AlexNet
     from .probe import ProbeConfig, load_trunk, train_probes
 
+    source_images, ablation = extra
     out.mkdir(exist_ok=True)
     device = rc["device"]
-    mono = _mono_stream(rc, image, int(rc[method]["batch_size"]), int(rc["seed"]))
-    ckpts = {
-        f"mono-{method}": _train(f"mono-{method}", rc, method, mono, out, nc, progress, image=image),
-        f"full-{method}": _train(f"full-{method}", rc, method, train_data, out, nc, progress),
-        "supervised": _train("supervised", rc, "supervised", train_data, out, nc, progress),
-    }
+    bs, seed = int(rc[method]["batch_size"]), int(rc["seed"])
+    ckpts = {}
+    for row, images, spec in _image_rows(method, image, source_images, ablation):
+        stream = _mono_stream(rc, images, bs, seed, spec)
+        ckpts[row] = _train(row, rc, method, stream, out, nc, progress, image=images, spec=spec)
+    ckpts[f"full-{method}"] = _train(f"full-{method}", rc, method, train_data, out, nc, progress)
+    ckpts["supervised"] = _train("supervised", rc, "supervised", train_data, out, nc, progress)
     pcfg = to_dataclass(ProbeConfig, dict(rc["probe"]), "probe.")
     pcfg.device, pcfg.progress = device, progress
     pdir = out / "probes"
     pdir.mkdir(exist_ok=True)
-    for row in rows_for(method):
+    for row in ["random", *ckpts]:
         rp = pdir / f"{row}.json"
         if rp.exists():
             _log(f"probes {row}: done already {json.loads(rp.read_text())['top1']}")
             continue
         if row == "random":
-            torch.manual_seed(int(rc["seed"]))
+            torch.manual_seed(seed)
             trunk = AlexNet(4, **rc["model"])
         else:
             trunk = load_trunk(ckpts[row])
         _log(f"probes {row}: training five linear probes for {pcfg.epochs} epochs")
-        tr = _loader(train_data, rc, True, pcfg.batch_size, device, int(rc["seed"]))
-        va = _loader(val_data, rc, False, pcfg.batch_size, device, int(rc["seed"]))
+        tr = _loader(train_data, rc, True, pcfg.batch_size, device, seed)
+        va = _loader(val_data, rc, False, pcfg.batch_size, device, seed)
         res = train_probes(trunk, tr, va, nc, pcfg, out_dir=pdir / row)
         write_json(rp, res)
         _log(f"probes {row}: {res['top1']}")
+
+
+def source_images(data, eval_data, rc: dict, counts) -> dict[int, list]:
+    """For each count N: the first N images, in a fixed pseudo-random order (seed 0, so spread
+    over the classes), of the labelled training images (the held-out validation part excluded;
+    they stay in every other row's data too)."""
+    import numpy as np
+
+    from .data.sources import open_source, split_indices
+
+    if not counts:
+        return {}
+    src = open_source(data)
+    idx = np.arange(len(src)) if eval_data is not None else split_indices(src.labels, int(rc["val_per_class"]))[0]
+    if max(counts) > len(idx):
+        raise FastSSLError(f"`n_images` {max(counts)} exceeds the {len(idx)} training images of {data}")
+    order = idx[np.random.default_rng(0).permutation(len(idx))]
+    return {n: [src.image(int(i)) for i in order[:n]] for n in sorted(counts)}
 
 
 def row_order(names) -> list[str]:

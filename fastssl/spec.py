@@ -120,6 +120,11 @@ class PatchParams:
     angle: np.ndarray  # (n,) degrees
     shear: np.ndarray  # (n,) degrees
     flips: np.ndarray  # (n, 2) bool: horizontal, vertical
+    image: np.ndarray | None = None  # (n,) int32: the source image of each patch (0 with one image)
+
+    def __post_init__(self) -> None:
+        if self.image is None:
+            self.image = np.zeros(len(self.level), dtype=np.int32)
 
     def __len__(self) -> int:
         return len(self.level)
@@ -154,25 +159,33 @@ def num_levels(height: int, width: int, min_side: int = 4) -> int:
     return n
 
 
-def _generator(seed: int, epoch: int, block: int) -> np.random.Generator:
-    key = np.random.SeedSequence([seed & 0xFFFFFFFF, seed >> 32, epoch, block, 0x5EED])
+PARAMS_STREAM, IMAGE_STREAM = 0x5EED, 0x1A6E  # the two Philox streams of a block
+
+
+def _generator(seed: int, epoch: int, block: int, stream: int = PARAMS_STREAM) -> np.random.Generator:
+    key = np.random.SeedSequence([seed & 0xFFFFFFFF, seed >> 32, epoch, block, stream])
     return np.random.Generator(np.random.Philox(key))
 
 
-def _draw_block(spec: AugmentSpec, height: int, width: int, rng: np.random.Generator, n: int):
-    """Raw draws for ``n`` patches from one block's stream, vectorised."""
-    short = min(height, width)
-    c = int(short * spec.initial_crop) if spec.initial_crop is not None else None
+def _draw_block(spec: AugmentSpec, height, width, rng: np.random.Generator, n: int):
+    """Raw draws for ``n`` patches from one block's stream, vectorised. ``height`` and ``width``
+    are the source image's (ints), or each patch's source image's (arrays of ``n``)."""
+    multi = np.ndim(height) > 0
+    short = np.minimum(height, width)
+    if spec.initial_crop is None:
+        c = None
+    else:
+        c = (short * spec.initial_crop).astype(np.int64) if multi else int(short * spec.initial_crop)
     if c is not None:
         cx = rng.integers(0, width - c + 1, size=n)
         cy = rng.integers(0, height - c + 1, size=n)
-        rw = np.full(n, c)
-        rh = np.full(n, c)
+        rw = np.array(c, dtype=np.int64) if multi else np.full(n, c)
+        rh = rw.copy()
     else:
         cx = np.zeros(n, dtype=np.int64)
         cy = np.zeros(n, dtype=np.int64)
-        rw = np.full(n, width)
-        rh = np.full(n, height)
+        rw = np.array(width, dtype=np.int64) if multi else np.full(n, width)
+        rh = np.array(height, dtype=np.int64) if multi else np.full(n, height)
     # random-resized crop, retried per patch until the box fits (never a centre fallback)
     bw = np.zeros(n, dtype=np.int64)
     bh = np.zeros(n, dtype=np.int64)
@@ -269,13 +282,14 @@ def compose(spec: AugmentSpec, crop, angle, shear, flips):
     return matrix[:, :2].copy(), box[:, :2].copy()
 
 
-def choose_level(matrix: np.ndarray, levels: int, antialias: bool = True) -> np.ndarray:
-    """Pyramid level per patch: round(log2 of the larger Jacobian column norm), clamped."""
-    if not antialias or levels <= 1:
+def choose_level(matrix: np.ndarray, levels, antialias: bool = True) -> np.ndarray:
+    """Pyramid level per patch: round(log2 of the larger Jacobian column norm), clamped to the
+    pyramid's depth (``levels``: one int, or one per patch)."""
+    if not antialias or np.max(levels, initial=1) <= 1:
         return np.zeros(len(matrix), dtype=np.int32)
     step = np.maximum(np.hypot(matrix[:, 0, 0], matrix[:, 1, 0]), np.hypot(matrix[:, 0, 1], matrix[:, 1, 1]))
     lvl = np.round(np.log2(np.maximum(step, 1e-12)))
-    return np.clip(lvl, 0, levels - 1).astype(np.int32)
+    return np.clip(lvl, 0, np.asarray(levels) - 1).astype(np.int32)
 
 
 def check_image_fits(spec: AugmentSpec, height: int, width: int, min_region: int = 8) -> None:
@@ -291,24 +305,39 @@ def check_image_fits(spec: AugmentSpec, height: int, width: int, min_region: int
 
 
 def sample_params(
-    spec: AugmentSpec, height: int, width: int, start: int, stop: int, *, seed: int = 0, epoch: int = 0
+    spec: AugmentSpec, height, width, start: int, stop: int, *, seed: int = 0, epoch: int = 0
 ) -> PatchParams:
-    """Parameters of patches ``start .. stop-1`` of ``epoch`` for an ``height x width`` image."""
+    """Parameters of patches ``start .. stop-1`` of ``epoch`` for an ``height x width`` image,
+    or, with sequences of heights and widths, for a set of images: then each patch's source
+    image is drawn too (from a second stream of its block), so patch ``i`` of epoch ``e`` is
+    still a function of ``(seed, e, i)`` alone."""
     if start < 0 or stop < start:
         raise FastSSLError(f"invalid patch range {start}..{stop}")
     if seed < 0 or epoch < 0:
         raise FastSSLError(f"seed and epoch must be >= 0, got seed {seed}, epoch {epoch}")
-    check_image_fits(spec, height, width)
+    hs, ws = np.atleast_1d(np.asarray(height, dtype=np.int64)), np.atleast_1d(np.asarray(width, dtype=np.int64))
+    if len(hs) != len(ws) or len(hs) < 1:
+        raise FastSSLError(f"heights and widths must be one per image, got {len(hs)} and {len(ws)}")
+    multi = len(hs) > 1
+    for h, w in {(int(h), int(w)) for h, w in zip(hs, ws, strict=True)}:
+        check_image_fits(spec, h, w)
     parts = []
     b0, b1 = start // BLOCK, (stop + BLOCK - 1) // BLOCK
     for b in range(b0, b1):
-        parts.append(_draw_block(spec, height, width, _generator(seed, epoch, b), BLOCK))
+        if multi:
+            img = _generator(seed, epoch, b, IMAGE_STREAM).integers(0, len(hs), size=BLOCK)
+            draws = _draw_block(spec, hs[img], ws[img], _generator(seed, epoch, b), BLOCK)
+        else:
+            img = np.zeros(BLOCK, dtype=np.int64)
+            draws = _draw_block(spec, int(hs[0]), int(ws[0]), _generator(seed, epoch, b), BLOCK)
+        parts.append((img, *draws))
     if parts:
         raw = [np.concatenate(x) for x in zip(*parts, strict=True)]
         lo = start - b0 * BLOCK
         raw = [x[lo : lo + stop - start] for x in raw]
     else:
         raw = [
+            np.zeros(0, np.int64),
             np.zeros((0, 4)),
             np.zeros(0),
             np.zeros(0),
@@ -317,9 +346,10 @@ def sample_params(
             np.zeros((0, 4)),
             np.zeros((0, 4), np.int64),
         ]
-    crop, angle, shear, flips, jitter, factors, order = raw
+    image, crop, angle, shear, flips, jitter, factors, order = raw
     matrix, box = compose(spec, crop, angle, shear, flips)
-    level = choose_level(matrix, num_levels(height, width), spec.antialias)
+    depth = np.array([num_levels(int(h), int(w)) for h, w in zip(hs, ws, strict=True)])
+    level = choose_level(matrix, depth[image] if multi else int(depth[0]), spec.antialias)
     return PatchParams(
         size=spec.size,
         matrix=matrix,
@@ -332,4 +362,5 @@ def sample_params(
         angle=angle,
         shear=shear,
         flips=flips.astype(bool),
+        image=image.astype(np.int32),
     )

@@ -1,0 +1,106 @@
+"""Several source images (the paper's N-image rows) and the augmentation ablation."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from fastssl import AugmentSpec, MonoSource
+from fastssl.cli import main
+from fastssl.mono import Renderer, row_prefix
+from fastssl.spec import sample_params
+
+
+@pytest.fixture(scope="module")
+def three(photo):
+    rng = np.random.default_rng(3)
+    noise = rng.integers(0, 256, (90, 120, 3), dtype=np.uint8)
+    return [photo, noise, np.ascontiguousarray(photo[100:300, 50:400])]
+
+
+def test_one_image_keeps_its_stream():
+    spec = AugmentSpec(size=24)
+    a = sample_params(spec, 600, 512, 100, 900, seed=3, epoch=2)
+    b = sample_params(spec, [600], [512], 100, 900, seed=3, epoch=2)
+    for k in ("matrix", "box", "level", "factors", "order", "image"):
+        assert np.array_equal(getattr(a, k), getattr(b, k)), k
+    assert not a.image.any()
+
+
+def test_each_patch_draws_its_image_and_is_that_image_rendered(three):
+    spec = AugmentSpec(size=24)
+    rend = Renderer(three, spec, "numba")
+    p = rend.params(0, 600, seed=1)
+    counts = np.bincount(p.image, minlength=3)
+    assert counts.min() > 150  # every image drawn, about uniformly
+    # patch i of the several-image stream is patch i of its own image's renderer, same parameters
+    out = rend.render_nhwc(p).copy()
+    for j in range(3):
+        idx = np.flatnonzero(p.image == j)[:20]
+        alone = Renderer(three[j], spec, "numba")
+        np.testing.assert_array_equal(out[idx], alone.render_nhwc(p.subset(idx)))
+    # crops lie inside their own image
+    x0, y0, w, h = p.crop.T
+    H = np.array([a.shape[0] for a in three])[p.image]
+    W = np.array([a.shape[1] for a in three])[p.image]
+    assert (x0 >= 0).all() and (y0 >= 0).all() and (x0 + w <= W).all() and (y0 + h <= H).all()
+
+
+def test_the_stream_is_the_same_for_any_batch_size_and_backend(three):
+    spec = AugmentSpec(size=16)
+    a = MonoSource(three, spec, batch_size=32, epoch_length=96, backend="numba", seed=5)
+    b = MonoSource(three, spec, batch_size=96, epoch_length=96, backend="torch", seed=5)
+    xa = torch.cat(list(a))
+    xb = next(iter(b))
+    assert xa.shape == xb.shape == (96, 3, 16, 16)
+    assert (xa.int() - xb.int()).abs().max() <= 1
+
+
+def test_a_folder_of_images_is_several_sources(tmp_path, three, capsys):
+    from PIL import Image
+
+    for k, a in enumerate(three):
+        Image.fromarray(a).save(tmp_path / f"{k}.png")
+    (tmp_path / "notes.txt").write_text("not an image")
+    src = MonoSource(str(tmp_path), AugmentSpec(size=16), batch_size=8, epoch_length=8)
+    assert src.renderer.num_images == 3
+    out = tmp_path / "g.png"
+    assert (
+        main(["mono", "preview", str(tmp_path / "0.png"), str(tmp_path / "1.png"), "-o", str(out), "--size", "16"]) == 0
+    )
+
+
+def test_rows_are_named_by_image_count():
+    assert [row_prefix(n) for n in (1, 10, 1000, 50)] == ["mono", "deka", "kilo", "n50"]
+
+
+@pytest.mark.slow
+def test_repro_trains_the_n_image_and_ablation_rows(tmp_path, capsys):
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for k, c in enumerate("abc"):
+        (tmp_path / "imgs" / c).mkdir(parents=True)
+        for i in range(10):
+            a = np.clip(rng.normal(60 + 70 * k, 30, (20, 20, 3)), 0, 255).astype(np.uint8)
+            Image.fromarray(a).save(tmp_path / "imgs" / c / f"{i:03d}.png")
+    out = tmp_path / "run"
+    tiny = str(Path(__file__).parent / "data" / "tiny.toml")
+    args = ["repro", "--preset", tiny, "--data", str(tmp_path / "imgs"), "--out", str(out), "--quiet"]
+    assert main([*args, "--n-images", "2,10", "--ablation"]) == 0
+    rows = list(json.loads((out / "probes.json").read_text())["rows"])
+    assert rows == [
+        "random",
+        "mono-rotnet",
+        "mono-rotnet-no-colour",
+        "mono-rotnet-no-rotation",
+        "mono-rotnet-no-scale",
+        "deka-rotnet",
+        "n2-rotnet",
+        "full-rotnet",
+        "supervised",
+    ]
+    assert (out / "seed-0" / "mono-rotnet-no-rotation" / "ckpt.pt").exists()
+    assert main([*args, "--n-images", "100"]) == 2  # more than the 24 training images
