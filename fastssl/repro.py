@@ -111,39 +111,40 @@ def _build(rc: dict, method_name: str, num_classes=None):
     )
 
 
-def _check_fits(n: int, side: int, what: str) -> None:
-    """Refuse a fixed dataset larger than half the memory available now."""
+def _check_fits(n: int, per_item: int, what: str, kind: str) -> None:
+    """Refuse a fixed dataset (``n`` items of ``per_item`` bytes) larger than half the memory
+    available now."""
     import os
 
-    need = n * 3 * side * side
+    need = n * per_item
     avail = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
     if need > avail // 2:
         raise FastSSLError(
-            f"deepcluster's fixed dataset ({n} images of {side} px) needs {need / 2**30:.1f} GiB in memory, "
+            f"the fixed dataset ({n} {kind}) needs {need / 2**30:.1f} GiB in memory, "
             f"{avail / 2**30:.1f} GiB are available: lower {what}"
         )
 
 
 def _fixed_dataset(rc: dict, cfg, *, image=None, data=None, spec=None, progress: bool = True):
-    """A :class:`~fastssl.train.TensorData` for methods that need one (DeepCluster): the first
-    ``[mono] epoch_length`` patches of ``image`` (epoch 0, rendered once), or ``data`` (a
-    loader spec) decoded once at ``res`` with the evaluation transform."""
-    from .data.adapters import TensorData
+    """A fixed dataset for methods that need one (DeepCluster): the first ``[mono]
+    epoch_length`` patches of ``image`` (epoch 0) as :class:`~fastssl.data.adapters.IndexedPatches`
+    (rendered by index when needed, never held: the paper's 1.28M patches fit), or ``data`` (a
+    loader spec) decoded once at ``res`` with the evaluation transform, held in memory."""
+    from .data.adapters import IndexedPatches, TensorData
     from .progress import bar as progress_bar
     from .train import resolve_device
 
-    if data is None:  # every rank holds the whole set (rank 0's clustering labels it for all)
-        src = _mono_stream(rc, image, 1024, cfg.seed, spec, device="cpu", rank=0, world_size=1).src
-        _check_fits(src.epoch_length, src.spec.size, "[mono] epoch_length")
-        batches = (src.batch(i) for i in range(len(src)))
-        total, what = len(src), "patches"
-    else:
-        ld = _loader(data, rc, False, 512, "cpu", cfg.seed, shard=False)
-        _check_fits(len(ld) * 512, int(rc["res"]), "the train split (or res)")
-        batches = (x.cpu() for x, _ in ld)
-        total, what = len(ld), "images"
-    imgs = torch.cat(list(progress_bar(batches, total=total, desc=f"fixed dataset ({what})", enabled=progress)))
-    return TensorData(imgs.contiguous(), cfg.batch_size, resolve_device(cfg.device), seed=cfg.seed)
+    device = resolve_device(cfg.device)
+    if data is None:  # every rank sees the whole set (rank 0's clustering labels it for all)
+        n = int(rc["mono"]["epoch_length"])
+        _check_fits(n, IndexedPatches.BYTES_PER_PATCH, "[mono] epoch_length", "patches' parameters")
+        src = _mono_stream(rc, image, 1024, cfg.seed, spec, rank=0, world_size=1).src
+        return IndexedPatches(src.renderer, src.epoch_length, cfg.batch_size, device, seed=cfg.seed)
+    ld = _loader(data, rc, False, 512, "cpu", cfg.seed, shard=False)
+    _check_fits(len(ld) * 512, 3 * int(rc["res"]) ** 2, "the train split (or res)", f"images of {rc['res']} px")
+    batches = (x.cpu() for x, _ in ld)
+    imgs = torch.cat(list(progress_bar(batches, total=len(ld), desc="fixed dataset", enabled=progress)))
+    return TensorData(imgs.contiguous(), cfg.batch_size, device, seed=cfg.seed)
 
 
 def _mono_stream(rc: dict, image, batch_size: int, seed: int, spec: dict | None = None, **kw):

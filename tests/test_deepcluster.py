@@ -137,3 +137,64 @@ def test_deepcluster_refuses_a_stream_without_index_access(tmp_path):
         Trainer(m, data, _cfg(), tmp_path).fit()
     with pytest.raises(FastSSLError, match="k must be >= 2"):
         build_method("deepcluster", MODEL, method_kw=dict(k=1))
+
+
+def test_indexed_patches_render_the_stream_by_index_without_holding_pixels():
+    from fastssl.data.adapters import IndexedPatches
+    from fastssl.mono import MonoSource
+    from fastssl.spec import AugmentSpec
+
+    src = MonoSource(None, AugmentSpec(size=16), batch_size=50, epoch_length=300, seed=4)
+    data = IndexedPatches(src.renderer, 300, batch_size=32, device="cpu", seed=4)
+    assert data.nbytes == 300 * IndexedPatches.BYTES_PER_PATCH  # parameters only
+    idx = torch.tensor([5, 299, 0, 120, 121])
+    want = torch.cat([src.batch(s) for s in range(len(src))])[idx]
+    assert torch.equal(data._get(idx), want)
+    allb = torch.cat(list(data.all_batches(64)))
+    assert torch.equal(allb, torch.cat([src.batch(s) for s in range(len(src))]))
+
+
+def test_codes_are_streamed_with_the_pca_fitted_on_the_first_rows(monkeypatch):
+    import fastssl.methods.deepcluster as dc
+    from fastssl.data.adapters import TensorData
+
+    torch.manual_seed(0)
+    imgs = torch.randint(0, 256, (700, 3, 16, 16), dtype=torch.uint8)
+    m = build_method("deepcluster", MODEL, method_kw=dict(k=3, pca_dim=8))
+    data = TensorData(imgs, 64, "cpu")
+
+    class Ctx:
+        def autocast(self):
+            import contextlib
+
+            return contextlib.nullcontext()
+
+    full = m._codes(data, Ctx())  # fewer rows than PCA_FIT_ROWS: fitted on all, as before
+    net = m.trunk().eval()
+    with torch.no_grad():
+        feats = torch.cat([net.head[:-1](net.features(x)) for x in data.all_batches(512)])
+    assert torch.allclose(full, torch.nn.functional.normalize(dc.pca_whiten(feats, 8), dim=1), atol=1e-5)
+    monkeypatch.setattr(dc, "PCA_FIT_ROWS", 256)  # fitted on the first 512 (one batch), applied to the rest
+    part = m._codes(data, Ctx())
+    assert part.shape == (700, 8) and torch.allclose(part.norm(dim=1), torch.ones(700), atol=1e-5)
+    mean, proj = dc.pca_fit(feats[:512], 8)
+    assert torch.allclose(
+        part[600:], torch.nn.functional.normalize(dc.pca_apply(feats[600:], mean, proj), dim=1), atol=1e-5
+    )
+
+
+def test_kmeans_seeds_with_random_points_at_scale_and_faiss_agrees(monkeypatch):
+    import fastssl.methods.deepcluster as dc
+
+    g = torch.Generator().manual_seed(0)
+    centres = torch.tensor([[0.0, 0.0], [10.0, 0.0], [0.0, 10.0]])
+    x = torch.cat([c + torch.randn(200, 2, generator=g) for c in centres])
+    best, best_loss = dc.kmeans(x, 3, 20, torch.Generator().manual_seed(1))  # k-means++: the blobs
+    truth = torch.arange(3).repeat_interleave(200)
+    assert len({(int(a), int(t)) for a, t in zip(best, truth, strict=True)}) == 3 and best_loss < 2.5
+    monkeypatch.setattr(dc, "KMEANS_PP_LIMIT", 0)  # the large-scale seeding: random distinct points
+    assign, loss = dc.kmeans(x, 3, 20, torch.Generator().manual_seed(1))
+    assert torch.bincount(assign, minlength=3).min() > 0 and best_loss <= loss + 1e-6
+    pytest.importorskip("faiss", reason="faiss is optional (pip install faiss-cpu)")
+    fa, floss = dc.kmeans_faiss(x, 3, 20, seed=1)
+    assert torch.bincount(fa, minlength=3).min() > 0 and floss >= best_loss - 1e-3 and floss < 60

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from itertools import islice
 
+import numpy as np
 import torch
 
 from ..errors import FastSSLError
@@ -31,26 +32,28 @@ class MonoData:
             yield self.src.batch(s), None
 
 
-class TensorData:
-    """A fixed, in-memory dataset: uint8 (N, 3, H, W) images, for methods that need index
-    access (DeepCluster). Each epoch takes the order and per-image targets the method set
-    (``set_targets``), else a seeded permutation and no targets; rank ``r`` of ``W`` takes
-    every ``W``-th index of it. Batches move to the device channels-last."""
+class FixedData:
+    """A fixed dataset with index access, for methods that need one (DeepCluster). Each epoch
+    takes the order and per-item targets the method set (``set_targets``), else a seeded
+    permutation and no targets; rank ``r`` of ``W`` takes every ``W``-th index of it. Batches
+    reach the device channels-last. Subclasses say how items are fetched (``_get``)."""
 
-    def __init__(self, images: torch.Tensor, batch_size: int, device, seed: int = 0):
-        if images.dtype != torch.uint8 or images.ndim != 4 or images.shape[1] != 3:
-            raise FastSSLError(f"TensorData needs uint8 (N, 3, H, W) images, got {tuple(images.shape)} {images.dtype}")
-        self.images, self.batch_size = images, int(batch_size)
+    def __init__(self, n: int, batch_size: int, device, seed: int = 0):
+        from ..distributed import rank_world
+
+        self.n, self.batch_size = int(n), int(batch_size)
         self.device = torch.device(device)
         self.seed, self.epoch = int(seed), 0
         self.targets: torch.Tensor | None = None
         self.order: torch.Tensor | None = None
-        from ..distributed import rank_world
-
         self.rank, self.world = rank_world()
 
+    def _get(self, idx: torch.Tensor) -> torch.Tensor:
+        """uint8 (len(idx), 3, H, W) images of these indices (any device)."""
+        raise NotImplementedError
+
     def __len__(self):
-        n = len(self.order) if self.order is not None else len(self.images)
+        n = len(self.order) if self.order is not None else self.n
         return n // self.world // self.batch_size
 
     def set_epoch(self, epoch: int):
@@ -63,21 +66,74 @@ class TensorData:
         return x.to(self.device, non_blocking=True).contiguous(memory_format=torch.channels_last)
 
     def all_batches(self, batch_size: int):
-        """Every image once, in index order (for features)."""
-        for a in range(0, len(self.images), batch_size):
-            yield self._to(self.images[a : a + batch_size])
+        """Every item once, in index order (for features)."""
+        for a in range(0, self.n, batch_size):
+            yield self._to(self._get(torch.arange(a, min(a + batch_size, self.n))))
 
     def iter_from(self, step: int):
         if self.order is not None:
             order = self.order
         else:
             g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
-            order = torch.randperm(len(self.images), generator=g)
+            order = torch.randperm(self.n, generator=g)
         shard = order[self.rank :: self.world]
         for s in range(step, len(self)):
             idx = shard[s * self.batch_size : (s + 1) * self.batch_size]
             y = None if self.targets is None else self.targets[idx].to(self.device, non_blocking=True)
-            yield self._to(self.images[idx]), y
+            yield self._to(self._get(idx)), y
+
+
+class TensorData(FixedData):
+    """A fixed dataset held in memory: uint8 (N, 3, H, W) images (the labelled split decoded once)."""
+
+    def __init__(self, images: torch.Tensor, batch_size: int, device, seed: int = 0):
+        if images.dtype != torch.uint8 or images.ndim != 4 or images.shape[1] != 3:
+            raise FastSSLError(f"TensorData needs uint8 (N, 3, H, W) images, got {tuple(images.shape)} {images.dtype}")
+        super().__init__(len(images), batch_size, device, seed)
+        self.images = images
+
+    def _get(self, idx):
+        return self.images[idx]
+
+
+class IndexedPatches(FixedData):
+    """Patches ``0 .. n-1`` of epoch 0 of a patch stream, rendered when asked for, never held.
+
+    The counter-based sampler makes patch ``i`` a function of ``(seed, 0, i)``: its parameters
+    are drawn once (about 130 bytes a patch: 166 MB for 1.28M patches) and any set of indices
+    is rendered from them, so a fixed dataset of 1.28M patches at 224 px (190 GB of pixels)
+    costs its parameters, not its pixels. ``renderer`` is a :class:`~fastssl.mono.Renderer`.
+    """
+
+    FIELDS = ("matrix", "box", "level", "jitter", "factors", "order", "image")
+    BYTES_PER_PATCH = 48 + 48 + 4 + 1 + 16 + 4 + 4  # the FIELDS of one patch
+
+    def __init__(self, renderer, n: int, batch_size: int, device, seed: int = 0, chunk: int = 65536):
+        super().__init__(n, batch_size, device, seed)
+        self.renderer = renderer
+        parts = [renderer.params(a, min(a + chunk, n), seed=seed, epoch=0) for a in range(0, n, chunk)]
+        self.params = {f: np.concatenate([getattr(p, f) for p in parts]) for f in self.FIELDS}
+        self.size = renderer.spec.size
+
+    @property
+    def nbytes(self) -> int:
+        return sum(a.nbytes for a in self.params.values())
+
+    def _get(self, idx):
+        from ..spec import PatchParams
+
+        i = np.asarray(idx.cpu() if isinstance(idx, torch.Tensor) else idx, dtype=np.int64)
+        kw = {f: a[i] for f, a in self.params.items()}
+        n = len(i)
+        p = PatchParams(
+            size=self.size,
+            crop=np.zeros((n, 4)),
+            angle=np.zeros(n),
+            shear=np.zeros(n),
+            flips=np.zeros((n, 2), bool),
+            **kw,
+        )
+        return self.renderer.render(p)  # a recycled buffer stays alive while this batch refers to it
 
 
 class LoaderData:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -26,16 +27,28 @@ from ..models import AlexNet
 from .base import Method, flip_half
 
 
-def pca_whiten(x: torch.Tensor, dim: int, eps: float = 1e-5) -> torch.Tensor:
-    """(n, d) -> (n, min(dim, d)): centred, projected on the top principal axes, each scaled to
-    unit variance (float64 for the eigendecomposition)."""
+def pca_fit(x: torch.Tensor, dim: int, eps: float = 1e-5) -> tuple[torch.Tensor, torch.Tensor]:
+    """(mean, projection) of PCA whitening to ``min(dim, d)`` dimensions, fitted on the rows of
+    ``x`` (float64 for the eigendecomposition): ``(y - mean) @ projection`` centres, projects on
+    the top principal axes and scales each to unit variance."""
     x = x.double()
-    x = x - x.mean(0, keepdim=True)
-    cov = x.T @ x / max(len(x) - 1, 1)
+    mean = x.mean(0, keepdim=True)
+    xc = x - mean
+    cov = xc.T @ xc / max(len(x) - 1, 1)
     evals, evecs = torch.linalg.eigh(cov)  # ascending
     dim = min(dim, x.shape[1])
     evals, evecs = evals.flip(0)[:dim], evecs.flip(1)[:, :dim]
-    return (x @ evecs / torch.sqrt(evals.clamp_min(0) + eps)).float()
+    return mean, evecs / torch.sqrt(evals.clamp_min(0) + eps)
+
+
+def pca_apply(x: torch.Tensor, mean: torch.Tensor, proj: torch.Tensor) -> torch.Tensor:
+    return ((x.double() - mean) @ proj).float()
+
+
+def pca_whiten(x: torch.Tensor, dim: int, eps: float = 1e-5) -> torch.Tensor:
+    """(n, d) -> (n, min(dim, d)): centred, projected on the top principal axes, each scaled to
+    unit variance."""
+    return pca_apply(x, *pca_fit(x, dim, eps))
 
 
 def kmeans_pp(x: torch.Tensor, k: int, generator: torch.Generator) -> torch.Tensor:
@@ -56,14 +69,33 @@ def kmeans_pp(x: torch.Tensor, k: int, generator: torch.Generator) -> torch.Tens
     return c
 
 
+KMEANS_PP_LIMIT = 2**31  # n * k above which the seeds are random points instead of k-means++
+PCA_FIT_ROWS = 100_000  # PCA is fitted on the first rows (patches are in random order), then applied to all
+
+
+def kmeans_faiss(x: torch.Tensor, k: int, iters: int, seed: int):
+    """The same clustering with faiss (the reference implementation's library), where installed."""
+    import faiss
+
+    xs = np.ascontiguousarray(x.cpu().numpy(), dtype=np.float32)
+    km = faiss.Kmeans(xs.shape[1], k, niter=iters, seed=seed, max_points_per_centroid=10**9, verbose=False)
+    km.train(xs)
+    dist, idx = km.index.search(xs, 1)
+    return torch.from_numpy(idx[:, 0].astype(np.int64)), float(dist.mean())
+
+
 def kmeans(x: torch.Tensor, k: int, iters: int, generator: torch.Generator, chunk: int = 8192):
-    """Lloyd's k-means on the rows of ``x`` (n, d), seeded by k-means++. An empty cluster is
+    """Lloyd's k-means on the rows of ``x`` (n, d) in bounded memory (distances ``chunk`` rows
+    at a time), seeded by k-means++ (random distinct points beyond ``KMEANS_PP_LIMIT``). An empty cluster is
     re-seeded at the point farthest from its centroid in the largest cluster. Returns
     (assignment (n,) int64, mean squared distance)."""
     n = len(x)
     if not 1 <= k <= n:
         raise FastSSLError(f"k-means needs 1 <= k <= number of images, got k={k} for {n} images")
-    c = kmeans_pp(x, k, generator)
+    if n * k <= KMEANS_PP_LIMIT:
+        c = kmeans_pp(x, k, generator)
+    else:  # k-means++ costs k passes over the data: distinct random points, as faiss seeds
+        c = x[torch.randperm(n, generator=generator)[:k].to(x.device)].clone()
     assign = torch.zeros(n, dtype=torch.int64, device=x.device)
     best = torch.zeros(n, dtype=x.dtype, device=x.device)
     for _ in range(max(iters, 1)):
@@ -109,6 +141,7 @@ class DeepClusterSettings:
     pca_dim: int = 256  # PCA-whitened feature dimension before k-means
     iters: int = 20  # Lloyd iterations per clustering
     pre_relu: bool = False  # cluster the last hidden layer before its ReLU (the reference's fc7)
+    kmeans: str = "torch"  # torch (on the training device) or faiss (where installed)
 
     def check(self, where: str = "") -> None:
         from ..config import bad
@@ -119,6 +152,8 @@ class DeepClusterSettings:
             bad(f"{where}pca_dim", "must be >= 1", self.pca_dim)
         if self.iters < 1:
             bad(f"{where}iters", "must be >= 1", self.iters)
+        if self.kmeans not in ("torch", "faiss"):
+            bad(f"{where}kmeans", "must be torch or faiss", self.kmeans)
 
 
 class DeepCluster(Method):
@@ -131,22 +166,43 @@ class DeepCluster(Method):
         super().__init__()
         st = settings or DeepClusterSettings()
         self.k, self.pca_dim, self.iters, self.seed = st.k, st.pca_dim, st.iters, int(seed)
-        self.pre_relu = st.pre_relu
+        self.pre_relu, self.kmeans_with = st.pre_relu, st.kmeans
+        if self.kmeans_with == "faiss":
+            try:
+                import faiss  # noqa: F401
+            except ImportError:
+                raise FastSSLError(
+                    "deepcluster kmeans = faiss, but faiss is not installed (pip install faiss-cpu)"
+                ) from None
         self.nets["model"] = AlexNet(self.k, **model_kw)
         self.targets: torch.Tensor | None = None  # cluster id per image of the dataset
         self.order: torch.Tensor | None = None  # this epoch's index order
 
-    def _features(self, data, ctx) -> torch.Tensor:
+    def _codes(self, data, ctx) -> torch.Tensor:
+        """PCA-whitened, L2-normalised features of every item of the fixed dataset, computed
+        batch by batch: the PCA is fitted on the first ``PCA_FIT_ROWS`` items (all of them
+        when fewer), so memory is (items x pca_dim), not (items x feature width)."""
         net = self.trunk()
         was = net.training
         net.eval()
-        feats = []
+        hidden = net.head[:-2] if self.pre_relu else net.head[:-1]  # fc7 before / after its ReLU
+        fit, codes, basis = [], [], None
         with torch.no_grad(), ctx.autocast():
             for x in data.all_batches(512):
-                hidden = net.head[:-2] if self.pre_relu else net.head[:-1]  # fc7 before / after its ReLU
-                feats.append(hidden(net.features(x)).float())
+                f = hidden(net.features(x)).float()
+                if basis is not None:
+                    codes.append(pca_apply(f, *basis))
+                    continue
+                fit.append(f)
+                if sum(len(a) for a in fit) >= PCA_FIT_ROWS:
+                    basis = pca_fit(torch.cat(fit), self.pca_dim)
+                    codes.append(pca_apply(torch.cat(fit), *basis))
+                    fit = []
+        if basis is None:
+            f = torch.cat(fit)
+            codes.append(pca_apply(f, *pca_fit(f, self.pca_dim)))
         net.train(was)
-        return torch.cat(feats)
+        return F.normalize(torch.cat(codes), dim=1)
 
     def on_epoch_start(self, epoch: int, ctx) -> None:
         data = ctx.data
@@ -154,8 +210,11 @@ class DeepCluster(Method):
             raise FastSSLError("deepcluster needs a fixed dataset with index access (TensorData)")
         g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
         dist = torch.distributed.is_available() and torch.distributed.is_initialized()
-        x = F.normalize(pca_whiten(self._features(data, ctx), self.pca_dim), dim=1)
-        assign, loss = kmeans(x, self.k, self.iters, g)
+        x = self._codes(data, ctx)
+        if self.kmeans_with == "faiss":
+            assign, loss = kmeans_faiss(x, self.k, self.iters, self.seed * 1_000_003 + epoch)
+        else:
+            assign, loss = kmeans(x, self.k, self.iters, g)
         order = uniform_over_clusters(assign, len(assign), g)
         if dist:  # one clustering for all ranks: rank 0's
             assign, order = assign.to(ctx.device), order.to(ctx.device)
