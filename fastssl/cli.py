@@ -281,6 +281,27 @@ def cmd_probe(args) -> int:
     return 0
 
 
+def cmd_plan(args) -> int:
+    from .plan import plan
+
+    _check_json(args.json)
+    print(f"plan: preset {args.preset}, method {args.method}, {args.steps} timed steps per stage")
+    res = plan(
+        args.preset,
+        method=args.method,
+        device=args.device,
+        overrides=args.set,
+        steps=args.steps,
+        train_images=args.train_images,
+        progress=not args.quiet,
+    )
+    print(f"total: {res['total_estimated_seconds'] / 3600:.2f} h on {res['device']}")
+    if args.json:
+        _write_json(args.json, res)
+        print(f"wrote {args.json}")
+    return 0
+
+
 def cmd_recipe(args) -> int:
     from .config import load
 
@@ -405,6 +426,19 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--set", action="append", metavar="KEY=VALUE")
     pr.add_argument("--quiet", action="store_true")
     pr.set_defaults(func=cmd_probe)
+
+    pl = sub.add_parser("plan", help="steps, memory, timed seconds per step and estimated hours of a repro run")
+    pl.add_argument("--preset", default="cpu-mini")
+    pl.add_argument("--method", default="rotnet", help="the method of the run (rotnet, deepcluster, bigan)")
+    pl.add_argument("--device", default=None, help="cpu, cuda (default: the recipe's)")
+    pl.add_argument("--steps", type=int, default=3, help="timed steps per stage (after one warm-up step)")
+    pl.add_argument(
+        "--train-images", type=int, default=None, help="labelled training images (default: [mono] epoch_length)"
+    )
+    pl.add_argument("--set", action="append", metavar="KEY=VALUE")
+    pl.add_argument("--json", default=None)
+    pl.add_argument("--quiet", action="store_true")
+    pl.set_defaults(func=cmd_plan)
 
     rc = sub.add_parser("recipe", help="every value of a preset (or .toml) with overrides, checked, as JSON")
     rc.add_argument("--preset", default="cpu-mini")

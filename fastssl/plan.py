@@ -1,0 +1,220 @@
+"""``fastssl plan``: what a ``repro`` run of a preset costs on this device, before running it.
+
+For every stage of the run (the one-image row, the full-data row, supervised, then the five
+probes of each row, and DeepCluster's clusterings), the number of steps and images from the
+recipe, the seconds per step timed over a few real steps on the device (the recipe's network,
+batch, AMP, channels-last and compile settings, through the trainer; the one-image rows render
+their batches, the labelled rows time the step on resident batches), the peak memory and the
+estimated wall time; then the total.
+"""
+
+from __future__ import annotations
+
+import resource
+import tempfile
+import time
+
+import torch
+
+from .config import load, to_dataclass
+from .errors import FastSSLError
+
+
+def _peak_bytes(device: torch.device) -> int:
+    if device.type == "cuda":
+        return int(torch.cuda.max_memory_allocated(device))
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # the process's peak so far
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _time_steps(trainer, make_batch, steps: int) -> float:
+    """Seconds per step: one warm-up step (compile, allocator), then ``steps`` timed."""
+    dev = trainer.device
+    for m in trainer.method.nets.values():
+        m.train()
+    batch = make_batch()
+    trainer.method.train_step(batch, trainer.ctx)
+    _sync(dev)
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        trainer.method.train_step(make_batch(), trainer.ctx)
+    _sync(dev)
+    trainer.check_finite()
+    return (time.perf_counter() - t0) / steps
+
+
+def _trainer(method, cfg, folder):
+    from .train import Trainer
+
+    class _NoData:  # the timing feeds batches itself
+        def __len__(self):
+            return 1
+
+    return Trainer(method, _NoData(), cfg, folder)
+
+
+def plan(
+    preset: str,
+    *,
+    method: str = "rotnet",
+    device: str | None = None,
+    overrides=None,
+    steps: int = 3,
+    train_images: int | None = None,
+    progress: bool = True,
+) -> dict:
+    """The stages of ``fastssl repro --preset PRESET --method METHOD`` with their estimated cost."""
+    from .methods import pretext_methods
+    from .models import AlexNet
+    from .mono import MonoSource
+    from .probe import LinearProbes, ProbeConfig, ProbeMethod
+    from .repro import _build, _train_config
+    from .spec import AugmentSpec
+    from .train import OptimConfig, TrainConfig, resolve_device
+
+    if method not in pretext_methods():
+        raise FastSSLError(f"`method` {method}: choose one of {', '.join(pretext_methods())}")
+    if steps < 1:
+        raise FastSSLError(f"`steps` must be >= 1, got {steps}")
+    rc = load(preset, overrides, methods=(method, "supervised"))
+    if device is not None:
+        rc["device"] = device
+    dev = resolve_device(rc["device"])
+    res = int(rc["res"])
+    n_mono = int(rc["mono"]["epoch_length"])
+    n_train = int(train_images or n_mono)
+    mono_kw = {k: v for k, v in rc["mono"].items() if k != "epoch_length"}
+    stages = []
+
+    def add(name, n_steps, images, sps, extra=None):
+        stages.append(
+            {
+                "name": name,
+                "steps": int(n_steps),
+                "images": int(images),
+                "peak_memory_bytes": _peak_bytes(dev),
+                "seconds_per_step": round(sps, 4),
+                "estimated_seconds": round(n_steps * sps, 1),
+                **(extra or {}),
+            }
+        )
+        if progress:
+            print(f"  {name:28s} {n_steps:9d} steps x {sps:8.3f} s = {n_steps * sps / 60:9.1f} min", flush=True)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        for row, name in ((f"mono-{method}", method), (f"full-{method}", method), ("supervised", "supervised")):
+            cfg = _train_config(rc, name, False, False)
+            cfg.device = str(dev)
+            n_items = n_mono if row.startswith("mono") else n_train
+            per_epoch = n_items // cfg.batch_size
+            if cfg.steps_per_epoch:
+                per_epoch = min(per_epoch, cfg.steps_per_epoch)
+            torch.manual_seed(0)
+            m = _build(rc, name, 10 if name == "supervised" else None)
+            t = _trainer(m, cfg, f"{tmp}/{row}")
+            bs = cfg.batch_size
+            k = getattr(m, "k", 10)
+            labels = None
+            if m.fixed_dataset or m.needs_labels:
+
+                def labels(k=k, bs=bs):
+                    return torch.randint(0, k, (bs,), device=dev)
+
+            if row.startswith("mono"):
+                src = MonoSource(None, AugmentSpec(**mono_kw), batch_size=bs, epoch_length=10**9, device=dev)
+                it = iter(range(10**9))
+
+                def make(src=src, it=it, labels=labels):
+                    return src.batch(next(it)), labels() if labels else None
+
+                data = "rendered one-image batches"
+            else:
+                x = torch.randint(0, 256, (bs, 3, res, res), dtype=torch.uint8, device=dev)
+                x = x.contiguous(memory_format=torch.channels_last)
+
+                def make(x=x, labels=labels):
+                    return x, labels() if labels else None
+
+                data = "resident batches (loading not timed)"
+            if dev.type == "cuda":
+                torch.cuda.reset_peak_memory_stats(dev)
+            sps = _time_steps(t, make, steps)
+            add(row, cfg.epochs * per_epoch, cfg.epochs * per_epoch * bs, sps, {"data": data})
+            if m.fixed_dataset:  # features of every item and k-means, once per epoch
+                sps_c = _clustering_seconds(m, t, n_items, res, dev)
+                add(f"{row} clustering", cfg.epochs, cfg.epochs * n_items, sps_c, {"data": "estimated"})
+        # probes: one run per row (random, the method's two, supervised)
+        pcfg = to_dataclass(ProbeConfig, dict(rc["probe"]), "probe.")
+        trunk = AlexNet(10, **rc["model"]).to(dev)
+        from .models import fold_bn
+
+        frozen = fold_bn(trunk).to(dev).to(memory_format=torch.channels_last).eval()
+        with torch.no_grad():
+            shapes = [tuple(a.shape[1:]) for a in frozen.taps(torch.zeros(1, 3, res, res, device=dev))]
+        probes = LinearProbes(
+            shapes, 1000 if res >= 128 else 10, pcfg.target, (not rc["model"]["small"]) and res == 224
+        )
+        tcfg = TrainConfig(
+            epochs=pcfg.epochs,
+            batch_size=pcfg.batch_size,
+            optim=OptimConfig("sgd", pcfg.lr, pcfg.momentum, False, pcfg.weight_decay, list(pcfg.milestones)),
+            device=str(dev),
+            compile="off",
+        )
+        t = _trainer(ProbeMethod(frozen, probes), tcfg, f"{tmp}/probe")
+        bs = pcfg.batch_size
+        x = torch.randint(0, 256, (bs, 3, res, res), dtype=torch.uint8, device=dev).contiguous(
+            memory_format=torch.channels_last
+        )
+        y = torch.randint(0, probes.fcs[0].out_features, (bs,), device=dev)
+        sps = _time_steps(t, lambda: (x, y), steps)
+        per_epoch = n_train // bs if not pcfg.steps_per_epoch else min(n_train // bs, pcfg.steps_per_epoch)
+        rows = 4
+        add(
+            f"probes ({rows} rows)",
+            rows * pcfg.epochs * per_epoch,
+            rows * pcfg.epochs * per_epoch * bs,
+            sps,
+            {"data": "resident batches (loading not timed)"},
+        )
+    total = round(sum(s["estimated_seconds"] for s in stages), 1)
+    return {
+        "preset": preset,
+        "method": method,
+        "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu",
+        "timed_steps": steps,
+        "stages": stages,
+        "total_estimated_seconds": total,
+    }
+
+
+def _clustering_seconds(method, trainer, n_items: int, res: int, dev) -> float:
+    """One clustering of ``n_items``: the features' forward pass timed on a batch and scaled,
+    plus ``iters`` Lloyd assignments (the distances to all k centroids dominate) timed on a
+    sample of rows and scaled to ``n_items``."""
+    net = method.trunk()
+    net.eval()
+    x = torch.randint(0, 256, (256, 3, res, res), dtype=torch.uint8, device=dev).contiguous(
+        memory_format=torch.channels_last
+    )
+    with torch.no_grad(), trainer.ctx.autocast():
+        net.features(x)
+        _sync(dev)
+        t0 = time.perf_counter()
+        net.features(x)
+        _sync(dev)
+    feat = (time.perf_counter() - t0) * n_items / 256
+    net.train()
+    sample = min(n_items, 16_384)
+    codes = torch.nn.functional.normalize(torch.randn(sample, method.pca_dim, device=dev), dim=1)
+    cents = torch.nn.functional.normalize(torch.randn(method.k, method.pca_dim, device=dev), dim=1)
+    t0 = time.perf_counter()
+    for a in range(0, sample, 8192):
+        (codes[a : a + 8192] @ cents.T).max(1)
+    _sync(dev)
+    assign = (time.perf_counter() - t0) * n_items / sample
+    return feat + assign * method.iters

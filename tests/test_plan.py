@@ -1,0 +1,34 @@
+"""fastssl plan: the stages of a repro run, their steps and images from the recipe, timed."""
+
+import json
+from pathlib import Path
+
+from fastssl.cli import main
+
+TINY = str(Path(__file__).parent / "data" / "tiny.toml")
+
+
+def test_plan_lists_every_stage_with_steps_from_the_recipe_and_a_total(tmp_path, capsys):
+    out = tmp_path / "plan.json"
+    args = ["plan", "--preset", TINY, "--method", "deepcluster", "--steps", "2", "--train-images", "480", "--json"]
+    assert main([*args, str(out)]) == 0
+    res = json.loads(out.read_text())
+    names = [s["name"] for s in res["stages"]]
+    assert names == [
+        "mono-deepcluster",
+        "mono-deepcluster clustering",
+        "full-deepcluster",
+        "full-deepcluster clustering",
+        "supervised",
+        "probes (4 rows)",
+    ]
+    st = {s["name"]: s for s in res["stages"]}
+    # tiny: 64 patches per epoch, batch 16, 2 epochs; 480 labelled images; supervised batch 8; probes 2 epochs of 8
+    assert st["mono-deepcluster"]["steps"] == 2 * (64 // 16) and st["mono-deepcluster"]["images"] == 2 * 4 * 16
+    assert st["full-deepcluster"]["steps"] == 2 * (480 // 16)
+    assert st["supervised"]["steps"] == 2 * (480 // 8)
+    assert st["probes (4 rows)"]["steps"] == 4 * 2 * (480 // 8)
+    for s in res["stages"]:
+        assert s["seconds_per_step"] > 0 and s["peak_memory_bytes"] > 0
+        assert abs(s["estimated_seconds"] - s["steps"] * s["seconds_per_step"]) <= 0.05 + 0.01 * s["estimated_seconds"]
+    assert abs(res["total_estimated_seconds"] - sum(s["estimated_seconds"] for s in res["stages"])) < 0.5
