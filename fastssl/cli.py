@@ -239,6 +239,7 @@ def cmd_repro(args) -> int:
         seeds=_seeds(args.seeds),
         n_images=_seeds(args.n_images, "--n-images"),
         ablation=args.ablation,
+        smoke=args.smoke,
         progress=not args.quiet,
     )
     print(f"wrote {Path(args.out) / 'probes.json'}, table.md, probes.png")
@@ -402,6 +403,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     rp.add_argument(
         "--ablation", action="store_true", help="also the rows without scale, rotation/shear or colour jitter"
+    )
+    rp.add_argument(
+        "--smoke", action="store_true", help="every stage at the preset's shapes for a few steps (same outputs)"
     )
     rp.add_argument("--quiet", action="store_true")
     rp.set_defaults(func=cmd_repro)

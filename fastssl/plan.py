@@ -72,7 +72,7 @@ def plan(
     from .models import AlexNet
     from .mono import MonoSource
     from .probe import LinearProbes, ProbeConfig, ProbeMethod
-    from .repro import _build, _train_config
+    from .repro import build_for, train_config
     from .spec import AugmentSpec
     from .train import OptimConfig, TrainConfig, resolve_device
 
@@ -107,14 +107,14 @@ def plan(
 
     with tempfile.TemporaryDirectory() as tmp:
         for row, name in ((f"mono-{method}", method), (f"full-{method}", method), ("supervised", "supervised")):
-            cfg = _train_config(rc, name, False, False)
+            cfg = train_config(rc, name, False, False)
             cfg.device = str(dev)
             n_items = n_mono if row.startswith("mono") else n_train
             per_epoch = n_items // cfg.batch_size
             if cfg.steps_per_epoch:
                 per_epoch = min(per_epoch, cfg.steps_per_epoch)
             torch.manual_seed(0)
-            m = _build(rc, name, 10 if name == "supervised" else None)
+            m = build_for(rc, name, 10 if name == "supervised" else None)
             t = _trainer(m, cfg, f"{tmp}/{row}")
             bs = cfg.batch_size
             k = getattr(m, "k", 10)

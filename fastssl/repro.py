@@ -43,14 +43,13 @@ def _log(msg: str) -> None:
 def _prepare_data(rc: dict, data, eval_data, out: Path, progress: bool):
     """(train data, val data, classes): .beton files when FFCV is installed, else sources."""
     from .data.loaders import ffcv_available
-    from .data.sources import open_source, split_indices
+    from .data.sources import split_indices, train_val_sources
 
-    src = open_source(data)
-    if eval_data is None:
+    src, vsrc = train_val_sources(data, eval_data)
+    if vsrc is None:
         train_idx, val_idx = split_indices(src.labels, int(rc["val_per_class"]))
         vsrc = src
     else:
-        vsrc = open_source(eval_data)
         if vsrc.classes != src.classes:
             raise FastSSLError(f"`eval_data` classes {vsrc.classes[:5]}... differ from `data`'s {src.classes[:5]}...")
         train_idx, val_idx = None, None
@@ -71,7 +70,10 @@ def _prepare_data(rc: dict, data, eval_data, out: Path, progress: bool):
     return (str(paths[0]), None), (str(paths[1]), None), src.classes
 
 
-def _loader(spec, rc, train: bool, batch_size: int, device, seed: int, shard: bool = True):
+TEN_CROP_RATIO = 224 / 256  # ten-crop evaluation: the crops of a 256 px resize (the probes' protocol)
+
+
+def _loader(spec, rc, train: bool, batch_size: int, device, seed: int, shard: bool = True, ten_crop: bool = False):
     from .data.loaders import Loader
     from .train import resolve_device
 
@@ -89,10 +91,12 @@ def _loader(spec, rc, train: bool, batch_size: int, device, seed: int, shard: bo
         scale=tuple(rc["rrc_scale"]),
         drop_last=train,
         distributed=dist and torch.distributed.get_world_size() > 1,
+        ten_crop=ten_crop and not train,
+        crop_ratio=TEN_CROP_RATIO if ten_crop and not train else 1.0,
     )
 
 
-def _train_config(rc: dict, method_name: str, progress: bool, resume: bool):
+def train_config(rc: dict, method_name: str, progress: bool, resume: bool):
     """The recipe's TrainConfig for a method (its section, ``settings`` left out) with the
     run-wide settings."""
     from .train import TrainConfig
@@ -103,7 +107,7 @@ def _train_config(rc: dict, method_name: str, progress: bool, resume: bool):
     return cfg
 
 
-def _build(rc: dict, method_name: str, num_classes=None):
+def build_for(rc: dict, method_name: str, num_classes=None):
     from .methods import build_method
 
     return build_method(
@@ -166,14 +170,14 @@ def _train(row: str, rc: dict, method_name: str, data, out: Path, num_classes, p
     from .data.adapters import LoaderData, MonoData
     from .train import Trainer, load_checkpoint
 
-    cfg = _train_config(rc, method_name, progress, resume=True)
+    cfg = train_config(rc, method_name, progress, resume=True)
     run = out / row
     ck = run / "ckpt.pt"
     if ck.exists() and load_checkpoint(ck)["epoch"] >= cfg.epochs:
         _log(f"{row}: already trained ({ck})")
         return ck
     torch.manual_seed(cfg.seed)
-    method = _build(rc, method_name, num_classes)
+    method = build_for(rc, method_name, num_classes)
     if method.fixed_dataset:
         mono = isinstance(data, MonoData)
         stream = _fixed_dataset(
@@ -207,6 +211,7 @@ def repro(
     seeds=None,
     n_images=None,
     ablation: bool = False,
+    smoke: bool = False,
     progress: bool = True,
 ) -> dict:
     """The rows of ``method`` for each of ``seeds`` (default: the recipe's seed), then the
@@ -223,6 +228,8 @@ def repro(
     if method not in pretext_methods():
         raise FastSSLError(f"`method` {method}: choose one of {', '.join(pretext_methods())}")
     rc = load(preset, overrides, methods=(method, "supervised"))
+    if smoke:
+        smoke_recipe(rc, method)
     seeds = [int(rc["seed"])] if seeds is None else [int(s) for s in seeds]
     if not seeds or any(s < 0 for s in seeds) or len(set(seeds)) != len(seeds):
         raise FastSSLError(f"`seeds` must be distinct integers >= 0, got {seeds}")
@@ -264,6 +271,23 @@ def _repro(rc, preset, method, image, data, eval_data, out: Path, progress, seed
     return result
 
 
+SMOKE_STEPS = 2
+
+
+def smoke_recipe(rc: dict, method: str) -> None:
+    """``rc`` cut to a few steps of every stage at unchanged shapes (in place)."""
+    from .methods import METHODS
+
+    for name in METHODS:
+        rc[name].update(epochs=1, steps_per_epoch=SMOKE_STEPS, log_every=1)
+    rc["probe"].update(epochs=1, steps_per_epoch=SMOKE_STEPS)
+    need = int(rc[method]["batch_size"]) * SMOKE_STEPS
+    if METHODS[method].fixed_dataset:  # k clusters need k patches
+        need = max(need, int(rc[method]["settings"]["k"]))
+    rc["mono"]["epoch_length"] = min(int(rc["mono"]["epoch_length"]), need)
+    rc["smoke"] = True
+
+
 ABLATION = {  # the paper's augmentation ablation: each row drops one part of the chain
     "no-scale": {"scale": [1.0, 1.0], "ratio": [1.0, 1.0]},  # no random-resized crop
     "no-rotation": {"rotation": 0.0, "shear": 0.0},
@@ -296,7 +320,11 @@ def _rows_of_one_seed(rc, method, image, train_data, val_data, nc: int, out: Pat
     for row, images, spec in _image_rows(method, image, source_images, ablation):
         stream = _mono_stream(rc, images, bs, seed, spec)
         ckpts[row] = _train(row, rc, method, stream, out, nc, progress, image=images, spec=spec)
-    ckpts[f"full-{method}"] = _train(f"full-{method}", rc, method, train_data, out, nc, progress)
+    rc_full = rc
+    if rc.get("smoke") and "settings" in rc[method] and "k" in rc[method]["settings"]:
+        rc_full = copy.deepcopy(rc)  # a smoke run's labelled set can hold fewer images than k
+        rc_full[method]["settings"]["k"] = min(rc[method]["settings"]["k"], _train_images(train_data))
+    ckpts[f"full-{method}"] = _train(f"full-{method}", rc_full, method, train_data, out, nc, progress)
     ckpts["supervised"] = _train("supervised", rc, "supervised", train_data, out, nc, progress)
     pcfg = to_dataclass(ProbeConfig, dict(rc["probe"]), "probe.")
     pcfg.device, pcfg.progress = device, progress
@@ -314,10 +342,21 @@ def _rows_of_one_seed(rc, method, image, train_data, val_data, nc: int, out: Pat
             trunk = load_trunk(ckpts[row])
         _log(f"probes {row}: training five linear probes for {pcfg.epochs} epochs")
         tr = _loader(train_data, rc, True, pcfg.batch_size, device, seed)
-        va = _loader(val_data, rc, False, pcfg.batch_size, device, seed)
+        va = _loader(val_data, rc, False, pcfg.batch_size, device, seed, ten_crop=pcfg.ten_crop)
         res = train_probes(trunk, tr, va, nc, pcfg, out_dir=pdir / row)
         write_json(rp, res)
         _log(f"probes {row}: {res['top1']}")
+
+
+def _train_images(train_data) -> int:
+    data, idx = train_data
+    if idx is not None:
+        return len(idx)
+    if isinstance(data, str) and data.endswith(".beton"):
+        from .data.beton import read_info
+
+        return int(read_info(data)["num_samples"])
+    return len(data)
 
 
 def source_images(data, eval_data, rc: dict, counts) -> dict[int, list]:
@@ -326,12 +365,12 @@ def source_images(data, eval_data, rc: dict, counts) -> dict[int, list]:
     they stay in every other row's data too)."""
     import numpy as np
 
-    from .data.sources import open_source, split_indices
+    from .data.sources import split_indices, train_val_sources
 
     if not counts:
         return {}
-    src = open_source(data)
-    idx = np.arange(len(src)) if eval_data is not None else split_indices(src.labels, int(rc["val_per_class"]))[0]
+    src, vsrc = train_val_sources(data, eval_data)
+    idx = np.arange(len(src)) if vsrc is not None else split_indices(src.labels, int(rc["val_per_class"]))[0]
     if max(counts) > len(idx):
         raise FastSSLError(f"`n_images` {max(counts)} exceeds the {len(idx)} training images of {data}")
     order = idx[np.random.default_rng(0).permutation(len(idx))]
@@ -424,13 +463,13 @@ def train_one(
     if data is None and cls.needs_labels:
         raise FastSSLError(f"{method} training needs `data` (a labelled source)")
     rc = load(preset, overrides, methods=(method,))
-    cfg = _train_config(rc, method, progress, resume)
+    cfg = train_config(rc, method, progress, resume)
     rank, _ = init_distributed(resolve_device(cfg.device))  # under torchrun: before the data, so that it shards
     folder = run_folder(out) if rank == 0 else contextlib.nullcontext(Path(out))
     with folder as out:
         torch.manual_seed(cfg.seed)
         if data is None:
-            m = _build(rc, method)
+            m = build_for(rc, method)
             if m.fixed_dataset:
                 stream = _fixed_dataset(rc, cfg, image=image, progress=progress)
             else:
@@ -445,7 +484,7 @@ def train_one(
 
             src = open_source(data)
             nc = len(src.classes)
-        m = _build(rc, method, nc)
+        m = build_for(rc, method, nc)
         if m.fixed_dataset:
             stream = _fixed_dataset(rc, cfg, data=(src, None), progress=progress)
         else:
@@ -469,5 +508,5 @@ def probe_one(ckpt, *, preset="cpu-mini", data, eval_data=None, out, overrides=N
         pcfg.device, pcfg.progress = rc["device"], progress
         rc["res"] = trunk.config["input_res"]
         tr = _loader(train_data, rc, True, pcfg.batch_size, rc["device"], int(rc["seed"]))
-        va = _loader(val_data, rc, False, pcfg.batch_size, rc["device"], int(rc["seed"]))
+        va = _loader(val_data, rc, False, pcfg.batch_size, rc["device"], int(rc["seed"]), ten_crop=pcfg.ten_crop)
         return train_probes(trunk, tr, va, len(classes), pcfg, out_dir=out)

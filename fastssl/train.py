@@ -202,7 +202,7 @@ class _Ctx:
 
     def log(self, rec: dict) -> None:
         """A line in metrics.jsonl (rank 0), e.g. DeepCluster's clustering statistics."""
-        self.t._log(rec)
+        self.t.log(rec)
 
 
 class Trainer:
@@ -308,7 +308,7 @@ class Trainer:
         o = self.cfg.optim
         return o.lr * o.gamma ** sum(1 for m in o.milestones if epoch >= m)
 
-    def _log(self, rec: dict) -> None:
+    def log(self, rec: dict) -> None:
         if self.rank == 0:
             rec = {"global_step": self.global_step, **rec}
             with open(self.out / "metrics.jsonl", "a") as f:
@@ -416,7 +416,7 @@ class Trainer:
                         vals = {k: float(v) / acc_n for k, v in acc_m.items()}
                         acc_m, acc_n = {}, 0
                         bar.set_postfix(img_s=f"{rate:.0f}", **{k: f"{v:.3f}" for k, v in vals.items()})
-                        self._log(
+                        self.log(
                             {"epoch": self.epoch, "step": self.step, "lr": lr, "img_per_s": round(rate, 1), **vals}
                         )
                     if self.global_step % self.cfg.ckpt_every == 0:

@@ -198,7 +198,7 @@ class Loader:
         self._ffcv = FFCVLoader(
             path,
             batch_size=self.batch_size,
-            num_workers=max(1, self.workers),
+            num_workers=max(1, min(self.workers, len(os.sched_getaffinity(0)))),  # threads: at most the cores
             order=OrderOption.RANDOM if train else OrderOption.SEQUENTIAL,
             distributed=distributed,
             seed=seed,

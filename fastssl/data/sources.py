@@ -302,6 +302,16 @@ def open_source(spec: str | os.PathLike, split: str | None = None, cache=None) -
     raise FastSSLError(f"unsupported data source {p}: give a folder, a .tar/.tar.gz archive, or 'cifar10'")
 
 
+def train_val_sources(data, eval_data=None):
+    """(train source, validation source or None): an ImageNet-layout root (``train/<class>/``
+    and ``val/<class>/``) without ``eval_data`` gives its two splits; otherwise ``data`` and
+    ``eval_data`` (None: the caller holds out part of ``data``)."""
+    p = Path(str(data))
+    if eval_data is None and p.is_dir() and (p / "train").is_dir() and (p / "val").is_dir():
+        return FolderSource(p, "train"), FolderSource(p, "val")
+    return open_source(data), (open_source(eval_data) if eval_data is not None else None)
+
+
 def split_indices(labels: np.ndarray, val_per_class: int) -> tuple[np.ndarray, np.ndarray]:
     """Deterministic split: the last ``val_per_class`` items of each class (in key order) are
     validation, the rest training. Sources list items sorted by key, so this is stable."""
@@ -313,7 +323,7 @@ def split_indices(labels: np.ndarray, val_per_class: int) -> tuple[np.ndarray, n
         idx = np.flatnonzero(labels == c)
         if val_per_class >= len(idx):
             raise FastSSLError(
-                f"--val-per-class {val_per_class} leaves no training images in class {c} ({len(idx)} images)"
+                f"`val_per_class` {val_per_class} leaves no training images in class {c} ({len(idx)} images)"
             )
         val.append(idx[len(idx) - val_per_class :] if val_per_class else idx[:0])
     val = np.sort(np.concatenate(val)) if val else np.zeros(0, np.int64)
