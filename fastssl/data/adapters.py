@@ -100,8 +100,8 @@ class IndexedPatches(FixedData):
     """Patches ``0 .. n-1`` of epoch 0 of a patch stream, rendered when asked for, never held.
 
     The counter-based sampler makes patch ``i`` a function of ``(seed, 0, i)``: its parameters
-    are drawn once (about 130 bytes a patch: 166 MB for 1.28M patches) and any set of indices
-    is rendered from them, so a fixed dataset of 1.28M patches at 224 px (190 GB of pixels)
+    are drawn once (125 bytes a patch: 160 MB for 1.28M patches) and any set of indices
+    is rendered from them, so a fixed dataset of 1.28M patches at 224 px (193 GB of pixels)
     costs its parameters, not its pixels. ``renderer`` is a :class:`~fastssl.mono.Renderer`.
     """
 
