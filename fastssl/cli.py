@@ -6,7 +6,6 @@ Errors a user can cause print one line (``fastssl: error: ...``) and exit with s
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import signal
@@ -22,38 +21,28 @@ SPEC_HELP = (
 
 
 def parse_spec(size: int | None, overrides: list[str] | None):
-    """An AugmentSpec from ``--size`` and ``--spec key=value`` overrides, typed by field."""
+    """An AugmentSpec from ``--size`` and ``--spec key=value`` overrides, read like ``--set``
+    values (typed from the field's default; ``scale=0.1,1``; ``initial_crop=none``)."""
+    from .config import as_dict, parse_value, to_dataclass
     from .spec import AugmentSpec
 
-    fields = {f.name: f for f in dataclasses.fields(AugmentSpec)}
+    defaults = as_dict(AugmentSpec())
     kw: dict = {}
     for item in overrides or []:
         key, sep, val = item.partition("=")
         key = key.strip().replace("-", "_")
-        if not sep or key not in fields:
-            raise FastSSLError(f"bad --spec {item!r}: expected key=value with key one of {', '.join(fields)}")
-        default = getattr(AugmentSpec(), key)
+        if not sep or key not in defaults:
+            raise FastSSLError(f"bad --spec {item!r}: expected key=value with key one of {', '.join(defaults)}")
         try:
-            if val.lower() == "none" and key == "initial_crop":
-                kw[key] = None
-            elif isinstance(default, bool):
-                if val.lower() not in ("true", "false", "1", "0", "yes", "no"):
-                    raise ValueError(val)
-                kw[key] = val.lower() in ("true", "1", "yes")
-            elif isinstance(default, tuple):
-                parts = [float(x) for x in val.split(",")]
-                if len(parts) != 2:
-                    raise ValueError(val)
-                kw[key] = tuple(parts)
-            elif isinstance(default, int):
-                kw[key] = int(val)
-            else:
-                kw[key] = float(val)
-        except ValueError:
-            raise FastSSLError(f"bad --spec {item!r}: cannot read {val!r} as a value for {key}") from None
+            kw[key] = parse_value(item, val, defaults[key])
+        except FastSSLError as e:
+            raise FastSSLError(f"bad --spec {item!r}: {str(e).partition(': ')[2] or e}") from None
     if size is not None:
         kw["size"] = size
-    return AugmentSpec(**kw)
+    try:
+        return to_dataclass(AugmentSpec, kw)
+    except FastSSLError as e:
+        raise FastSSLError(f"bad --spec: {e}") from None
 
 
 def _images(items):

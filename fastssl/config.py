@@ -240,7 +240,13 @@ def read_recipe(name_or_path: str) -> dict:
 
 
 def parse_value(item: str, raw: str, old):
-    """``raw`` (JSON: numbers, true/false, lists, null; else a string) typed like ``old``."""
+    """``raw`` typed like ``old``: JSON (numbers, true/false, lists) or a plain string; ``none``
+    or ``null`` is None; for a list, ``a,b`` is the same as ``[a, b]``. The one syntax of both
+    ``--set`` and ``--spec``."""
+    if raw.strip().lower() in ("none", "null"):
+        return None
+    if isinstance(old, (list, tuple)) and not raw.strip().startswith("["):
+        raw = "[" + raw + "]"
     try:
         val = json.loads(raw)
     except ValueError:

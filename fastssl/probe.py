@@ -1,4 +1,4 @@
-"""Linear probes on a frozen trunk (PAPER.md section 3).
+"""Linear probes on a frozen trunk, the paper's evaluation (Asano et al., ICLR 2020).
 
 One probe per layer on the post-ReLU output of conv1..conv5: max-pool to about ``target``
 features, BatchNorm without affine, linear classifier. All five train together (sum of their
@@ -10,7 +10,7 @@ Pools: at the paper's 224 px geometry the paper's own max-pools are used (6/6/3,
 3/3/1, 3/3/1, 2/2/0: 9600, 9216, 9600, 9600, 9216 features). For other inputs each layer is
 max-pooled adaptively to the grid ``s x s`` whose ``C * s * s`` is closest to ``target``
 (at most the layer's own size), so every layer keeps a comparable feature count: the
-CIFAR-scale rescaling (an unverified protocol; PAPER.md section 3).
+CIFAR-scale rescaling (an adaptation of the paper's protocol to small inputs).
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """The paper's single-image augmentation chain as data, and the one sampler every backend uses.
 
-:class:`AugmentSpec` holds the generator chain of Asano et al. (ICLR 2020), section 1 of
-``PAPER.md``; every field defaults to the paper's value. :func:`sample_params` draws the
+:class:`AugmentSpec` holds the generator chain of Asano et al. (ICLR 2020); every field
+defaults to the paper's value. :func:`sample_params` draws the
 per-patch parameters for any range of patch indices at once (vectorised numpy) and composes
 the whole geometry (initial crop, random-resized crop, rotation + shear, flips, centre crop)
 into one 2x3 matrix per patch.
@@ -35,7 +35,7 @@ PAPER_EPOCH = 1_281_167  # patches per epoch in the paper: the size of ImageNet-
 
 @dataclass(frozen=True)
 class AugmentSpec:
-    """The augmentation chain; defaults are the paper's (PAPER.md section 1)."""
+    """The augmentation chain; defaults are the paper's (Asano et al., ICLR 2020)."""
 
     size: int = 256  # final patch side S
     initial_crop: float | None = 0.5  # square crop of this fraction of the short side; None: off
@@ -171,11 +171,7 @@ def _draw_block(spec: AugmentSpec, height, width, rng: np.random.Generator, n: i
     """Raw draws for ``n`` patches from one block's stream, vectorised. ``height`` and ``width``
     are the source image's (ints), or each patch's source image's (arrays of ``n``)."""
     multi = np.ndim(height) > 0
-    short = np.minimum(height, width)
-    if spec.initial_crop is None:
-        c = None
-    else:
-        c = (short * spec.initial_crop).astype(np.int64) if multi else int(short * spec.initial_crop)
+    c = crop_region(spec, height, width) if spec.initial_crop is not None else None
     if c is not None:
         cx = rng.integers(0, width - c + 1, size=n)
         cy = rng.integers(0, height - c + 1, size=n)
@@ -292,10 +288,19 @@ def choose_level(matrix: np.ndarray, levels, antialias: bool = True) -> np.ndarr
     return np.clip(lvl, 0, np.asarray(levels) - 1).astype(np.int32)
 
 
+def crop_region(spec: AugmentSpec, height, width):
+    """Side of the initial square crop (the short side without one); per image for arrays."""
+    short = np.minimum(height, width)
+    if spec.initial_crop is None:
+        return short
+    if np.ndim(short):
+        return (short * spec.initial_crop).astype(np.int64)
+    return int(short * spec.initial_crop)
+
+
 def check_image_fits(spec: AugmentSpec, height: int, width: int, min_region: int = 8) -> None:
     """Raise when the image is too small for the chain (the crop region must be >= min_region)."""
-    short = min(height, width)
-    region = int(short * spec.initial_crop) if spec.initial_crop is not None else short
+    region = crop_region(spec, height, width)
     if region < min_region:
         what = f"the initial crop ({spec.initial_crop:g} of the short side)" if spec.initial_crop else "its short side"
         raise FastSSLError(

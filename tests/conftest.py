@@ -11,7 +11,7 @@ SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 def shared_file(name: str) -> Path:
     p = SHARED / name
     if not p.exists():
-        pytest.skip(f"shared data {p} is absent (CI has ../shared/data; a fresh checkout may not)")
+        pytest.skip(f"test data {p} is absent beside this checkout")
     return p
 
 

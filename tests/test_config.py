@@ -3,6 +3,7 @@
 from pathlib import Path
 
 import pytest
+import torch
 
 from fastssl.config import defaults, expand, load
 from fastssl.errors import FastSSLError
@@ -25,6 +26,16 @@ def test_set_reaches_any_key_of_the_schema_and_train_reaches_every_method():
     assert rc["rotnet"]["optim"]["betas"] == [0.9, 0.99] and rc["bigan"]["settings"]["d_dropout"] == 0.2
     rc = load(TINY, ["rotnet.epochs=7", "train.epochs=5"])  # a method's own value wins over [train]
     assert rc["rotnet"]["epochs"] == 7 and rc["deepcluster"]["epochs"] == 5
+
+
+def test_set_and_spec_share_one_value_syntax():
+    from fastssl.cli import parse_spec
+
+    rc = load(TINY, ["rotnet.optim.milestones=5", "rotnet.optim.betas=0.9,0.99", "mono.scale=[0.1, 1]"])
+    assert rc["rotnet"]["optim"]["milestones"] == [5] and rc["rotnet"]["optim"]["betas"] == [0.9, 0.99]
+    spec = parse_spec(None, ["scale=[0.1, 1]", "initial_crop=none", "rotation=0"])
+    assert spec.scale == (0.1, 1.0) and spec.initial_crop is None and spec.rotation == 0.0
+    assert parse_spec(None, ["scale=0.1,1"]) == spec.replace(initial_crop=0.5, rotation=30.0)
 
 
 def test_every_preset_expands_to_every_key():
@@ -55,3 +66,54 @@ def test_a_method_checks_the_recipe_it_runs_with():
     with pytest.raises(FastSSLError, match="power of two"):
         load("paper", methods=("bigan",))
     load("paper", ["model.input_res=64", "res=64", "mono.size=64"], methods=("bigan",))
+
+
+def test_a_method_is_one_class_and_one_registry_line(monkeypatch, tmp_path, capsys):
+    """A toy method registered with one line trains through the CLI, with its own recipe
+    section (defaults from [train], its settings dataclass checked) and no other change."""
+    from dataclasses import dataclass
+
+    import torch.nn.functional as F
+
+    import fastssl.methods as methods
+    from fastssl.cli import main
+    from fastssl.methods.base import Method
+    from fastssl.models import AlexNet
+    from fastssl.train import load_checkpoint
+
+    @dataclass
+    class ToySettings:
+        classes: int = 3
+
+        def check(self, where=""):
+            if self.classes < 2:
+                raise FastSSLError(f"{where}classes must be >= 2")
+
+    class Toy(Method):
+        """Predict which third of the batch an image is in (a pretext task for the test)."""
+
+        name = "toy"
+        Settings = ToySettings
+
+        def __init__(self, model_kw, settings=None, *, num_classes=None, seed=0):
+            super().__init__()
+            self.c = (settings or ToySettings()).classes
+            self.nets["model"] = AlexNet(self.c, **model_kw)
+
+        def train_step(self, batch, ctx):
+            x, _ = batch
+            y = (torch.arange(len(x)) * self.c // len(x)).to(x.device)
+            with ctx.autocast():
+                loss = F.cross_entropy(self.nets["model"](x), y)
+            ctx.step(loss, "main")
+            return {"loss": loss.detach()}
+
+    monkeypatch.setitem(methods.METHODS, "toy", Toy)  # the one line
+    assert load(TINY)["toy"]["settings"] == {"classes": 3}
+    with pytest.raises(FastSSLError, match="toy.settings.classes must be >= 2"):
+        load(TINY, ["toy.settings.classes=1"])
+    out = tmp_path / "toy"
+    args = ["train", "--method", "toy", "--preset", TINY, "--out", str(out), "--quiet", "--set", "toy.epochs=1"]
+    assert main(args) == 0
+    ck = load_checkpoint(out / "ckpt.pt")
+    assert ck["method"] == "toy" and ck["epoch"] == 1 and ck["arch"]["num_classes"] == 3

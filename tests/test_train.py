@@ -36,7 +36,7 @@ def test_paper_alexnet_geometry_and_probe_features():
         (256, 13, 13),
     ]
     probes = LinearProbes([tuple(t.shape[1:]) for t in taps], 1000, 9216, paper_pools=True)
-    assert probes.features == [9600, 9216, 9600, 9600, 9216]  # PAPER.md section 3
+    assert probes.features == [9600, 9216, 9600, 9600, 9216]  # the paper's probe feature counts
     assert m.head[-1].out_features == 1000 and m.head[1].out_features == 4096
     conv1 = m.convs[0]
     assert conv1.kernel_size == (11, 11) and conv1.stride == (4, 4) and conv1.padding == (2, 2)

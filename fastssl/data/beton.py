@@ -33,6 +33,9 @@ ALLOC_ENTRY = 24  # bytes of one allocation-table entry (sample id, pointer, siz
 SMART_THRESHOLD = 32 * 1024  # smart mode: raw below 32 KiB of pixels (CIFAR), JPEG above (ImageNet)
 
 
+FFCV_INSTALL = "apt-get install -y pkg-config libopencv-dev libturbojpeg0-dev, then pip install 'fastssl[ffcv]'"
+
+
 def import_ffcv() -> bool:
     """Import FFCV without its side effect on threads: importing ``ffcv.pipeline.compiler`` sets
     torch's and Numba's thread counts to 1 for the whole process (FFCV 1.0.2), which silently
@@ -54,10 +57,7 @@ def import_ffcv() -> bool:
 
 def require_ffcv():
     if not import_ffcv():
-        raise FastSSLError(
-            "FFCV is not installed: apt-get install -y pkg-config libopencv-dev libturbojpeg0-dev, "
-            "then pip install 'fastssl[ffcv]'"
-        ) from None
+        raise FastSSLError(f"FFCV is not installed: {FFCV_INSTALL}") from None
 
 
 def index_path(beton: str | os.PathLike) -> Path:

@@ -26,6 +26,7 @@ import torch
 from PIL import Image
 
 from ..errors import FastSSLError
+from .beton import FFCV_INSTALL
 from .sources import LabelledSource, open_source
 
 
@@ -160,8 +161,8 @@ class Loader:
                 raise FastSSLError("the FFCV loader reads a .beton; convert the data with `fastssl data convert`")
             if not ffcv_available():
                 raise FastSSLError(
-                    f"reading {data} needs FFCV (apt-get install -y pkg-config libopencv-dev libturbojpeg0-dev; "
-                    "pip install 'fastssl[ffcv]'), or pass the image folder/archive to use the PyTorch fallback"
+                    f"reading {data} needs FFCV ({FFCV_INSTALL}), or pass the image folder/archive to use the "
+                    "PyTorch fallback"
                 )
             if not Path(data).is_file():
                 raise FastSSLError(f".beton not found: {data}")

@@ -1,5 +1,5 @@
 """BiGAN (Donahue et al. 2017): a generator z -> image, an encoder image -> z (the AlexNet, the
-network the probes read) and a discriminator on (image, code) pairs (PAPER.md section 4).
+network the probes read) and a discriminator on (image, code) pairs.
 
 Two optimisers per step, through the method interface: ``ctx.step(loss_d, "d")`` for the
 discriminator on (real image, its code) against (generated image, its z), then

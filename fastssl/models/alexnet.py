@@ -1,4 +1,4 @@
-"""AlexNet as in DeepCluster's code (PAPER.md section 2), BatchNorm after every conv, with taps.
+"""AlexNet as in DeepCluster's code (Caron et al., ECCV 2018) and the paper, BatchNorm after every conv, with taps.
 
 ``AlexNet(num_classes)`` is the paper network for 224 px input: conv1 96x11x11 stride 4 pad 2,
 conv2 256x5x5 pad 2, conv3 384, conv4 384, conv5 256 (3x3 pad 1), max-pool 3/2 after conv1,

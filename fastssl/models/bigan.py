@@ -1,4 +1,4 @@
-"""BiGAN's generator and joint discriminator (DCGAN-style, PAPER.md section 4); the encoder is
+"""BiGAN's generator and joint discriminator (DCGAN-style, as in Donahue et al., ICLR 2017); the encoder is
 the AlexNet (its head outputs the latent code), so the probes read the encoder.
 
 Images cross these modules on the batch contract's scale (0..255, float here): the generator
