@@ -271,6 +271,14 @@ def cmd_probe(args) -> int:
     return 0
 
 
+def cmd_report(args) -> int:
+    from .repro import report
+
+    report(args.out, _seeds(args.seeds), preset=args.preset)
+    print(f"wrote {Path(args.out) / 'probes.json'}, table.md, probes.png")
+    return 0
+
+
 def cmd_plan(args) -> int:
     from .plan import plan
 
@@ -419,6 +427,12 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--set", action="append", metavar="KEY=VALUE")
     pr.add_argument("--quiet", action="store_true")
     pr.set_defaults(func=cmd_probe)
+
+    rep = sub.add_parser("report", help="rewrite a repro folder's table, JSON and figure from its probe results")
+    rep.add_argument("--out", required=True, help="the repro --out folder")
+    rep.add_argument("--seeds", default=None, help="the seeds to summarise (default: every seed folder)")
+    rep.add_argument("--preset", default="", help="the preset named in the figure's title")
+    rep.set_defaults(func=cmd_report)
 
     pl = sub.add_parser("plan", help="steps, memory, timed seconds per step and estimated hours of a repro run")
     pl.add_argument("--preset", default="cpu-mini")

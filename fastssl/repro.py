@@ -259,13 +259,26 @@ def _repro(rc, preset, method, image, data, eval_data, out: Path, progress, seed
         rcs["seed"] = seed
         _log(f"seed {seed}")
         _rows_of_one_seed(rcs, method, image, train_data, val_data, len(classes), out / f"seed-{seed}", progress, extra)
+    return report(out, seeds, preset=preset, wall_s=round(time.perf_counter() - t_start, 1))
+
+
+def report(out, seeds=None, **info) -> dict:
+    """(Re)write ``OUT/probes.json``, ``table.md`` and ``probes.png`` from the probe results of
+    ``seeds`` (default: every ``seed-*`` folder) in ``out``; returns the summary."""
+    out = Path(out)
+    if seeds is None:
+        seeds = sorted(int(p.name[5:]) for p in out.glob("seed-*") if p.name[5:].isdigit())
     result = summary(out, seeds)
-    result.update(preset=preset, wall_s=round(time.perf_counter() - t_start, 1))
+    if not result["rows"]:
+        raise FastSSLError(f"no probe results in {out} for seeds {seeds}")
+    result.update(info)
     write_json(out / "probes.json", result)
     table = markdown_table(result["rows"], result["std"], n=len(seeds))
     with atomic_output(out / "table.md") as tmp:
         tmp.write_text(table)
-    title = f"linear probes, preset {preset}" + (f", mean +/- std over {len(seeds)} seeds" if len(seeds) > 1 else "")
+    title = "linear probes" + (f", preset {info['preset']}" if info.get("preset") else "")
+    if len(seeds) > 1:
+        title += f", mean +/- std over {len(seeds)} seeds"
     bar_figure(result["rows"], out / "probes.png", title=title, std=result["std"] if len(seeds) > 1 else None)
     print(table)
     return result

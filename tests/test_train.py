@@ -423,3 +423,16 @@ def test_logged_metrics_are_means_over_the_steps_since_the_last_line(tmp_path):
     lines = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [x["global_step"] for x in lines] == [2, 4, 6]
     assert all(x["one"] == 1.0 for x in lines), lines
+
+
+def test_report_rewrites_the_summary_from_the_probe_files(tmp_path, capsys):
+    probes = tmp_path / "seed-3" / "probes"
+    probes.mkdir(parents=True)
+    layers = ("conv1", "conv2", "conv3", "conv4", "conv5")
+    for row, v in (("supervised", 60.0), ("random", 50.0), ("mono-rotnet", 55.0)):
+        (probes / f"{row}.json").write_text(json.dumps({"top1": {k: v + i for i, k in enumerate(layers)}}))
+    assert main(["report", "--out", str(tmp_path), "--preset", "cpu-mini"]) == 0
+    res = json.loads((tmp_path / "probes.json").read_text())
+    assert list(res["rows"]) == ["random", "mono-rotnet", "supervised"] and res["seeds"] == [3]
+    assert res["rows"]["mono-rotnet"]["conv3"] == 57.0 and (tmp_path / "probes.png").stat().st_size > 5000
+    assert main(["report", "--out", str(tmp_path / "empty")]) == 2
