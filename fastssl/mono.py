@@ -196,7 +196,7 @@ def row_prefix(n: int) -> str:
 
 
 class MonoSource:
-    """Batches of augmented patches of one image.
+    """Batches of augmented patches of one image (or of several: a list, or a folder).
 
     >>> src = MonoSource(None, AugmentSpec(size=64), batch_size=128, epoch_length=1024)
     >>> for batch in src: ...   # (128, 3, 64, 64) uint8, channels-last

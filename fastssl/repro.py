@@ -1,19 +1,22 @@
 """``fastssl repro``: the paper's table in miniature, in one command.
 
 Rows, for ``--method M`` (rotnet, deepcluster or bigan): ``random`` (an untrained AlexNet),
-``mono-M`` (M on patches of one image), ``full-M`` (M on the labelled train split's images,
-labels unused: the paper's "millions of images" row at this scale) and ``supervised`` (on the
-labelled train split). The summary (``probes.json``, ``table.md``, ``probes.png``) holds every
-finished row of the folder, so the methods run into one ``--out`` make one table (random and
-supervised trained once). DeepCluster trains on fixed datasets: the first ``[mono]
-epoch_length`` patches of the one image, rendered once, and the train split decoded once at
-``res`` (centre crops), both held in memory; RotNet and BiGAN stream.
+``mono-M`` (M on patches of one image; several images: named by their count), optionally the
+N-image rows (``deka-M``, ``kilo-M``, ``n<N>-M``) and the ablation rows
+(``mono-M-no-scale|no-rotation|no-colour``), ``full-M`` (M on the labelled train split's
+images, labels unused: the paper's "millions of images" row at this scale) and ``supervised``
+(on the labelled train split). DeepCluster trains on fixed datasets: the first ``[mono]
+epoch_length`` patches of the image(s), indexed and rendered when needed, and the train split
+decoded once at ``res`` (centre crops) and held in memory; RotNet and BiGAN stream.
 Columns: linear-probe top-1 of conv1..conv5 on the held-out validation split (or
-``--eval-data``). Writes ``OUT/probes.json``, ``OUT/table.md`` and ``OUT/probes.png``.
+``--eval-data``, or the ``val/`` split of an ImageNet root).
 
-Every stage leaves its result in ``OUT`` (data as ``.beton``, one folder per training run with
-its checkpoint and metrics, one JSON per probe row); running the same command again skips what
-is complete and resumes what was interrupted.
+Layout: ``OUT/data/`` (the ``.beton`` files), ``OUT/seed-S/<row>/`` (each training run's
+checkpoint and metrics), ``OUT/seed-S/probes/<row>.json``; the summary ``OUT/probes.json``,
+``OUT/table.md`` and ``OUT/probes.png`` holds every finished row of the seeds asked, as mean
+and std over them, so the methods run into one ``--out`` make one table (random and supervised
+trained once per seed). Running the same command again skips what is complete and resumes what
+was interrupted.
 """
 
 from __future__ import annotations
@@ -465,6 +468,22 @@ def run_folder(out):
                 out.rmdir()
 
 
+@contextlib.contextmanager
+def shutdown_distributed():
+    """Under torchrun: after the block, every rank waits for the others, then the process group
+    is destroyed (a rank leaving while another still talks to it can abort that one)."""
+    dist = torch.distributed.is_available() and torch.distributed.is_initialized()
+    try:
+        yield
+    except BaseException:
+        if dist:  # no barrier: the other ranks may never reach it
+            torch.distributed.destroy_process_group()
+        raise
+    if dist:
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
+
+
 def train_one(
     preset="cpu-mini", *, method="rotnet", image=None, data=None, out, overrides=None, resume=False, progress=True
 ) -> str:
@@ -479,7 +498,7 @@ def train_one(
     cfg = train_config(rc, method, progress, resume)
     rank, _ = init_distributed(resolve_device(cfg.device))  # under torchrun: before the data, so that it shards
     folder = run_folder(out) if rank == 0 else contextlib.nullcontext(Path(out))
-    with folder as out:
+    with folder as out, shutdown_distributed():
         torch.manual_seed(cfg.seed)
         if data is None:
             m = build_for(rc, method)
