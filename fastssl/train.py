@@ -325,7 +325,11 @@ class Trainer:
                 rec = json.loads(line)
             except ValueError:  # a line cut by a kill
                 continue
-            if int(rec.get("global_step", 0)) <= self.global_step:
+            at = (int(rec.get("epoch", 0)), int(rec.get("step", 0)))
+            now = (self.epoch, self.step)
+            # a step's line is logged before that step's checkpoint; an epoch's opening line
+            # (a method's, e.g. clustering statistics) after the checkpoint that precedes it
+            if (at <= now) if "step" in rec else (at < now):
                 keep.append(line)
         from .atomic import atomic_output
 

@@ -198,3 +198,25 @@ def test_kmeans_seeds_with_random_points_at_scale_and_faiss_agrees(monkeypatch):
     pytest.importorskip("faiss", reason="faiss is optional (pip install faiss-cpu)")
     fa, floss = dc.kmeans_faiss(x, 3, 20, seed=1)
     assert torch.bincount(fa, minlength=3).min() > 0 and floss >= best_loss - 1e-3 and floss < 60
+
+
+def test_a_resume_logs_each_epochs_clustering_once(tmp_path):
+    """Killed after epoch 1's clustering line (logged after the epoch-end checkpoint): the
+    resumed run clusters epoch 1 again and metrics.jsonl holds that line once."""
+    import json
+
+    x, _ = _colour_blocks(n=192)
+
+    def trainer(epochs, resume):
+        torch.manual_seed(0)
+        m = build_method("deepcluster", MODEL, method_kw=dict(k=3, pca_dim=8, iters=5))
+        return Trainer(m, TensorData(x, 32, "cpu"), _cfg(epochs=epochs, resume=resume), tmp_path)
+
+    trainer(1, False).fit()
+    with open(tmp_path / "metrics.jsonl", "a") as f:  # what a kill after epoch 1's clustering leaves
+        f.write(json.dumps({"global_step": 6, "epoch": 1, "kmeans_mse": 0.5}) + "\n")
+    trainer(2, True).fit()
+    lines = [json.loads(s) for s in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in lines if "kmeans_mse" in r] == [0, 1]
+    steps = [r["global_step"] for r in lines if "step" in r]
+    assert steps == sorted(set(steps))
