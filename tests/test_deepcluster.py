@@ -220,3 +220,16 @@ def test_a_resume_logs_each_epochs_clustering_once(tmp_path):
     assert [r["epoch"] for r in lines if "kmeans_mse" in r] == [0, 1]
     steps = [r["global_step"] for r in lines if "step" in r]
     assert steps == sorted(set(steps))
+
+
+def test_faiss_pca_spans_the_same_whitened_axes():
+    pytest.importorskip("faiss", reason="faiss is optional (pip install faiss-cpu)")
+    import fastssl.methods.deepcluster as dc
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(600, 24, generator=g) @ torch.randn(24, 24, generator=g)
+    m = build_method("deepcluster", MODEL, method_kw=dict(k=3, pca_dim=6, kmeans="faiss"))
+    ours = torch.nn.functional.normalize(dc.pca_whiten(x, 6), dim=1).double()
+    theirs = torch.nn.functional.normalize(dc.pca_apply(x, *m._pca(x)), dim=1).double()
+    for i in range(6):  # the same axes, each up to its sign
+        assert abs(float(torch.corrcoef(torch.stack([ours[:, i], theirs[:, i]]))[0, 1])) > 0.999

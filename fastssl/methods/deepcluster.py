@@ -141,7 +141,7 @@ class DeepClusterSettings:
     pca_dim: int = 256  # PCA-whitened feature dimension before k-means
     iters: int = 20  # Lloyd iterations per clustering
     pre_relu: bool = False  # cluster the last hidden layer before its ReLU (the reference's fc7)
-    kmeans: str = "torch"  # torch (on the training device) or faiss (where installed)
+    kmeans: str = "torch"  # torch (on the training device) or faiss (where installed; its PCA too)
 
     def check(self, where: str = "") -> None:
         from ..config import bad
@@ -195,14 +195,30 @@ class DeepCluster(Method):
                     continue
                 fit.append(f)
                 if sum(len(a) for a in fit) >= PCA_FIT_ROWS:
-                    basis = pca_fit(torch.cat(fit), self.pca_dim)
+                    basis = self._pca(torch.cat(fit))
                     codes.append(pca_apply(torch.cat(fit), *basis))
                     fit = []
         if basis is None:
             f = torch.cat(fit)
-            codes.append(pca_apply(f, *pca_fit(f, self.pca_dim)))
+            codes.append(pca_apply(f, *self._pca(f)))
         net.train(was)
         return F.normalize(torch.cat(codes), dim=1)
+
+    def _pca(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(mean, projection) of the whitening PCA: torch, or faiss's PCAMatrix with the faiss
+        k-means (the same subspace; its scale differs, which the L2 normalisation removes)."""
+        if self.kmeans_with != "faiss":
+            return pca_fit(x, self.pca_dim)
+        import faiss
+
+        d = x.shape[1]
+        pca = faiss.PCAMatrix(d, min(self.pca_dim, d), -0.5)
+        pca.train(np.ascontiguousarray(x.cpu().numpy(), dtype=np.float32))
+        A = torch.from_numpy(faiss.vector_to_array(pca.A).reshape(pca.d_out, d)).double().to(x.device)
+        b = torch.from_numpy(faiss.vector_to_array(pca.b)).double().to(x.device)
+        # faiss computes A y + b; as (y - mean) @ proj: proj = A^T, mean = -b A^+ (A has full row rank)
+        mean = -(b @ torch.linalg.pinv(A).T).unsqueeze(0)
+        return mean, A.T
 
     def on_epoch_start(self, epoch: int, ctx) -> None:
         data = ctx.data
