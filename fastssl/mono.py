@@ -93,6 +93,7 @@ class Renderer:
             pyramid = build_pyramid(a, num_levels(a.shape[0], a.shape[1]))
             self.impls.append(cls(pyramid.levels, spec.size, spec.resized, self.device, threads, compile=compile))
         self.impl = self.impls[0]
+        self._depths = np.array([num_levels(int(h), int(w)) for h, w in zip(self.heights, self.widths, strict=True)])
         self.pyramid = pyramid if len(images) == 1 else None
         self.threads = self.impl.threads
 
@@ -103,7 +104,9 @@ class Renderer:
     def params(self, start: int, stop: int, seed: int = 0, epoch: int = 0) -> PatchParams:
         if self.num_images == 1:
             return sample_params(self.spec, self.height, self.width, start, stop, seed=seed, epoch=epoch)
-        return sample_params(self.spec, self.heights, self.widths, start, stop, seed=seed, epoch=epoch)
+        return sample_params(
+            self.spec, self.heights, self.widths, start, stop, seed=seed, epoch=epoch, depths=self._depths
+        )
 
     def _buffer(self, n: int) -> np.ndarray:
         """An output batch, recycled once nothing else refers to it.

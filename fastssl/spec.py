@@ -310,12 +310,13 @@ def check_image_fits(spec: AugmentSpec, height: int, width: int, min_region: int
 
 
 def sample_params(
-    spec: AugmentSpec, height, width, start: int, stop: int, *, seed: int = 0, epoch: int = 0
+    spec: AugmentSpec, height, width, start: int, stop: int, *, seed: int = 0, epoch: int = 0, depths=None
 ) -> PatchParams:
     """Parameters of patches ``start .. stop-1`` of ``epoch`` for an ``height x width`` image,
     or, with sequences of heights and widths, for a set of images: then each patch's source
     image is drawn too (from a second stream of its block), so patch ``i`` of epoch ``e`` is
-    still a function of ``(seed, e, i)`` alone."""
+    still a function of ``(seed, e, i)`` alone. ``depths``: each image's pyramid depth, from a
+    caller that checked the images once (their size checks and depths are then not redone)."""
     if start < 0 or stop < start:
         raise FastSSLError(f"invalid patch range {start}..{stop}")
     if seed < 0 or epoch < 0:
@@ -324,8 +325,12 @@ def sample_params(
     if len(hs) != len(ws) or len(hs) < 1:
         raise FastSSLError(f"heights and widths must be one per image, got {len(hs)} and {len(ws)}")
     multi = len(hs) > 1
-    for h, w in {(int(h), int(w)) for h, w in zip(hs, ws, strict=True)}:
-        check_image_fits(spec, h, w)
+    if depths is None:
+        for h, w in {(int(h), int(w)) for h, w in zip(hs, ws, strict=True)}:
+            check_image_fits(spec, h, w)
+        depth = np.array([num_levels(int(h), int(w)) for h, w in zip(hs, ws, strict=True)])
+    else:
+        depth = np.asarray(depths)
     parts = []
     b0, b1 = start // BLOCK, (stop + BLOCK - 1) // BLOCK
     for b in range(b0, b1):
@@ -353,7 +358,6 @@ def sample_params(
         ]
     image, crop, angle, shear, flips, jitter, factors, order = raw
     matrix, box = compose(spec, crop, angle, shear, flips)
-    depth = np.array([num_levels(int(h), int(w)) for h, w in zip(hs, ws, strict=True)])
     level = choose_level(matrix, depth[image] if multi else int(depth[0]), spec.antialias)
     return PatchParams(
         size=spec.size,

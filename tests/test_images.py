@@ -104,3 +104,16 @@ def test_repro_trains_the_n_image_and_ablation_rows(tmp_path, capsys):
     ]
     assert (out / "seed-0" / "mono-rotnet-no-rotation" / "ckpt.pt").exists()
     assert main([*args, "--n-images", "100"]) == 2  # more than the 24 training images
+
+
+def test_precomputed_depths_give_the_same_parameters():
+    from fastssl.spec import num_levels
+
+    rng = np.random.default_rng(1)
+    hs, ws = rng.integers(60, 300, 40), rng.integers(60, 300, 40)
+    spec = AugmentSpec(size=24)
+    a = sample_params(spec, hs, ws, 500, 900, seed=2)
+    depths = [num_levels(int(h), int(w)) for h, w in zip(hs, ws, strict=True)]
+    b = sample_params(spec, hs, ws, 500, 900, seed=2, depths=depths)
+    for k in ("matrix", "box", "level", "image", "factors"):
+        assert np.array_equal(getattr(a, k), getattr(b, k)), k
