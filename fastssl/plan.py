@@ -71,10 +71,10 @@ def plan(
     from .methods import pretext_methods
     from .models import AlexNet
     from .mono import MonoSource
-    from .probe import LinearProbes, ProbeConfig, ProbeMethod
+    from .probe import ProbeConfig, probe_method, probe_train_config
     from .repro import build_for, train_config
     from .spec import AugmentSpec
-    from .train import OptimConfig, TrainConfig, resolve_device
+    from .train import resolve_device
 
     if method not in pretext_methods():
         raise FastSSLError(f"`method` {method}: choose one of {', '.join(pretext_methods())}")
@@ -149,30 +149,19 @@ def plan(
                 add(f"{row} clustering", cfg.epochs, cfg.epochs * n_items, sps_c, {"data": "estimated"})
         # probes: one run per row (random, the method's two, supervised)
         pcfg = to_dataclass(ProbeConfig, dict(rc["probe"]), "probe.")
-        trunk = AlexNet(10, **rc["model"]).to(dev)
-        from .models import fold_bn
-
-        frozen = fold_bn(trunk).to(dev).to(memory_format=torch.channels_last).eval()
-        with torch.no_grad():
-            shapes = [tuple(a.shape[1:]) for a in frozen.taps(torch.zeros(1, 3, res, res, device=dev))]
-        probes = LinearProbes(
-            shapes, 1000 if res >= 128 else 10, pcfg.target, (not rc["model"]["small"]) and res == 224
-        )
-        tcfg = TrainConfig(
-            epochs=pcfg.epochs,
-            batch_size=pcfg.batch_size,
-            optim=OptimConfig("sgd", pcfg.lr, pcfg.momentum, False, pcfg.weight_decay, list(pcfg.milestones)),
-            device=str(dev),
-            compile="off",
-        )
-        t = _trainer(ProbeMethod(frozen, probes), tcfg, f"{tmp}/probe")
+        pm = probe_method(AlexNet(10, **rc["model"]), 1000 if res >= 128 else 10, pcfg, dev)
+        probes = pm.nets["probes"]
+        per_epoch = n_train // pcfg.batch_size
+        if pcfg.steps_per_epoch:
+            per_epoch = min(per_epoch, pcfg.steps_per_epoch)
+        tcfg = probe_train_config(pcfg, dev, per_epoch)
+        t = _trainer(pm, tcfg, f"{tmp}/probe")
         bs = pcfg.batch_size
         x = torch.randint(0, 256, (bs, 3, res, res), dtype=torch.uint8, device=dev).contiguous(
             memory_format=torch.channels_last
         )
         y = torch.randint(0, probes.fcs[0].out_features, (bs,), device=dev)
         sps = _time_steps(t, lambda: (x, y), steps)
-        per_epoch = n_train // bs if not pcfg.steps_per_epoch else min(n_train // bs, pcfg.steps_per_epoch)
         rows = 4
         add(
             f"probes ({rows} rows)",

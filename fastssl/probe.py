@@ -140,6 +140,38 @@ class ProbeMethod(Method):
         return {"loss": loss.detach() / len(outs)}
 
 
+def probe_method(trunk: AlexNet, num_classes: int, cfg: ProbeConfig, dev) -> ProbeMethod:
+    """The five probes on the frozen, BN-folded copy of ``trunk`` on ``dev``: the paper's pools
+    at its 224 px geometry, adaptive ones elsewhere."""
+    frozen = fold_bn(trunk).to(dev).to(memory_format=torch.channels_last).eval()
+    for p in frozen.parameters():
+        p.requires_grad_(False)
+    res = frozen.config["input_res"]
+    with torch.no_grad():
+        shapes = [tuple(t.shape[1:]) for t in frozen.taps(torch.zeros(1, 3, res, res, device=dev))]
+    paper = (not frozen.config["small"]) and res == 224
+    return ProbeMethod(frozen, LinearProbes(shapes, num_classes, cfg.target, paper))
+
+
+def probe_train_config(cfg: ProbeConfig, dev, steps_per_epoch: int):
+    """The trainer's settings for the probes: SGD with the probe recipe's schedule, a
+    checkpoint at every epoch end, resumed when one exists."""
+    from .train import OptimConfig, TrainConfig
+
+    return TrainConfig(
+        epochs=cfg.epochs,
+        batch_size=cfg.batch_size,
+        optim=OptimConfig("sgd", cfg.lr, cfg.momentum, False, cfg.weight_decay, list(cfg.milestones), cfg.gamma),
+        device=str(dev),
+        compile="off",
+        log_every=max(1, min(50, steps_per_epoch)),
+        ckpt_every=10**9,  # at every epoch end only
+        steps_per_epoch=cfg.steps_per_epoch,
+        resume=True,
+        progress=cfg.progress,
+    )
+
+
 def train_probes(trunk: AlexNet, train, val, num_classes: int, cfg: ProbeConfig, out_dir=None) -> dict:
     """Train the five probes on ``train`` and score top-1 (%) on ``val``; both yield the batch
     contract. Training runs through :class:`~fastssl.train.Trainer` (AMP, channels-last,
@@ -148,36 +180,18 @@ def train_probes(trunk: AlexNet, train, val, num_classes: int, cfg: ProbeConfig,
     import tempfile
 
     from .data.adapters import LoaderData
-    from .train import OptimConfig, TrainConfig, Trainer, resolve_device
+    from .train import Trainer, resolve_device
 
     dev = resolve_device(cfg.device)
-    frozen = fold_bn(trunk).to(dev).to(memory_format=torch.channels_last).eval()
-    for p in frozen.parameters():
-        p.requires_grad_(False)
-    res = frozen.config["input_res"]
-    with torch.no_grad():
-        shapes = [tuple(t.shape[1:]) for t in frozen.taps(torch.zeros(1, 3, res, res, device=dev))]
-    paper = (not frozen.config["small"]) and res == 224
-    probes = LinearProbes(shapes, num_classes, cfg.target, paper)
-    method = ProbeMethod(frozen, probes)
+    method = probe_method(trunk, num_classes, cfg, dev)
+    probes = method.nets["probes"]
     n_steps = len(train) if not cfg.steps_per_epoch else min(len(train), cfg.steps_per_epoch)
-    tcfg = TrainConfig(
-        epochs=cfg.epochs,
-        batch_size=cfg.batch_size,
-        optim=OptimConfig("sgd", cfg.lr, cfg.momentum, False, cfg.weight_decay, list(cfg.milestones), cfg.gamma),
-        device=str(dev),
-        compile="off",
-        log_every=max(1, min(50, n_steps)),
-        ckpt_every=10**9,  # at every epoch end only
-        steps_per_epoch=cfg.steps_per_epoch,
-        resume=True,
-        progress=cfg.progress,
-    )
+    tcfg = probe_train_config(cfg, dev, n_steps)
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory() if out_dir is None else contextlib.nullcontext(out_dir) as folder:
         if Trainer(method, LoaderData(train), tcfg, Path(folder)).fit() == "interrupted":
             raise KeyboardInterrupt
-    top1 = evaluate(frozen, probes, val, cfg.ten_crop)
+    top1 = evaluate(method.frozen, probes, val, cfg.ten_crop)
     result = {
         "top1": top1,
         "features": dict(zip(LAYERS, probes.features, strict=True)),
