@@ -205,7 +205,8 @@ def cmd_bench_loader(args) -> int:
     return 0
 
 
-def _seeds(text: str | None, flag: str = "--seeds"):
+def _ints(text: str | None, flag: str = "--seeds"):
+    """A comma-separated list of integers (None when the flag was not given)."""
     if text is None:
         return None
     try:
@@ -225,8 +226,8 @@ def cmd_repro(args) -> int:
         out=args.out,
         method=args.method,
         overrides=args.set,
-        seeds=_seeds(args.seeds),
-        n_images=_seeds(args.n_images, "--n-images"),
+        seeds=_ints(args.seeds),
+        n_images=_ints(args.n_images, "--n-images"),
         ablation=args.ablation,
         smoke=args.smoke,
         progress=not args.quiet,
@@ -274,7 +275,7 @@ def cmd_probe(args) -> int:
 def cmd_report(args) -> int:
     from .repro import report
 
-    report(args.out, _seeds(args.seeds), preset=args.preset)
+    report(args.out, _ints(args.seeds), preset=args.preset)
     print(f"wrote {Path(args.out) / 'probes.json'}, table.md, probes.png")
     return 0
 

@@ -221,13 +221,21 @@ def _write(writer, dataset, indices: list, dst: Path, progress: bool) -> None:
     and either interrupts the waiting main thread (SIGUSR1): the workers are stopped and one
     line is raised. Without a main thread to interrupt, FFCV's own call is used.
     """
-    global _FAILURES
     import ffcv.writer
 
     from ..progress import bar as progress_bar
 
-    # FFCV's own bar follows the caller's choice
+    # FFCV's own bar follows the caller's choice, for this call only
+    ffcv_bar = ffcv.writer.tqdm
     ffcv.writer.tqdm = functools.partial(progress_bar, enabled=progress, desc="write", unit="img")
+    try:
+        _write_guarded(writer, dataset, indices, dst)
+    finally:
+        ffcv.writer.tqdm = ffcv_bar
+
+
+def _write_guarded(writer, dataset, indices: list, dst: Path) -> None:
+    global _FAILURES
     if threading.current_thread() is not threading.main_thread() or not hasattr(writer, "_write_common"):
         writer.from_indexed_dataset(dataset, indices=indices)
         return
