@@ -35,10 +35,6 @@ from .errors import FastSSLError
 from .report import bar_figure, markdown_table, write_json
 
 
-def rows_for(method: str) -> tuple[str, ...]:
-    return ("random", f"mono-{method}", f"full-{method}", "supervised")
-
-
 def _log(msg: str) -> None:
     print(f"[repro {time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
