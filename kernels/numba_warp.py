@@ -27,6 +27,11 @@ _ONE = _f32(1.0)
 _MAXV = _f32(255.0)
 _HALF = _f32(0.5)
 _WR, _WG, _WB = (_f32(w) for w in GREY)
+_LO32 = np.uint64(0xFFFFFFFF)
+_HI32 = np.uint64(32)
+_BYTE = np.uint32(255)
+_G = np.uint32(8)
+_B = np.uint32(16)  # a texel's top byte is 0: blue needs no mask
 
 
 @nb.njit(inline="always", fastmath=True)
@@ -85,55 +90,6 @@ def _colour(r, g, b, fac, order, upto, mean):
         else:
             r, g, b = _hue(r, g, b, fac[3])
     return r, g, b
-
-
-@nb.njit(inline="always", fastmath=True)
-def _sample(pyr, off, h, w, u, v):
-    """Bilinear tap at (u, v) (pixel centres at integers), clamp-to-edge."""
-    fu = np.floor(u)
-    fv = np.floor(v)
-    ax = u - fu
-    ay = v - fv
-    x0 = int(fu)
-    y0 = int(fv)
-    x1 = min(max(x0 + 1, 0), w - 1)
-    y1 = min(max(y0 + 1, 0), h - 1)
-    x0 = min(max(x0, 0), w - 1)
-    y0 = min(max(y0, 0), h - 1)
-    t00 = pyr[off + y0 * w + x0]
-    t01 = pyr[off + y0 * w + x1]
-    t10 = pyr[off + y1 * w + x0]
-    t11 = pyr[off + y1 * w + x1]
-    w00 = (_ONE - ax) * (_ONE - ay)
-    w01 = ax * (_ONE - ay)
-    w10 = (_ONE - ax) * ay
-    w11 = ax * ay
-    r = w00 * _f32(t00 & 255) + w01 * _f32(t01 & 255) + w10 * _f32(t10 & 255) + w11 * _f32(t11 & 255)
-    g = (
-        w00 * _f32((t00 >> 8) & 255)
-        + w01 * _f32((t01 >> 8) & 255)
-        + w10 * _f32((t10 >> 8) & 255)
-        + w11 * _f32((t11 >> 8) & 255)
-    )
-    b = (
-        w00 * _f32((t00 >> 16) & 255)
-        + w01 * _f32((t01 >> 16) & 255)
-        + w10 * _f32((t10 >> 16) & 255)
-        + w11 * _f32((t11 >> 16) & 255)
-    )
-    return r, g, b
-
-
-@nb.njit(inline="always", fastmath=True)
-def _texel(pyr, off, h, w, m, bx, x, y):
-    """Sampled colour of output pixel (x, y): fill 0 outside the crop box."""
-    s = bx[0] * x + bx[1] * y + bx[2]
-    t = bx[3] * x + bx[4] * y + bx[5]
-    if s >= _ZERO and s < _ONE and t >= _ZERO and t < _ONE:
-        u = m[0] * x + m[1] * y + m[2]
-        v = m[3] * x + m[4] * y + m[5]
-        return _sample(pyr, off, h, w, u, v)
-    return _ZERO, _ZERO, _ZERO
 
 
 @nb.njit(inline="always", fastmath=True)
@@ -206,133 +162,191 @@ def _row_colour(rr, gg, bb, op, f, mean, S):
             rr[x], gg[x], bb[x] = _hue(rr[x], gg[x], bb[x], f)
 
 
-@nb.njit(parallel=True, fastmath=True, cache=True, nogil=True)
-def warp_colour(pyr, offsets, heights, widths, mats, boxes, levels, jitter, factors, order, out):
+@nb.njit(fastmath=True, boundscheck=False, nogil=True, cache=True)
+def _coords(off, stride, w, h, m0, m3, uy, vy, fx0, step, n, idx, ax, ay):
+    """Pass 1 of a row (vectorised): for the n pixels x = fx0 + step * k, the index of the
+    top-left texel of the bilinear tap and its two weights. The coordinates are clamped to
+    [-1, side - 1]: with the one-texel border that repeats each level's edge, that is exactly
+    clamp-to-edge, and no tap needs a test of its own."""
+    fw = _f32(w - 1)
+    fh = _f32(h - 1)
+    lo = _f32(-1.0)
+    for k in range(n):
+        fx = fx0 + step * _f32(k)
+        u = min(max(m0 * fx + uy, lo), fw)
+        v = min(max(m3 * fx + vy, lo), fh)
+        fu = np.floor(u)
+        fv = np.floor(v)
+        ax[k] = u - fu
+        ay[k] = v - fv
+        idx[k] = np.uint64(off + np.int64(fv) * stride + np.int64(fu))
+
+
+@nb.njit(fastmath=True, boundscheck=False, nogil=True, cache=True)
+def _taps(pairs, stride, n, idx, top, bot):
+    """Pass 2 (scalar loads, the only ones): a texel pair is one 64-bit word (texel x in the low
+    half, x + 1 in the high half), so a bilinear tap is two loads, its top and its bottom pair."""
+    below = np.uint64(stride)
+    for k in range(n):
+        i = idx[k]  # unsigned: no negative-index wrap-around to test
+        top[k] = pairs[i]
+        bot[k] = pairs[i + below]
+
+
+@nb.njit(fastmath=True, boundscheck=False, nogil=True, cache=True)
+def _blend(top, bot, ax, ay, n, rr, gg, bb):
+    """Pass 3 (vectorised): unpack the four texels' channels, interpolate along x, then y. Every
+    integer step stays in 32-bit lanes (unsigned 32-bit masks and shifts: a plain int literal
+    would widen the lanes to 64 bits and halve the pixels per vector)."""
+    for k in range(n):
+        a64 = top[k]
+        b64 = bot[k]
+        t00 = np.uint32(a64 & _LO32)
+        t01 = np.uint32(a64 >> _HI32)
+        t10 = np.uint32(b64 & _LO32)
+        t11 = np.uint32(b64 >> _HI32)
+        fx = ax[k]
+        fy = ay[k]
+        a = _f32(np.int32(t00 & _BYTE))
+        b = _f32(np.int32(t01 & _BYTE))
+        c = _f32(np.int32(t10 & _BYTE))
+        d = _f32(np.int32(t11 & _BYTE))
+        hi = a + fx * (b - a)
+        lo = c + fx * (d - c)
+        rr[k] = hi + fy * (lo - hi)
+        a = _f32(np.int32((t00 >> _G) & _BYTE))
+        b = _f32(np.int32((t01 >> _G) & _BYTE))
+        c = _f32(np.int32((t10 >> _G) & _BYTE))
+        d = _f32(np.int32((t11 >> _G) & _BYTE))
+        hi = a + fx * (b - a)
+        lo = c + fx * (d - c)
+        gg[k] = hi + fy * (lo - hi)
+        a = _f32(np.int32(t00 >> _B))
+        b = _f32(np.int32(t01 >> _B))
+        c = _f32(np.int32(t10 >> _B))
+        d = _f32(np.int32(t11 >> _B))
+        hi = a + fx * (b - a)
+        lo = c + fx * (d - c)
+        bb[k] = hi + fy * (lo - hi)
+
+
+@nb.njit(fastmath=True, boundscheck=False, nogil=True, cache=True)
+def _store(rr, gg, bb, o, S):
+    """Round, clamp and interleave a row into the uint8 output (3 * S bytes)."""
+    for x in range(S):
+        o[3 * x] = np.uint8(min(max(rr[x] + _HALF, _ZERO), _MAXV))
+        o[3 * x + 1] = np.uint8(min(max(gg[x] + _HALF, _ZERO), _MAXV))
+        o[3 * x + 2] = np.uint8(min(max(bb[x] + _HALF, _ZERO), _MAXV))
+
+
+@nb.njit(parallel=True, fastmath=True, boundscheck=False, cache=True, nogil=True)
+def warp_colour(pairs, offsets, heights, widths, strides, mats, boxes, levels, jitter, factors, order, out):
     """Fill ``out`` (n, S, S, 3) uint8.
 
-    pyr: packed uint32 pyramid; offsets/heights/widths: (L,) int64 per level;
+    pairs, offsets, heights, widths, strides: the pyramid of :func:`fastssl.kernels.pyramid.pack_pairs`;
     mats, boxes: (n, 6) float32 row-major 2x3 (mats already in each patch's level);
     levels: (n,) int32; jitter: (n,) uint8; factors: (n, 4) float32; order: (n, 4) int8.
 
-    Row by row: the span of the row inside the crop box is found once, the interior is sampled
-    into three float32 row buffers (fill 0 elsewhere), each colour op runs over the row as a
-    branch-free loop, and the row is rounded and stored.
+    Row by row: the span of the row inside the crop box is found once; its pixels go through
+    three passes over contiguous row buffers (coordinates and weights, vectorised; the texel
+    loads, two 64-bit words per pixel; the unpack and blend, vectorised), each colour op runs
+    over the row as a branch-free loop, and the row is rounded and stored. Every loop starts
+    at index 0 of its buffers, so no index can be negative and LLVM vectorises without
+    wrap-around checks.
     """
     n = out.shape[0]
     S = out.shape[1]
+    flat = out.reshape(n, S, 3 * S)
     for i in nb.prange(n):
         lv = levels[i]
         off = offsets[lv]
         h = heights[lv]
         w = widths[lv]
+        stride = strides[lv]
         m = mats[i]
         bx = boxes[i]
         fac = factors[i]
         ordr = order[i]
         jit = jitter[i] != 0
+        rr = np.empty(S, np.float32)
+        gg = np.empty(S, np.float32)
+        bb = np.empty(S, np.float32)
+        ax = np.empty(S, np.float32)
+        ay = np.empty(S, np.float32)
+        idx = np.empty(S, np.uint64)
+        top = np.empty(S, np.uint64)
+        bot = np.empty(S, np.uint64)
         mean = _ZERO
         if jit:
-            # position of contrast in this patch's order; mean grey at that point of the chain
+            # mean grey at contrast's place in this patch's order, over every MEAN_STRIDE-th row
+            # and column (pixels outside the crop box are 0 and stay 0 through the ops before it)
             pos = 0
             while ordr[pos] != 1:
                 pos += 1
             acc = _ZERO
-            cnt = 0
+            side = (S + MEAN_STRIDE - 1) // MEAN_STRIDE
             for y in range(0, S, MEAN_STRIDE):
-                for x in range(0, S, MEAN_STRIDE):
-                    r, g, b = _texel(pyr, off, h, w, m, bx, _f32(x), _f32(y))
-                    r, g, b = _colour(r, g, b, fac, ordr, pos, _ZERO)
-                    acc += _WR * r + _WG * g + _WB * b
-                    cnt += 1
-            mean = acc / _f32(cnt)
-        rows = np.empty((3, S), dtype=np.float32)
-        rr = rows[0]
-        gg = rows[1]
-        bb = rows[2]
-        wts = np.empty((2, S), dtype=np.float32)
-        wx = wts[0]
-        wy = wts[1]
-        idx = np.empty((4, S), dtype=np.int64)
-        i00 = idx[0]
-        i01 = idx[1]
-        i10 = idx[2]
-        i11 = idx[3]
-        o = out[i]
+                x0, x1 = _row_span(bx, y, S)
+                first = (x0 + MEAN_STRIDE - 1) // MEAN_STRIDE * MEAN_STRIDE
+                k = max(0, (x1 - first + MEAN_STRIDE - 1) // MEAN_STRIDE)
+                if k == 0:
+                    continue
+                fy = _f32(y)
+                _coords(
+                    off,
+                    stride,
+                    w,
+                    h,
+                    m[0],
+                    m[3],
+                    m[1] * fy + m[2],
+                    m[4] * fy + m[5],
+                    _f32(first),
+                    _f32(MEAN_STRIDE),
+                    k,
+                    idx,
+                    ax,
+                    ay,
+                )
+                _taps(pairs, stride, k, idx, top, bot)
+                _blend(top, bot, ax, ay, k, rr, gg, bb)
+                for q in range(pos):
+                    op = ordr[q]
+                    _row_colour(rr, gg, bb, op, fac[op], _ZERO, k)
+                for x in range(k):
+                    acc += _WR * rr[x] + _WG * gg[x] + _WB * bb[x]
+            mean = acc / _f32(side * side)
         for y in range(S):
             fy = _f32(y)
             x0, x1 = _row_span(bx, y, S)
+            k = x1 - x0
+            _coords(off, stride, w, h, m[0], m[3], m[1] * fy + m[2], m[4] * fy + m[5], _f32(x0), _ONE, k, idx, ax, ay)
+            _taps(pairs, stride, k, idx, top, bot)
+            _blend(top, bot, ax, ay, k, rr[x0:x1], gg[x0:x1], bb[x0:x1])
             for x in range(x0):
                 rr[x] = _ZERO
                 gg[x] = _ZERO
                 bb[x] = _ZERO
-            uy = m[1] * fy + m[2]
-            vy = m[4] * fy + m[5]
-            # pass 1 (vectorisable): texel addresses and bilinear weights of the span
-            for x in range(x0, x1):
-                fx = _f32(x)
-                u = m[0] * fx + uy
-                v = m[3] * fx + vy
-                fu = np.floor(u)
-                fv = np.floor(v)
-                wx[x] = u - fu
-                wy[x] = v - fv
-                ix = int(fu)
-                iy = int(fv)
-                xa = min(max(ix, 0), w - 1)
-                xb = min(max(ix + 1, 0), w - 1)
-                ya = off + min(max(iy, 0), h - 1) * w
-                yb = off + min(max(iy + 1, 0), h - 1) * w
-                i00[x] = ya + xa
-                i01[x] = ya + xb
-                i10[x] = yb + xa
-                i11[x] = yb + xb
-            # pass 2: four gathers per pixel, unpack, blend
-            for x in range(x0, x1):
-                t00 = pyr[i00[x]]
-                t01 = pyr[i01[x]]
-                t10 = pyr[i10[x]]
-                t11 = pyr[i11[x]]
-                ax = wx[x]
-                ay = wy[x]
-                w00 = (_ONE - ax) * (_ONE - ay)
-                w01 = ax * (_ONE - ay)
-                w10 = (_ONE - ax) * ay
-                w11 = ax * ay
-                rr[x] = w00 * _f32(t00 & 255) + w01 * _f32(t01 & 255) + w10 * _f32(t10 & 255) + w11 * _f32(t11 & 255)
-                gg[x] = (
-                    w00 * _f32((t00 >> 8) & 255)
-                    + w01 * _f32((t01 >> 8) & 255)
-                    + w10 * _f32((t10 >> 8) & 255)
-                    + w11 * _f32((t11 >> 8) & 255)
-                )
-                bb[x] = (
-                    w00 * _f32((t00 >> 16) & 255)
-                    + w01 * _f32((t01 >> 16) & 255)
-                    + w10 * _f32((t10 >> 16) & 255)
-                    + w11 * _f32((t11 >> 16) & 255)
-                )
             for x in range(x1, S):
                 rr[x] = _ZERO
                 gg[x] = _ZERO
                 bb[x] = _ZERO
             if jit:
-                for k in range(4):
-                    op = ordr[k]
+                for q in range(4):
+                    op = ordr[q]
                     _row_colour(rr, gg, bb, op, fac[op], mean, S)
-            for x in range(S):
-                o[y, x, 0] = np.uint8(min(max(rr[x] + _HALF, _ZERO), _MAXV))
-                o[y, x, 1] = np.uint8(min(max(gg[x] + _HALF, _ZERO), _MAXV))
-                o[y, x, 2] = np.uint8(min(max(bb[x] + _HALF, _ZERO), _MAXV))
+            _store(rr, gg, bb, flat[i, y], S)
 
 
 def run(pyramid, params_arrays, out: np.ndarray) -> np.ndarray:
     """Apply parameters (see :func:`prepare`) to ``out`` in place and return it."""
     mats, boxes, levels, jitter, factors, order = params_arrays
     warp_colour(
-        pyramid.packed,
+        pyramid.pairs,
         pyramid.offsets,
         pyramid.heights,
         pyramid.widths,
+        pyramid.strides,
         mats,
         boxes,
         levels,
@@ -369,10 +383,10 @@ class NumbaBackend(Backend):
         return None  # renders on the CPU; on another device the engine copies its batches there
 
     def __init__(self, levels, size, resized, device, threads=None, **options):
-        from .pyramid import pack_levels
+        from .pyramid import pack_pairs
 
         super().__init__(levels, size, resized, device, threads)
-        self.pyramid = pack_levels(levels)
+        self.pyramid = pack_pairs(levels)
         if threads:
             nb.set_num_threads(int(threads))
         self.threads = nb.get_num_threads()

@@ -1,7 +1,8 @@
 """A 2x2 box pyramid of an RGB uint8 image, packed for the kernels.
 
-Each texel is one little-endian ``uint32`` (R | G << 8 | B << 16), so a bilinear tap is one
-load. All levels live in one flat buffer; ``offsets``, ``heights`` and ``widths`` locate them.
+Each texel is one little-endian ``uint32`` (R | G << 8 | B << 16). All levels live in one flat
+buffer; ``offsets``, ``heights`` and ``widths`` locate them. The Numba kernel reads the
+bordered, pair-packed form of :func:`pack_pairs`.
 """
 
 from __future__ import annotations
@@ -83,3 +84,36 @@ def build_atlas(levels: list) -> Atlas:
         if i:
             y += h + 2
     return Atlas(image, np.array(origin, np.int64), np.array(shape, np.int64))
+
+
+@dataclass
+class PairPyramid:
+    """The levels for the Numba kernel: each level inside a one-texel border that repeats its
+    edge, row-major with ``strides[l] = widths[l] + 2``; entry j holds texel j in its low 32 bits
+    and texel j + 1 in its high 32 bits (R | G << 8 | B << 16 each), so the two texels of a
+    bilinear tap's row are one aligned 64-bit load. ``offsets[l]`` is the entry of level l's
+    pixel (0, 0)."""
+
+    pairs: np.ndarray  # (total,) uint64
+    offsets: np.ndarray  # (L,) int64
+    heights: np.ndarray  # (L,) int64
+    widths: np.ndarray  # (L,) int64
+    strides: np.ndarray  # (L,) int64
+
+
+def pack_pairs(levels: list) -> PairPyramid:
+    texels, offsets, start = [], [], 0
+    for lv in levels:
+        bordered = np.pad(lv, ((1, 1), (1, 1), (0, 0)), mode="edge")
+        texels.append(pack_rgb(bordered))
+        offsets.append(start + bordered.shape[1] + 1)
+        start += texels[-1].size
+    t = np.concatenate(texels).astype(np.uint64)
+    nxt = np.concatenate([t[1:], np.zeros(1, np.uint64)])
+    return PairPyramid(
+        t | (nxt << np.uint64(32)),
+        np.array(offsets, np.int64),
+        np.array([lv.shape[0] for lv in levels], np.int64),
+        np.array([lv.shape[1] for lv in levels], np.int64),
+        np.array([lv.shape[1] + 2 for lv in levels], np.int64),
+    )

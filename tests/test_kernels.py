@@ -218,3 +218,17 @@ def test_a_compiler_failure_falls_back_to_eager_with_a_warning(photo):
     with pytest.warns(UserWarning, match="running eager: RuntimeError: inductor could not build"):
         got = r.render(p)
     assert got.equal(want) and r.impl._compiled is None
+
+
+def test_pair_pyramid_holds_each_texel_and_its_right_neighbour_inside_a_repeated_border(rng):
+    from fastssl.kernels.pyramid import pack_pairs, pack_rgb
+
+    lv = rng.integers(0, 256, (5, 7, 3), dtype=np.uint8)
+    p = pack_pairs([lv, box_halve(lv)])
+    assert list(p.widths) == [7, 3] and list(p.strides) == [9, 5]
+    flat = pack_rgb(lv).reshape(5, 7)
+    for y in (-1, 0, 4, 5):  # rows of the border repeat the edge rows
+        for x in (-1, 0, 3, 6):
+            e = int(p.pairs[p.offsets[0] + y * p.strides[0] + x])
+            cy, cx, cx1 = min(max(y, 0), 4), min(max(x, 0), 6), min(max(x + 1, 0), 6)
+            assert e & 0xFFFFFFFF == flat[cy, cx] and e >> 32 == flat[cy, cx1]

@@ -1,0 +1,170 @@
+"""Where the Numba kernel's time goes, pass by pass, against what the machine can do.
+
+For each pass of a row (``_coords``, ``_taps``, ``_blend``, a colour op, ``_store``): the time
+per pixel on one thread (rows of ``--size`` pixels from a real batch, repeated for
+``--seconds``), the instructions of its innermost loop as LLVM emitted them, and how many
+pixels one iteration of that loop handles (the vector width it reached). With ``--asm PASS``
+the loop itself is printed.
+
+    python benchmarks/kernel_roofline.py --size 256 --image paper:bridge
+    python benchmarks/kernel_roofline.py --asm _blend
+
+Machine code is read with Numba's ``inspect_asm``, which the on-disk cache disables: the
+script compiles in a temporary cache folder of its own.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import sys
+import tempfile
+import time
+
+os.environ.setdefault("NUMBA_CACHE_DIR", tempfile.mkdtemp(prefix="fastssl-roofline-"))
+os.environ["NUMBA_DISABLE_CACHING"] = "1"
+
+import numba as nb  # noqa: E402
+import numpy as np  # noqa: E402
+
+
+def inner_loop(asm: str) -> list[str]:
+    """The compute loop: of the single-block loops (a label, straight code, a jump back to it)
+    that call nothing, the one with the most vector instructions (the longest, for a scalar
+    loop)."""
+    lines = [
+        ln
+        for ln in asm.splitlines()
+        if ln.strip()
+        and not ln.strip().startswith("#")
+        and (ln.strip().endswith(":") or not ln.strip().startswith("."))
+    ]
+    labels = {ln.rstrip(":").strip(): i for i, ln in enumerate(lines) if ln.strip().endswith(":")}
+    best: list[str] = []
+    key = lambda body: (sum(("ymm" in b) or ("zmm" in b) for b in body), sum("mm" in b for b in body), len(body))  # noqa: E731
+    for i, ln in enumerate(lines):
+        m = re.match(r"\s*j\w+\s+(\.?\w+)", ln)
+        if not m or m.group(1) not in labels or labels[m.group(1)] >= i:
+            continue
+        body = lines[labels[m.group(1)] : i + 1]
+        if any("call" in b for b in body):  # the runtime's wrappers, not a compute loop
+            continue
+        if sum(b.strip().endswith(":") for b in body) > 1:  # not one basic block: not innermost
+            continue
+        if key(body) > key(best):
+            best = body
+    return best
+
+
+def lanes(body: list[str]) -> int:
+    """Pixels per iteration: the step of the loop's counter (its first ``add $N``: N elements
+    per trip, whether as one vector or as an unrolled scalar body)."""
+    steps = [int(m.group(1)) for b in body if (m := re.match(r"\s*add\w*\s+\$(\d+), %r", b))]
+    return steps[0] if steps else 1
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--size", type=int, default=256)
+    ap.add_argument("--image", default=None)
+    ap.add_argument("--seconds", type=float, default=1.0)
+    ap.add_argument("--asm", default=None, help="print this pass's inner loop (e.g. _blend)")
+    ap.add_argument("--json", default=None)
+    a = ap.parse_args(argv)
+
+    from fastssl import AugmentSpec
+    from fastssl.kernels import numba_warp as nw
+    from fastssl.mono import Renderer, images_for
+
+    nb.set_num_threads(1)
+    S = a.size
+    spec = AugmentSpec(size=S)
+    r = Renderer(images_for(a.image, spec), spec, "numba", threads=1)
+    p = r.params(0, 16, seed=0)
+    pyr = r.impl.pyramid  # the bordered, pair-packed levels
+    mats, boxes, levels, *_ = nw.prepare(p.level_matrix(), p.box, p.level, p.jitter, p.factors, p.order)
+    i = 0  # the first patch: its rows, as the kernel sees them
+    lv = levels[i]
+    off, h, w, st = (int(x[lv]) for x in (pyr.offsets, pyr.heights, pyr.widths, pyr.strides))
+    m = mats[i]
+    f32 = np.float32
+
+    @nb.njit(fastmath=True)
+    def rows(reps, pairs, m, S, idx, ax, ay, top, bot, rr, gg, bb, o, which):
+        for _ in range(reps):
+            for y in range(S):
+                fy = f32(y)
+                if which == 0:
+                    nw._coords(
+                        off, st, w, h, m[0], m[3], m[1] * fy + m[2], m[4] * fy + m[5], f32(0), f32(1), S, idx, ax, ay
+                    )
+                elif which == 1:
+                    nw._taps(pairs, st, S, idx, top, bot)
+                elif which == 2:
+                    nw._blend(top, bot, ax, ay, S, rr, gg, bb)
+                elif which == 3:
+                    nw._row_colour(rr, gg, bb, 3, f32(0.05), f32(0), S)
+                elif which == 4:
+                    nw._row_colour(rr, gg, bb, 2, f32(1.2), f32(0), S)
+                else:
+                    nw._store(rr, gg, bb, o, S)
+
+    bufs = (
+        np.zeros(S, np.uint64),
+        np.zeros(S, np.float32),
+        np.zeros(S, np.float32),
+        np.zeros(S, np.uint64),
+        np.zeros(S, np.uint64),
+        np.zeros(S, np.float32),
+        np.zeros(S, np.float32),
+        np.zeros(S, np.float32),
+        np.zeros(3 * S, np.uint8),
+    )
+    passes = [  # name, bytes moved per pixel (loads + stores of the pass's buffers)
+        ("_coords", 16),
+        ("_taps", 8 + 16 + 16),
+        ("_blend", 16 + 8 + 12),
+        ("hue (_row_colour op 3)", 24),
+        ("saturation (_row_colour op 2)", 24),
+        ("_store", 12 + 3),
+    ]
+    rows(1, pyr.pairs, m, S, *bufs, 0)  # coordinates of the first row's ... all rows, for the taps
+    out = []
+    for k, (name, nbytes) in enumerate(passes):
+        rows(1, pyr.pairs, m, S, *bufs, k)
+        reps, t0 = 0, time.perf_counter()
+        while time.perf_counter() - t0 < a.seconds:
+            rows(4, pyr.pairs, m, S, *bufs, k)
+            reps += 4
+        ns = (time.perf_counter() - t0) / (reps * S * S) * 1e9
+        fn = {"_coords": nw._coords, "_taps": nw._taps, "_blend": nw._blend, "_store": nw._store}.get(name)
+        body = inner_loop(next(iter(fn.inspect_asm().values()))) if fn else []
+        n_ins = sum(not b.strip().endswith(":") for b in body)
+        lane = lanes(body) if body else None
+        rec = {"pass": name, "ns_per_pixel": round(ns, 3), "bytes_per_pixel": nbytes}
+        if body:
+            rec.update(
+                loop_instructions=n_ins, pixels_per_iteration=lane, instructions_per_pixel=round(n_ins / lane, 2)
+            )
+        out.append(rec)
+        if a.asm == name:
+            print("\n".join(body))
+    total = sum(r["ns_per_pixel"] for r in out if not r["pass"].startswith("saturation"))
+    print(f"S={S}, one thread, first patch of the batch (level {lv}, {w}x{h}):")
+    print(f"{'pass':32s} {'ns/pixel':>9s} {'bytes/pixel':>12s} {'loop instr.':>12s} {'pixels/iter.':>13s}")
+    for rec in out:
+        print(
+            f"{rec['pass']:32s} {rec['ns_per_pixel']:9.3f} {rec['bytes_per_pixel']:12d} "
+            f"{rec.get('loop_instructions', '-')!s:>12s} {rec.get('pixels_per_iteration', '-')!s:>13s}"
+        )
+    print(f"coords + taps + blend + hue + store: {total:.2f} ns/pixel = {1e3 / total:.0f} Mpix/s per core")
+    if a.json:
+        with open(a.json, "w") as fh:
+            json.dump({"size": S, "passes": out, "total_ns_per_pixel": round(total, 3)}, fh, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
