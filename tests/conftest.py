@@ -60,3 +60,21 @@ def http_dir(tmp_path):
     t.start()
     yield served, f"http://127.0.0.1:{srv.server_address[1]}"
     srv.shutdown()
+
+
+class BareCtx:
+    """The least a method's ``train_step`` needs from the trainer: no autocast, and a step that
+    only back-propagates (tests that look at one step's inputs, not at training)."""
+
+    def autocast(self):
+        import contextlib
+
+        return contextlib.nullcontext()
+
+    def step(self, loss, name):
+        loss.backward()
+
+
+@pytest.fixture
+def bare_ctx():
+    return BareCtx()

@@ -108,3 +108,52 @@ def test_bigan_trains_and_resumes_exactly(tmp_path):
     for k in ("model", "generator", "discriminator"):
         for (name, a), b in zip(full.nets[k].state_dict().items(), resumed.nets[k].state_dict().values(), strict=True):
             assert torch.equal(a, b), (k, name)
+
+
+def test_discriminator_normalises_real_and_generated_groups_apart():
+    """groups=2: one forward pass whose BatchNorm sees the real half and the generated half
+    each alone, as two separate passes would; normalised together they differ."""
+    torch.manual_seed(0)
+    d = JointDiscriminator(8, 16, width=8).train()
+    real = torch.rand(6, 3, 16, 16) * 255
+    fake = torch.rand(6, 3, 16, 16) * 60  # darker: batch statistics that differ from the real half
+    z = torch.rand(12, 8) * 2 - 1
+    both = d(torch.cat([real, fake]), z, groups=2)
+    apart = torch.cat([d(real, z[:6]), d(fake, z[6:])])
+    torch.testing.assert_close(both, apart, rtol=1e-4, atol=1e-5)
+    assert not torch.allclose(d(torch.cat([real, fake]), z), apart, atol=1e-3)
+
+
+def test_discriminator_without_norm_has_no_batchnorm_and_drops_its_inputs():
+    d = JointDiscriminator(8, 16, width=8, norm=False, input_dropout=0.5).train()
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in d.modules())
+    x, z = torch.rand(4, 3, 16, 16) * 255, torch.rand(4, 8) * 2 - 1
+    torch.manual_seed(1)
+    a = d(x, z)
+    torch.manual_seed(2)
+    assert not torch.equal(a, d(x, z))  # dropout on the inputs: two draws differ
+    d.eval()
+    assert torch.equal(d(x, z), d(x, z))
+
+
+@pytest.mark.parametrize("code", ["tanh", "uniform"])
+def test_bounded_codes_lie_in_the_prior_interval(code, bare_ctx):
+    """The encoder's code as the discriminator sees it: inside (-1, 1); 'uniform' has the
+    U(-1, 1) prior's spread (std 1/sqrt(3)) per dimension."""
+    torch.manual_seed(0)
+    m = build_method("bigan", dict(small=True, input_res=16, width=0.125), None, {"z_dim": 4, "code": code}, 0)
+    seen = {}
+    real_d = m.nets["discriminator"].forward
+
+    def spy(x, z, groups=1):
+        seen["z"] = z.detach()
+        return real_d(x, z, groups)
+
+    m.nets["discriminator"].forward = spy
+
+    x = (torch.rand(256, 3, 16, 16) * 255).to(torch.uint8)
+    m.train_step((x, None), bare_ctx)
+    code_half = seen["z"][:256]
+    assert code_half.abs().max() < 1
+    if code == "uniform":
+        assert abs(float(code_half.std()) - 3**-0.5) < 0.05

@@ -4,12 +4,16 @@ network the probes read) and a discriminator on (image, code) pairs.
 Two optimisers per step, through the method interface: ``ctx.step(loss_d, "d")`` for the
 discriminator on (real image, its code) against (generated image, its z), then
 ``ctx.step(loss_ge, "ge")`` for generator + encoder with the labels swapped. Real and generated
-pairs go through the discriminator as one batch (one forward per backward, as DDP wants).
+pairs go through the discriminator as one batch (one forward per backward, as DDP wants), with
+BatchNorm statistics per group (real, generated), as two separate passes would have them:
+normalised together, the discriminator told the groups apart from batch statistics within a
+few dozen steps and the generator collapsed to one image for every z.
 Latent codes are uniform in [-1, 1]; horizontal flips of the real images on the device.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -20,6 +24,8 @@ from ..models import AlexNet
 from ..models.bigan import Generator, JointDiscriminator
 from .base import Method, flip_half
 
+CODES = ("linear", "tanh", "uniform")
+
 
 @dataclass
 class BiGANSettings:
@@ -27,8 +33,13 @@ class BiGANSettings:
     g_width: int = 64  # generator width (channels of its last hidden layer)
     d_width: int = 64  # discriminator width
     d_dropout: float = 0.0  # dropout after every hidden layer of the discriminator
+    d_input_dropout: float = 0.0  # dropout on the discriminator's inputs (image and code)
+    d_norm: bool = True  # BatchNorm in the discriminator's image branch (DCGAN); false: ALI's, dropout only
     d_skip_above: float = 1.0  # the discriminator sits out its step while its batch accuracy is above this
-    code: str = "linear"  # the encoder's code: linear (the head's output) or tanh (standardised, then tanh)
+    # the encoder's code: tanh (standardised over the batch, then tanh: bounded like the prior, as
+    # the reference bounds its encoder's output), uniform (standardised, then through the normal
+    # CDF to [-1, 1]: the prior's marginals) or linear (the head's output, unbounded)
+    code: str = "tanh"
 
     def check(self, where: str = "") -> None:
         from ..config import bad, check_range
@@ -37,9 +48,10 @@ class BiGANSettings:
             if getattr(self, name) < 1:
                 bad(f"{where}{name}", "must be >= 1", getattr(self, name))
         check_range(f"{where}d_dropout", self.d_dropout, 0, 1, hi_open=True)
+        check_range(f"{where}d_input_dropout", self.d_input_dropout, 0, 1, hi_open=True)
         check_range(f"{where}d_skip_above", self.d_skip_above, -1, 1)
-        if self.code not in ("linear", "tanh"):
-            bad(f"{where}code", "must be linear or tanh", self.code)
+        if self.code not in CODES:
+            bad(f"{where}code", f"must be one of {', '.join(CODES)}", self.code)
 
 
 class BiGAN(Method):
@@ -81,7 +93,9 @@ class BiGAN(Method):
         self.nets["model"] = AlexNet(self.z_dim, **model_kw)  # the encoder
         try:
             self.nets["generator"] = Generator(self.z_dim, res, g_width)
-            self.nets["discriminator"] = JointDiscriminator(self.z_dim, res, d_width, dropout=d_dropout)
+            self.nets["discriminator"] = JointDiscriminator(
+                self.z_dim, res, d_width, dropout=d_dropout, norm=st.d_norm, input_dropout=st.d_input_dropout
+            )
         except ValueError as e:
             raise FastSSLError(
                 f"{e}: BiGAN runs at low resolution, e.g. --set res=64 --set model.input_res=64 --set mono.size=64"
@@ -102,17 +116,18 @@ class BiGAN(Method):
         real = torch.cat([torch.ones(n, device=x.device), torch.zeros(n, device=x.device)])
         with ctx.autocast():
             z_hat = E(x)
-            if self.code == "tanh":
+            if self.code != "linear":
                 z_hat = z_hat.float()
-                z_hat = torch.tanh((z_hat - z_hat.mean(0)) / (z_hat.std(0) + 1e-5))
+                z_hat = (z_hat - z_hat.mean(0)) / (z_hat.std(0) + 1e-5)
+                z_hat = torch.tanh(z_hat) if self.code == "tanh" else torch.erf(z_hat / math.sqrt(2.0))
             x_hat = G(z)
-            d = D(torch.cat([x, x_hat.detach()]), torch.cat([z_hat.detach(), z]))
+            d = D(torch.cat([x, x_hat.detach()]), torch.cat([z_hat.detach(), z]), groups=2)
             loss_d = F.binary_cross_entropy_with_logits(d.float(), real)
         skip = self.d_skip_above < 1.0 and float(((d.detach() > 0).float() == real).float().mean()) > self.d_skip_above
         if not skip:
             ctx.step(loss_d, "d")
         with ctx.autocast():
-            d = D(torch.cat([x, x_hat]), torch.cat([z_hat, z]))
+            d = D(torch.cat([x, x_hat]), torch.cat([z_hat, z]), groups=2)
             loss_ge = F.binary_cross_entropy_with_logits(d.float(), 1.0 - real)
         ctx.step(loss_ge, "ge")
         acc = ((d.detach() > 0).float() == real).float().mean()  # the discriminator's, after its step

@@ -41,17 +41,28 @@ class Generator(nn.Module):
 
 class JointDiscriminator(nn.Module):
     """A logit for each (image, code) pair: a strided conv branch for the image, an MLP for the
-    code, and an MLP on both (LeakyReLU 0.2, no BatchNorm on the first conv, as DCGAN; dropout
-    ``dropout`` after every hidden layer, as BiGAN's discriminator, to keep it from winning
-    outright)."""
+    code, and an MLP on both (LeakyReLU 0.2). ``norm``: BatchNorm after every conv but the first,
+    as DCGAN; without it the discriminator is ALI's (Dumoulin et al., ICLR 2017), which relies
+    on dropout instead. ``dropout`` after every hidden layer, ``input_dropout`` on the image and
+    the code as they come in: both keep the discriminator from winning outright."""
 
-    def __init__(self, z_dim: int, res: int, width: int = 64, hidden: int = 512, dropout: float = 0.0):
+    def __init__(
+        self,
+        z_dim: int,
+        res: int,
+        width: int = 64,
+        hidden: int = 512,
+        dropout: float = 0.0,
+        norm: bool = True,
+        input_dropout: float = 0.0,
+    ):
         super().__init__()
         n = _stages(res)
+        self.input_dropout = nn.Dropout(input_dropout)
         layers, c_in, c = [], 3, width
         for i in range(n):
-            layers.append(nn.Conv2d(c_in, c, 4, 2, 1, bias=i == 0))
-            if i:
+            layers.append(nn.Conv2d(c_in, c, 4, 2, 1, bias=i == 0 or not norm))
+            if i and norm:
                 layers.append(nn.BatchNorm2d(c))
             layers += [nn.LeakyReLU(0.2, True), nn.Dropout(dropout)]
             c_in, c = c, c * 2
@@ -61,6 +72,15 @@ class JointDiscriminator(nn.Module):
             nn.Linear(c_in * 16 + hidden, hidden), nn.LeakyReLU(0.2, True), nn.Dropout(dropout), nn.Linear(hidden, 1)
         )
 
-    def forward(self, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-        h = self.image(x.float() / 127.5 - 1.0)
-        return self.joint(torch.cat([h, self.code(z)], 1)).squeeze(1)
+    def forward(self, x: torch.Tensor, z: torch.Tensor, groups: int = 1) -> torch.Tensor:
+        """``groups``: the batch is that many equal groups (real pairs, then generated ones), each
+        normalised by its own BatchNorm statistics, as if it came through the discriminator
+        alone (DCGAN's practice; one forward pass, as DDP wants). Normalised together, the two
+        groups let the discriminator compare real and generated images within the batch."""
+        h = self.input_dropout(x.float() / 127.5 - 1.0)
+        for layer in self.image:
+            if isinstance(layer, nn.BatchNorm2d) and groups > 1 and self.training:
+                h = torch.cat([layer(g) for g in h.chunk(groups)])
+            else:
+                h = layer(h)
+        return self.joint(torch.cat([h, self.code(self.input_dropout(z))], 1)).squeeze(1)
