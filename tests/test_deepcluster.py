@@ -233,3 +233,32 @@ def test_faiss_pca_spans_the_same_whitened_axes():
     theirs = torch.nn.functional.normalize(dc.pca_apply(x, *m._pca(x)), dim=1).double()
     for i in range(6):  # the same axes, each up to its sign
         assert abs(float(torch.corrcoef(torch.stack([ours[:, i], theirs[:, i]]))[0, 1])) > 0.999
+
+
+def test_random_resized_crop_on_the_device_keeps_shape_and_crops_by_area():
+    from fastssl.methods.base import random_resized_crop
+
+    x = torch.arange(32.0).view(1, 1, 1, 32).expand(8, 3, 32, 32).contiguous()  # value = column
+    assert torch.equal(random_resized_crop(x, (1.0, 1.0), (1.0, 1.0)), x)  # the whole image: itself
+    y = random_resized_crop(x, (0.25, 0.25), (1.0, 1.0), generator=torch.Generator().manual_seed(0))
+    assert y.shape == x.shape and y.is_contiguous(memory_format=torch.channels_last)
+    span = y[:, 0, 0, -1] - y[:, 0, 0, 0]  # half the side, stretched over the output's 31 steps
+    assert torch.allclose(span, torch.full_like(span, 15.5), atol=0.01)
+    assert y.min() >= 0 and y.max() <= 31
+
+
+def test_deepcluster_crop_scale_is_checked_and_crops_its_training_images(bare_ctx):
+    from fastssl.config import to_dataclass
+    from fastssl.methods.deepcluster import DeepClusterSettings
+
+    with pytest.raises(FastSSLError, match="crop_scale"):
+        to_dataclass(DeepClusterSettings, {"crop_scale": [0.5, 0.2]}, "deepcluster.settings.")
+    m = build_method(
+        "deepcluster", dict(small=True, input_res=16, width=0.125), None, {"k": 4, "crop_scale": [0.3, 0.3]}, 0
+    )
+    seen = []
+    m.nets["model"].register_forward_pre_hook(lambda mod, args: seen.append(args[0]))
+
+    x = (torch.rand(4, 3, 16, 16) * 255).to(torch.uint8)
+    m.train_step((x, torch.zeros(4, dtype=torch.int64)), bare_ctx)
+    assert seen[0].dtype == torch.float32 and not torch.equal(seen[0], x.float())

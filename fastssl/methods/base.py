@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 
@@ -51,3 +53,26 @@ def flip_half(x: torch.Tensor, generator=None) -> torch.Tensor:
     """Mirror a random half of the batch horizontally (on the device)."""
     m = torch.rand(x.shape[0], device=x.device, generator=generator) < 0.5
     return torch.where(m.view(-1, 1, 1, 1), x.flip(3), x)
+
+
+def random_resized_crop(
+    x: torch.Tensor, scale: tuple[float, float], ratio: tuple[float, float] = (3 / 4, 4 / 3), generator=None
+) -> torch.Tensor:
+    """A random crop of each image of the batch, resized back to the batch's size (bilinear, on
+    the device): area a fraction of the image drawn from ``scale``, aspect ratio log-uniform in
+    ``ratio``, position uniform (torchvision's RandomResizedCrop, without its retries: a crop
+    that would not fit is clipped to the image). Float 0..255 out."""
+    n, dev = x.shape[0], x.device
+    u = torch.rand(n, 4, device=dev, generator=generator)
+    area = scale[0] + (scale[1] - scale[0]) * u[:, 0]
+    lo, hi = math.log(ratio[0]), math.log(ratio[1])
+    r = torch.exp(lo + (hi - lo) * u[:, 1])
+    w = torch.sqrt(area * r).clamp(max=1.0)  # fractions of the side
+    h = torch.sqrt(area / r).clamp(max=1.0)
+    cx = (1 - w) * (2 * u[:, 2] - 1)  # centre in [-1, 1] coordinates
+    cy = (1 - h) * (2 * u[:, 3] - 1)
+    theta = torch.zeros(n, 2, 3, device=dev)
+    theta[:, 0, 0], theta[:, 0, 2], theta[:, 1, 1], theta[:, 1, 2] = w, cx, h, cy
+    grid = nn.functional.affine_grid(theta, list(x.shape), align_corners=False)
+    out = nn.functional.grid_sample(x.float(), grid, mode="bilinear", padding_mode="border", align_corners=False)
+    return out.contiguous(memory_format=torch.channels_last)

@@ -16,7 +16,7 @@ trains on a fixed dataset of patches).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -24,7 +24,7 @@ import torch.nn.functional as F
 
 from ..errors import FastSSLError
 from ..models import AlexNet
-from .base import Method, flip_half
+from .base import Method, flip_half, random_resized_crop
 
 
 def pca_fit(x: torch.Tensor, dim: int, eps: float = 1e-5) -> tuple[torch.Tensor, torch.Tensor]:
@@ -142,6 +142,9 @@ class DeepClusterSettings:
     iters: int = 20  # Lloyd iterations per clustering
     pre_relu: bool = False  # cluster the last hidden layer before its ReLU (the reference's fc7)
     kmeans: str = "torch"  # torch (on the training device) or faiss (where installed; its PCA too)
+    # training images: a random-resized crop with this area range (as the reference's
+    # RandomResizedCrop; [1, 1]: none) and a horizontal flip; clustering sees them whole
+    crop_scale: list[float] = field(default_factory=lambda: [1.0, 1.0])
 
     def check(self, where: str = "") -> None:
         from ..config import bad
@@ -152,6 +155,8 @@ class DeepClusterSettings:
             bad(f"{where}pca_dim", "must be >= 1", self.pca_dim)
         if self.iters < 1:
             bad(f"{where}iters", "must be >= 1", self.iters)
+        if len(self.crop_scale) != 2 or not 0 < self.crop_scale[0] <= self.crop_scale[1] <= 1:
+            bad(f"{where}crop_scale", "must be two numbers with 0 < lo <= hi <= 1", self.crop_scale)
         if self.kmeans not in ("torch", "faiss"):
             bad(f"{where}kmeans", "must be torch or faiss", self.kmeans)
 
@@ -167,6 +172,7 @@ class DeepCluster(Method):
         st = settings or DeepClusterSettings()
         self.k, self.pca_dim, self.iters, self.seed = st.k, st.pca_dim, st.iters, int(seed)
         self.pre_relu, self.kmeans_with = st.pre_relu, st.kmeans
+        self.crop_scale = tuple(float(v) for v in st.crop_scale)
         if self.kmeans_with == "faiss":
             try:
                 import faiss  # noqa: F401
@@ -272,8 +278,11 @@ class DeepCluster(Method):
         x, y = batch
         if y is None:
             raise FastSSLError("deepcluster got a batch without cluster labels (on_epoch_start did not run)")
+        x = flip_half(x)
+        if self.crop_scale != (1.0, 1.0):
+            x = random_resized_crop(x, self.crop_scale)
         with ctx.autocast():
-            logits = self.nets["model"](flip_half(x))
+            logits = self.nets["model"](x)
             loss = F.cross_entropy(logits, y)
         ctx.step(loss, "main")
         return {"loss": loss.detach(), "acc": (logits.argmax(1) == y).float().mean()}
