@@ -142,9 +142,10 @@ class DeepClusterSettings:
     iters: int = 20  # Lloyd iterations per clustering
     pre_relu: bool = False  # cluster the last hidden layer before its ReLU (the reference's fc7)
     kmeans: str = "torch"  # torch (on the training device) or faiss (where installed; its PCA too)
-    # training images: a random-resized crop with this area range (as the reference's
-    # RandomResizedCrop; [1, 1]: none) and a horizontal flip; clustering sees them whole
-    crop_scale: list[float] = field(default_factory=lambda: [1.0, 1.0])
+    # training images: a random-resized crop with this area range (the reference's
+    # RandomResizedCrop and its default range; [1, 1]: none) and a horizontal flip; clustering
+    # sees them whole
+    crop_scale: list[float] = field(default_factory=lambda: [0.08, 1.0])
 
     def check(self, where: str = "") -> None:
         from ..config import bad
