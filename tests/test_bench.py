@@ -114,3 +114,28 @@ def test_gpu_check_dry_run_on_cpu(tmp_path):
     sp = verdict["compiled bf16 channels-last / eager fp32"]
     assert sp["got"] == rep["train"][-1]["speedup"] and sp["met"] == (sp["got"] >= 2.0)
     assert "| target | wanted | measured | met |" in r.stdout
+
+
+def test_kernel_roofline_reports_every_pass_and_finds_vector_loops(tmp_path):
+    """The roofline script on a small patch: a time and a byte count for every pass, and the
+    loops it reads out of the machine code are the compute loops (the blend and the
+    coordinates vectorised: several pixels per trip)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    out = tmp_path / "roof.json"
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "kernel_roofline.py"
+    r = subprocess.run(
+        [sys.executable, str(script), "--size", "32", "--seconds", "0.05", "--json", str(out), "--asm", "_blend"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert r.returncode == 0, r.stderr[-2000:]
+    rep = json.loads(out.read_text())
+    passes = {p["pass"]: p for p in rep["passes"]}
+    assert {"_coords", "_taps", "_blend", "_store"} <= set(passes)
+    assert all(p["ns_per_pixel"] > 0 and p["bytes_per_pixel"] > 0 for p in rep["passes"])
+    assert passes["_blend"]["pixels_per_iteration"] >= 4 and passes["_coords"]["pixels_per_iteration"] >= 4
+    assert "cvtdq2ps" in r.stdout  # the blend's loop, printed: int-to-float conversions of the texels
