@@ -11,6 +11,7 @@ import os
 import signal
 import sys
 import threading
+import traceback
 from pathlib import Path
 
 from .errors import FastSSLError
@@ -494,6 +495,26 @@ def flags(message: str, args) -> str:
     return re.sub(r"`([a-z_]+)`", sub, message)
 
 
+def quiet_numba_finalizer(hook):
+    """``hook`` (a ``sys.unraisablehook``) without one known, harmless report: numba's
+    dispatcher finalizer raising KeyError while a function that FFCV compiled at run time is
+    garbage-collected (a traceback on stderr per loader, after the work is done and correct)."""
+
+    def unraisable(u) -> None:
+        frames = traceback.extract_tb(u.exc_traceback) if u.exc_traceback else []
+        last = frames[-1] if frames else None
+        if (
+            u.exc_type is KeyError
+            and last is not None
+            and last.name == "finalizer"
+            and Path(last.filename).parts[-3:] == ("numba", "core", "dispatcher.py")
+        ):
+            return
+        hook(u)
+
+    return unraisable
+
+
 def main(argv: list[str] | None = None) -> int:
     from . import signals
 
@@ -520,6 +541,7 @@ def run() -> None:
     """The ``fastssl`` program: :func:`main`, then exit with its status."""
     from . import signals
 
+    sys.unraisablehook = quiet_numba_finalizer(sys.unraisablehook)  # for the whole process, shutdown too
     rc = main()
     if signals.stopping():  # stopping: a late signal must not turn exit 130 into death by signal
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # (an ignored signal stays ignored through shutdown)

@@ -129,3 +129,33 @@ def test_outputs_get_the_usual_permissions(tmp_path, capsys):
         os.umask(old)
     assert (tmp_path / "g.png").stat().st_mode & 0o777 == 0o644
     assert (tmp_path / "p").stat().st_mode & 0o777 == 0o755
+
+
+def test_only_numbas_finalizer_keyerror_is_kept_off_stderr():
+    """The program's unraisable hook drops numba's harmless dispatcher-finalizer KeyError and
+    passes every other report on."""
+    import types
+
+    from fastssl.cli import quiet_numba_finalizer
+
+    seen = []
+    hook = quiet_numba_finalizer(seen.append)
+
+    def report(exc, filename, name):
+        code = compile(f"def {name}():\n    raise exc\n", filename, "exec")
+        ns = {"exc": exc}
+        exec(code, ns)
+        try:
+            ns[name]()
+        except BaseException as e:
+            return types.SimpleNamespace(exc_type=type(e), exc_value=e, exc_traceback=e.__traceback__, object=None)
+
+    hook(report(KeyError("sig"), "/site-packages/numba/core/dispatcher.py", "finalizer"))
+    assert seen == []
+    for args in (
+        (ValueError("x"), "/site-packages/numba/core/dispatcher.py", "finalizer"),
+        (KeyError("sig"), "/site-packages/numba/core/other.py", "finalizer"),
+        (KeyError("sig"), "/site-packages/numba/core/dispatcher.py", "compile"),
+    ):
+        hook(report(*args))
+    assert len(seen) == 3
