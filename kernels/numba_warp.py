@@ -3,7 +3,8 @@
 One call fills a whole ``uint8`` NHWC batch, parallel over patches (``prange``), with no
 per-patch Python and no full-size temporaries: each output pixel is sampled (bilinear, from
 the patch's pyramid level, clamp-to-edge inside the crop box, fill 0 outside it), run through
-the patch's colour operations in its own order, rounded once and stored.
+the patch's colour operations in its own order, rounded once and stored; a row at a time,
+in loops over row buffers that LLVM vectorises (see :func:`warp_colour`).
 
 Contrast blends towards the patch's mean grey level at that point of the chain. That mean is
 taken over the pixels on every 4th row and column (a pre-pass through the colour ops that
@@ -63,33 +64,6 @@ def _hue(r, g, b, shift):
     g2 = maxc - cr * min(max(min(kg, _f32(4.0) - kg), _ZERO), _ONE)
     b2 = maxc - cr * min(max(min(kb, _f32(4.0) - kb), _ZERO), _ONE)
     return r2, g2, b2
-
-
-@nb.njit(inline="always", fastmath=True)
-def _colour(r, g, b, fac, order, upto, mean):
-    """Apply ops order[0..upto-1]; op 1 (contrast) blends towards ``mean``."""
-    for k in range(upto):
-        op = order[k]
-        if op == 0:
-            f = fac[0]
-            r = _clamp(r * f)
-            g = _clamp(g * f)
-            b = _clamp(b * f)
-        elif op == 1:
-            f = fac[1]
-            m = (_ONE - f) * mean
-            r = _clamp(f * r + m)
-            g = _clamp(f * g + m)
-            b = _clamp(f * b + m)
-        elif op == 2:
-            f = fac[2]
-            grey = (_ONE - f) * (_WR * r + _WG * g + _WB * b)
-            r = _clamp(f * r + grey)
-            g = _clamp(f * g + grey)
-            b = _clamp(f * b + grey)
-        else:
-            r, g, b = _hue(r, g, b, fac[3])
-    return r, g, b
 
 
 @nb.njit(inline="always", fastmath=True)
