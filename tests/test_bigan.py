@@ -141,7 +141,7 @@ def test_bounded_codes_lie_in_the_prior_interval(code, bare_ctx):
     """The encoder's code as the discriminator sees it: inside (-1, 1); 'uniform' has the
     U(-1, 1) prior's spread (std 1/sqrt(3)) per dimension."""
     torch.manual_seed(0)
-    m = build_method("bigan", dict(small=True, input_res=16, width=0.125), None, {"z_dim": 4, "code": code}, 0)
+    m = build_method("bigan", MODEL, None, {"z_dim": 4, "code": code}, 0)
     seen = {}
     real_d = m.nets["discriminator"].forward
 

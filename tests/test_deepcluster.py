@@ -154,7 +154,7 @@ def test_indexed_patches_render_the_stream_by_index_without_holding_pixels():
     assert torch.equal(allb, torch.cat([src.batch(s) for s in range(len(src))]))
 
 
-def test_codes_are_streamed_with_the_pca_fitted_on_the_first_rows(monkeypatch):
+def test_codes_are_streamed_with_the_pca_fitted_on_the_first_rows(monkeypatch, bare_ctx):
     import fastssl.methods.deepcluster as dc
     from fastssl.data.adapters import TensorData
 
@@ -163,19 +163,13 @@ def test_codes_are_streamed_with_the_pca_fitted_on_the_first_rows(monkeypatch):
     m = build_method("deepcluster", MODEL, method_kw=dict(k=3, pca_dim=8))
     data = TensorData(imgs, 64, "cpu")
 
-    class Ctx:
-        def autocast(self):
-            import contextlib
-
-            return contextlib.nullcontext()
-
-    full = m._codes(data, Ctx())  # fewer rows than PCA_FIT_ROWS: fitted on all, as before
+    full = m._codes(data, bare_ctx)  # fewer rows than PCA_FIT_ROWS: fitted on all, as before
     net = m.trunk().eval()
     with torch.no_grad():
         feats = torch.cat([net.head[:-1](net.features(x)) for x in data.all_batches(512)])
     assert torch.allclose(full, torch.nn.functional.normalize(dc.pca_whiten(feats, 8), dim=1), atol=1e-5)
     monkeypatch.setattr(dc, "PCA_FIT_ROWS", 256)  # fitted on the first 512 (one batch), applied to the rest
-    part = m._codes(data, Ctx())
+    part = m._codes(data, bare_ctx)
     assert part.shape == (700, 8) and torch.allclose(part.norm(dim=1), torch.ones(700), atol=1e-5)
     mean, proj = dc.pca_fit(feats[:512], 8)
     assert torch.allclose(
@@ -253,9 +247,7 @@ def test_deepcluster_crop_scale_is_checked_and_crops_its_training_images(bare_ct
 
     with pytest.raises(FastSSLError, match="crop_scale"):
         to_dataclass(DeepClusterSettings, {"crop_scale": [0.5, 0.2]}, "deepcluster.settings.")
-    m = build_method(
-        "deepcluster", dict(small=True, input_res=16, width=0.125), None, {"k": 4, "crop_scale": [0.3, 0.3]}, 0
-    )
+    m = build_method("deepcluster", MODEL, None, {"k": 4, "crop_scale": [0.3, 0.3]}, 0)
     seen = []
     m.nets["model"].register_forward_pre_hook(lambda mod, args: seen.append(args[0]))
 
