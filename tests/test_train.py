@@ -60,6 +60,20 @@ def test_small_variant_keeps_five_spatial_stages_and_bn_folds_exactly():
     assert s.convs[0].in_channels == 2 and s(x).shape == (6, 2)
 
 
+def test_conv1_kernel_and_stride_change_conv1_alone_and_survive_a_checkpoint():
+    m = AlexNet(10, small=True, input_res=32, width=0.25, conv1_width=12, conv1_kernel=11, conv1_stride=2)
+    c = m.convs[0]
+    assert c.kernel_size == (11, 11) and c.stride == (2, 2) and c.padding == (5, 5) and c.out_channels == 12
+    x = torch.randint(0, 256, (2, 3, 32, 32), dtype=torch.uint8)
+    assert [t.shape[2] for t in m.taps(x)] == [16, 7, 3, 3, 3]
+    again = AlexNet(**m.config)  # what a checkpoint's arch rebuilds
+    assert again.convs[0].kernel_size == (11, 11) and again.convs[0].stride == (2, 2)
+    from fastssl.config import load
+
+    with pytest.raises(FastSSLError, match="conv1_stride"):
+        load("cpu-mini", ["model.conv1_stride=0"])
+
+
 def test_four_rotations_are_the_rotations():
     x = torch.arange(2 * 3 * 4 * 4, dtype=torch.uint8).view(2, 3, 4, 4)
     r, y = four_rotations(x)

@@ -9,6 +9,9 @@ stride ``input_res // 32``, pad 2, so a 32 px input keeps 32x32 after conv1, 15x
 first pool, 7x7 after the second (conv3..conv5 still see a 7x7 grid) and 3x3 after the last:
 all five conv stages stay spatial and meaningful. ``width`` scales every conv's filter count
 (``conv1_width`` overrides conv1 alone) and the FC widths, for CPU-sized runs.
+``conv1_kernel`` / ``conv1_stride`` change conv1's geometry (padding ``kernel // 2``): with few
+filters over a large kernel (48 over 11x11x3 values) a random conv1 keeps little of its input
+and a learned one much more, the regime of the paper's conv1 (96 filters over 11x11x3).
 
 Input is the batch contract (uint8, channels-last); normalisation happens here, on the device:
 ``x / 255``, minus the ImageNet mean, over its std, or, with ``sobel=True``, greyscale then the
@@ -43,6 +46,8 @@ class ModelConfig:
     input_res: int = 224
     width: float = 1.0  # scales every conv's filter count and the FC widths
     conv1_width: int | None = None  # conv1 filters, overriding width for conv1 alone
+    conv1_kernel: int | None = None  # conv1's kernel side (default: 11, small variant 5), padding kernel // 2
+    conv1_stride: int | None = None  # conv1's stride (default: 4, small variant input_res // 32)
     fc_width: int | None = None
     sobel: bool = False  # greyscale + Sobel input instead of RGB (as DeepCluster)
     dropout: float = 0.5
@@ -56,7 +61,11 @@ class ModelConfig:
             v = getattr(self, name)
             if v is not None and not 1 <= v <= 65536:
                 bad(f"{where}{name}", "must be in [1, 65536] (or absent)", v)
-        if trunk_side(self.small, self.input_res) < 1:
+        for name in ("conv1_kernel", "conv1_stride"):
+            v = getattr(self, name)
+            if v is not None and not 1 <= v <= 64:
+                bad(f"{where}{name}", "must be in [1, 64] (or absent)", v)
+        if trunk_side(self.small, self.input_res, self.conv1_kernel, self.conv1_stride) < 1:
             bad(
                 f"{where}input_res",
                 f"is too small for the {'small' if self.small else 'paper'} AlexNet",
@@ -64,9 +73,18 @@ class ModelConfig:
             )
 
 
-def trunk_side(small: bool, input_res: int) -> int:
-    """Side of conv5's pooled output for a square input (< 1: the input is too small)."""
+def conv1_geometry(small: bool, input_res: int, kernel: int | None = None, stride: int | None = None):
+    """conv1's (kernel, stride, padding): the paper's 11 / 4 / 2, the small variant's 5 /
+    ``input_res // 32`` / 2, or the kernel and stride given, padded by ``kernel // 2``."""
     k, s, p = (5, max(1, input_res // 32), 2) if small else (11, 4, 2)
+    if kernel is not None:
+        k, p = kernel, kernel // 2
+    return k, stride or s, p
+
+
+def trunk_side(small: bool, input_res: int, conv1_kernel: int | None = None, conv1_stride: int | None = None) -> int:
+    """Side of conv5's pooled output for a square input (< 1: the input is too small)."""
+    k, s, p = conv1_geometry(small, input_res, conv1_kernel, conv1_stride)
     x = (input_res + 2 * p - k) // s + 1
     for _ in range(3):  # max-pools 3/2 after conv1, conv2 and conv5 (3x3 and 5x5 convs keep the side)
         x = (x - 3) // 2 + 1 if x >= 3 else 0
@@ -82,6 +100,8 @@ class AlexNet(nn.Module):
         input_res: int = 224,
         width: float = 1.0,
         conv1_width: int | None = None,
+        conv1_kernel: int | None = None,
+        conv1_stride: int | None = None,
         fc_width: int | None = None,
         sobel: bool = False,
         dropout: float = 0.5,
@@ -93,6 +113,8 @@ class AlexNet(nn.Module):
             "input_res": input_res,
             "width": width,
             "conv1_width": conv1_width,
+            "conv1_kernel": conv1_kernel,
+            "conv1_stride": conv1_stride,
             "fc_width": fc_width,
             "sobel": sobel,
             "dropout": dropout,
@@ -101,10 +123,7 @@ class AlexNet(nn.Module):
         if conv1_width:
             ch[0] = int(conv1_width)
         cin = 2 if sobel else 3
-        if small:
-            k1, s1, p1 = 5, max(1, input_res // 32), 2
-        else:
-            k1, s1, p1 = 11, 4, 2
+        k1, s1, p1 = conv1_geometry(small, input_res, conv1_kernel, conv1_stride)
         self.convs = nn.ModuleList()
         self.bns = nn.ModuleList()
         specs = [
