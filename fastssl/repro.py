@@ -40,10 +40,14 @@ def _log(msg: str) -> None:
 
 
 def _prepare_data(rc: dict, data, eval_data, out: Path, progress: bool):
-    """(train data, val data, classes): .beton files when FFCV is installed, else sources."""
+    """(train data, val data, classes): .beton files when FFCV is installed, else sources.
+    ``data`` may be a .beton already (a repro folder's ``data/train.beton``); then
+    ``eval_data`` must be one too: a .beton holds no held-out part to split off."""
     from .data.loaders import ffcv_available
     from .data.sources import split_indices, train_val_sources
 
+    if str(data).endswith(".beton"):
+        return _beton_pair(data, eval_data)
     src, vsrc = train_val_sources(data, eval_data)
     if vsrc is None:
         train_idx, val_idx = split_indices(src.labels, int(rc["val_per_class"]))
@@ -67,6 +71,17 @@ def _prepare_data(rc: dict, data, eval_data, out: Path, progress: bool):
             convert(s, p, indices=idx, workers=int(rc["workers"]), progress=progress)
         paths.append(p)
     return (str(paths[0]), None), (str(paths[1]), None), src.classes
+
+
+def _beton_pair(data, eval_data):
+    from .data.beton import read_info
+
+    if eval_data is None or not str(eval_data).endswith(".beton"):
+        raise FastSSLError(f"`data` {data} is a .beton: give the held-out split as `eval_data`, a .beton too")
+    classes = list(read_info(data)["classes"])  # names, in label order
+    if list(read_info(eval_data)["classes"]) != classes:
+        raise FastSSLError(f"`eval_data` {eval_data} has other classes than `data` {data}")
+    return (str(data), None), (str(eval_data), None), classes
 
 
 TEN_CROP_RATIO = 224 / 256  # ten-crop evaluation: the crops of a 256 px resize (the probes' protocol)

@@ -15,9 +15,11 @@ from PIL import Image
 from fastssl import AugmentSpec, FastSSLError, MonoSource
 from fastssl.cli import main
 from fastssl.data.adapters import MonoData
+from fastssl.data.loaders import ffcv_available
 from fastssl.methods import build_method
 from fastssl.methods.rotnet import four_rotations
 from fastssl.models import AlexNet, fold_bn
+from fastssl.models.alexnet import LAYERS
 from fastssl.probe import LinearProbes, ProbeConfig, load_trunk, train_probes
 from fastssl.train import TrainConfig, Trainer, load_checkpoint
 
@@ -310,6 +312,17 @@ def test_repro_end_to_end_writes_table_json_and_figure(tmp_path, capsys):
     assert "supervised: already trained" in logs and "probes random: done already" in logs
     ck = load_checkpoint(out / "seed-0" / "full-deepcluster" / "ckpt.pt")
     assert ck["method"] == "deepcluster" and len(ck["method_state"]["targets"]) == 24  # 3 classes x (10 - 2 held out)
+    if ffcv_available():  # a checkpoint probed on .beton files (a repro folder's data/)
+        for part in ("train", "val"):
+            conv = ["data", "convert", str(data), str(tmp_path / f"{part}.beton"), "--val-per-class", "2"]
+            assert main([*conv, "--part", part]) == 0
+        betons = ["--data", str(tmp_path / "train.beton"), "--eval-data", str(tmp_path / "val.beton")]
+        args = ["probe", str(out / "seed-0" / "mono-bigan" / "ckpt.pt"), *betons, "--preset", TINY, "--quiet"]
+        assert main([*args, "--out", str(tmp_path / "p")]) == 0
+        assert set(json.loads((tmp_path / "p" / "probes.json").read_text())["top1"]) == set(LAYERS)
+        capsys.readouterr()
+        assert main([*args[:4], "--preset", TINY, "--out", str(tmp_path / "q")]) == 2  # no held-out split
+        assert "give the held-out split as --eval-data" in capsys.readouterr().err and not (tmp_path / "q").exists()
 
 
 @pytest.mark.slow
