@@ -401,7 +401,16 @@ def source_images(data, eval_data, rc: dict, counts) -> dict[int, list]:
     if max(counts) > len(idx):
         raise FastSSLError(f"`n_images` {max(counts)} exceeds the {len(idx)} training images of {data}")
     order = idx[np.random.default_rng(0).permutation(len(idx))]
-    return {n: [src.image(int(i)) for i in order[:n]] for n in sorted(counts)}
+    out = {n: [src.image(int(i)) for i in order[:n]] for n in sorted(counts)}
+    short = int(np.median([min(a.shape[:2]) for a in out[max(counts)]]))
+    crop, size = float(rc["mono"].get("initial_crop") or 1.0), int(rc["mono"]["size"])
+    if crop * short < size:
+        _log(
+            f"the N-image rows' sources are small (median short side {short} px): their initial crop "
+            f"({crop:g} of it) is below the patch size {size}, so every patch is an enlargement; the "
+            "paper draws them from full-size photos"
+        )
+    return out
 
 
 def row_order(names) -> list[str]:

@@ -103,6 +103,8 @@ def test_repro_trains_the_n_image_and_ablation_rows(tmp_path, capsys):
         "supervised",
     ]
     assert (out / "seed-0" / "mono-rotnet-no-rotation" / "ckpt.pt").exists()
+    # 20 px sources: half their side (10 px) is below the 16 px patches, and the run says so
+    assert "median short side 20 px" in capsys.readouterr().out
     assert main([*args, "--n-images", "100"]) == 2  # more than the 24 training images
 
 
