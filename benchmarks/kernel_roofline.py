@@ -8,6 +8,7 @@ the loop itself is printed.
 
     python benchmarks/kernel_roofline.py --size 256 --image paper:bridge
     python benchmarks/kernel_roofline.py --asm _blend
+    python benchmarks/kernel_roofline.py --asm hue
 
 Machine code is read with Numba's ``inspect_asm``, which the on-disk cache disables: the
 script compiles in a temporary cache folder of its own.
@@ -111,6 +112,11 @@ def main(argv=None) -> int:
                 else:
                     nw._store(rr, gg, bb, o, S)
 
+    @nb.njit(fastmath=True, boundscheck=False, nogil=True)
+    def hue_row(rr, gg, bb, n, shift):  # the hue op's loop alone, for its machine code
+        for x in range(n):
+            rr[x], gg[x], bb[x] = nw._hue(rr[x], gg[x], bb[x], shift)
+
     bufs = (
         np.zeros(S, np.uint64),
         np.zeros(S, np.float32),
@@ -139,7 +145,11 @@ def main(argv=None) -> int:
             rows(4, pyr.pairs, m, S, *bufs, k)
             reps += 4
         ns = (time.perf_counter() - t0) / (reps * S * S) * 1e9
-        fn = {"_coords": nw._coords, "_taps": nw._taps, "_blend": nw._blend, "_store": nw._store}.get(name)
+        if name.startswith("hue"):
+            hue_row(bufs[5], bufs[6], bufs[7], S, f32(0.05))
+        fn = {"_coords": nw._coords, "_taps": nw._taps, "_blend": nw._blend, "_store": nw._store, "hue": hue_row}.get(
+            name.split()[0]
+        )
         body = inner_loop(next(iter(fn.inspect_asm().values()))) if fn else []
         n_ins = sum(not b.strip().endswith(":") for b in body)
         lane = lanes(body) if body else None
@@ -149,7 +159,7 @@ def main(argv=None) -> int:
                 loop_instructions=n_ins, pixels_per_iteration=lane, instructions_per_pixel=round(n_ins / lane, 2)
             )
         out.append(rec)
-        if a.asm == name:
+        if a.asm == name.split()[0]:
             print("\n".join(body))
     total = sum(r["ns_per_pixel"] for r in out if not r["pass"].startswith("saturation"))
     print(f"S={S}, one thread, first patch of the batch (level {lv}, {w}x{h}):")
