@@ -97,7 +97,7 @@ def plan(
                 "steps": int(n_steps),
                 "images": int(images),
                 "peak_memory_bytes": _peak_bytes(dev),
-                "seconds_per_step": round(sps, 4),
+                "seconds_per_step": round(sps, 6),  # enough digits that steps x it gives the estimate
                 "estimated_seconds": round(n_steps * sps, 1),
                 **(extra or {}),
             }
