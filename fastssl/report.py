@@ -15,16 +15,21 @@ def write_json(path: str | os.PathLike, obj, **kw) -> None:
         tmp.write_text(json.dumps(obj, indent=1))
 
 
-def markdown_table(rows: dict, std: dict | None = None, n: int = 1, title: str = "probe top-1 %") -> str:
-    """One line per row; with ``std`` and ``n`` > 1 each cell is ``mean ± std``."""
+def markdown_table(
+    rows: dict, std: dict | None = None, n: int = 1, title: str = "probe top-1 %", counts: dict | None = None
+) -> str:
+    """One line per row; with ``std`` and ``n`` > 1 each cell is ``mean ± std``. A row that
+    ``counts`` (seeds per row) gives fewer seeds shows its plain mean and says over how many."""
     head = title if n <= 1 else f"{title}, mean ± std over {n} seeds"
     lines = [f"| {head} | " + " | ".join(LAYERS) + " |", "| --- |" + " --- |" * len(LAYERS)]
     for name, r in rows.items():
-        if std is not None and n > 1:
+        have = (counts or {}).get(name, n)
+        label = name if have >= n else f"{name} ({have} seed{'s' if have > 1 else ''})"
+        if std is not None and n > 1 and have > 1:
             cells = [f"{r[k]:.1f} ± {std[name][k]:.1f}" for k in LAYERS]
         else:
             cells = [f"{r[k]:.1f}" for k in LAYERS]
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 

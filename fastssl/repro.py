@@ -287,7 +287,7 @@ def report(out, seeds=None, **info) -> dict:
         raise FastSSLError(f"no probe results in {out} for seeds {seeds}")
     result.update(info)
     write_json(out / "probes.json", result)
-    table = markdown_table(result["rows"], result["std"], n=len(seeds))
+    table = markdown_table(result["rows"], result["std"], n=len(seeds), counts=result["n"])
     with atomic_output(out / "table.md") as tmp:
         tmp.write_text(table)
     title = "linear probes" + (f", preset {info['preset']}" if info.get("preset") else "")

@@ -464,3 +464,13 @@ def test_report_rewrites_the_summary_from_the_probe_files(tmp_path, capsys):
     assert list(res["rows"]) == ["random", "mono-rotnet", "supervised"] and res["seeds"] == [3]
     assert res["rows"]["mono-rotnet"]["conv3"] == 57.0 and (tmp_path / "probes.png").stat().st_size > 5000
     assert main(["report", "--out", str(tmp_path / "empty")]) == 2
+
+
+def test_table_marks_a_row_measured_on_fewer_seeds():
+    from fastssl.report import markdown_table
+
+    rows = {"random": dict.fromkeys(LAYERS, 50.0), "mono-rotnet-no-scale": dict.fromkeys(LAYERS, 55.0)}
+    std = {"random": dict.fromkeys(LAYERS, 0.5), "mono-rotnet-no-scale": dict.fromkeys(LAYERS, 0.0)}
+    lines = markdown_table(rows, std, n=2, counts={"random": 2, "mono-rotnet-no-scale": 1}).splitlines()
+    assert lines[2] == "| random | " + " | ".join(["50.0 ± 0.5"] * 5) + " |"
+    assert lines[3] == "| mono-rotnet-no-scale (1 seed) | " + " | ".join(["55.0"] * 5) + " |"  # no ± 0.0
