@@ -135,7 +135,7 @@ def test_kernel_roofline_reports_every_pass_and_finds_vector_loops(tmp_path):
     assert r.returncode == 0, r.stderr[-2000:]
     rep = json.loads(out.read_text())
     passes = {p["pass"]: p for p in rep["passes"]}
-    assert {"_coords", "_taps", "_blend", "_store"} <= set(passes)
+    assert {"_coords", "_taps", "_blend", "_blend_store"} <= {p.split()[0] for p in passes}
     assert all(p["ns_per_pixel"] > 0 and p["bytes_per_pixel"] > 0 for p in rep["passes"])
     assert passes["_blend"]["pixels_per_iteration"] >= 4 and passes["_coords"]["pixels_per_iteration"] >= 4
     assert passes["hue (_row_colour op 3)"]["pixels_per_iteration"] >= 4  # the hue op's loop, vectorised too

@@ -232,3 +232,33 @@ def test_pair_pyramid_holds_each_texel_and_its_right_neighbour_inside_a_repeated
             e = int(p.pairs[p.offsets[0] + y * p.strides[0] + x])
             cy, cx, cx1 = min(max(y, 0), 4), min(max(x, 0), 6), min(max(x + 1, 0), 6)
             assert e & 0xFFFFFFFF == flat[cy, cx] and e >> 32 == flat[cy, cx1]
+
+
+def test_patches_without_jitter_match_the_colour_path_with_identity_ops(photo):
+    # without jitter the blend rounds and stores a row itself; with jitter the row goes through
+    # float buffers, the colour ops and a separate store: identity ops must give the same bytes
+    spec = AugmentSpec(size=40, jitter_p=0.0)
+    r = Renderer(photo, spec, "numba")
+    p = r.params(0, 48, seed=3)
+    plain = r.render_nhwc(p)
+    ident = dataclasses.replace(
+        p, jitter=np.ones(48, bool), factors=np.tile(np.array([1.0, 1.0, 1.0, 0.0], np.float32), (48, 1))
+    )
+    d = np.abs(plain.astype(int) - r.render_nhwc(ident).astype(int))
+    assert d.max() <= 1 and (d > 0).mean() < 1e-3  # hue by 0 may move a value by float rounding
+    assert (plain == 0).any() and (plain > 0).any()
+
+
+def test_numba_backend_refuses_a_pyramid_beyond_32_bit_texel_indices(monkeypatch, photo):
+    from fastssl.errors import FastSSLError
+    from fastssl.kernels import pyramid
+
+    real = pyramid.pack_pairs
+
+    def huge(levels):
+        p = real(levels)
+        return dataclasses.replace(p, pairs=np.broadcast_to(np.uint64(0), (2**31,)))  # no memory
+
+    monkeypatch.setattr(pyramid, "pack_pairs", huge)
+    with pytest.raises(FastSSLError, match="too large for the numba backend"):
+        Renderer(photo, AugmentSpec(size=8), "numba")
