@@ -6,8 +6,10 @@ A recipe's sections and their defaults:
 - ``[model]``: :class:`~fastssl.models.alexnet.ModelConfig`;
 - ``[mono]``: the :class:`~fastssl.spec.AugmentSpec` fields and ``epoch_length``;
 - ``[train]``: the :class:`~fastssl.train.TrainConfig` every method starts from;
-- ``[<method>]`` (one per registered method): what that method changes of ``[train]``, and
-  ``[<method>.settings]``: the method's own settings (its ``Settings`` dataclass);
+- ``[<method>]`` (one per registered method): what that method changes of ``[train]``,
+  ``[<method>.settings]``: the method's own settings (its ``Settings`` dataclass), and
+  ``[<method>.model]``: what that method's network changes of ``[model]`` (e.g. DeepCluster's
+  Sobel input);
 - ``[probe]``: :class:`~fastssl.probe.ProbeConfig`.
 
 :func:`load` reads a preset or a file, applies ``--set section.key=value`` overrides (any key
@@ -190,7 +192,7 @@ def defaults() -> dict:
     d["mono"] = {**as_dict(AugmentSpec()), "epoch_length": PAPER_EPOCH}
     d["train"] = {k: v for k, v in as_dict(TrainConfig()).items() if k not in RUN_WIDE}
     for name, cls in METHODS.items():
-        d[name] = dict(d["train"])
+        d[name] = {**d["train"], "model": dict(d["model"])}
         if cls.Settings is not None:
             d[name]["settings"] = as_dict(cls.Settings())
     d["probe"] = {k: v for k, v in as_dict(ProbeConfig()).items() if k not in PROBE_RUN_WIDE}
@@ -221,8 +223,15 @@ def expand(recipe: dict) -> dict:
     train = out["train"]
     for name in METHODS:
         base = _merge(full[name], train, f"{name}.")
+        base["model"] = dict(out["model"])  # the run's network, unless the method changes it
         out[name] = _merge(base, recipe.get(name, {}), f"{name}.")
     return out
+
+
+def model_changes(rc: dict, method: str) -> dict:
+    """The keys of ``[model]`` that ``method``'s own ``[<method>.model]`` sets differently."""
+    own = rc[method].get("model", rc["model"])
+    return {k: v for k, v in own.items() if rc["model"].get(k) != v}
 
 
 def read_recipe(name_or_path: str) -> dict:
@@ -318,6 +327,7 @@ def validate(rc: dict) -> None:
     for name, cls in METHODS.items():
         sec = dict(rc[name])
         settings = sec.pop("settings", None)
+        to_dataclass(ModelConfig, sec.pop("model", rc["model"]), f"{name}.model.")
         to_dataclass(TrainConfig, sec, f"{name}.")
         if cls.Settings is not None:
             to_dataclass(cls.Settings, settings, f"{name}.settings.")

@@ -1,13 +1,15 @@
 """``fastssl repro``: the paper's table in miniature, in one command.
 
-Rows, for ``--method M`` (rotnet, deepcluster or bigan): ``random`` (an untrained AlexNet),
-``mono-M`` (M on patches of one image; several images: named by their count), optionally the
-N-image rows (``deka-M``, ``kilo-M``, ``n<N>-M``) and the ablation rows
-(``mono-M-no-scale|no-rotation|no-colour``), ``full-M`` (M on the labelled train split's
-images, labels unused: the paper's "millions of images" row at this scale) and ``supervised``
-(on the labelled train split). DeepCluster trains on fixed datasets: the first ``[mono]
-epoch_length`` patches of the image(s), indexed and rendered when needed, and the train split
-decoded once at ``res`` (centre crops) and held in memory; RotNet and BiGAN stream.
+Rows, for ``--method M`` (rotnet, deepcluster or bigan): ``random`` (an untrained AlexNet;
+when the recipe changes M's network in ``[M.model]``, also ``random-<change>``, an untrained
+network of M's architecture, e.g. ``random-sobel``), ``mono-M`` (M on patches of one image;
+several images: named by their count), optionally the N-image rows (``deka-M``, ``kilo-M``,
+``n<N>-M``) and the ablation rows (``mono-M-no-scale|no-rotation|no-colour``), ``full-M`` (M
+on the labelled train split's images, labels unused: the paper's "millions of images" row at
+this scale) and ``supervised`` (on the labelled train split). DeepCluster trains on fixed
+datasets: the first ``[mono] epoch_length`` patches of the image(s), indexed and rendered when
+needed, and the train split decoded once at ``res`` (centre crops) and held in memory; RotNet
+and BiGAN stream.
 Columns: linear-probe top-1 of conv1..conv5 on the held-out validation split (or
 ``--eval-data``, or the ``val/`` split of an ImageNet root).
 
@@ -115,7 +117,7 @@ def train_config(rc: dict, method_name: str, progress: bool, resume: bool):
     run-wide settings."""
     from .train import TrainConfig
 
-    kw = {k: v for k, v in rc[method_name].items() if k != "settings"}
+    kw = {k: v for k, v in rc[method_name].items() if k not in ("settings", "model")}
     cfg = to_dataclass(TrainConfig, kw, f"{method_name}.")
     cfg.seed, cfg.device, cfg.progress, cfg.resume = int(rc["seed"]), rc["device"], progress, resume
     return cfg
@@ -124,9 +126,22 @@ def train_config(rc: dict, method_name: str, progress: bool, resume: bool):
 def build_for(rc: dict, method_name: str, num_classes=None):
     from .methods import build_method
 
-    return build_method(
-        method_name, dict(rc["model"]), num_classes, rc[method_name].get("settings"), seed=int(rc["seed"])
-    )
+    model = dict(rc[method_name].get("model", rc["model"]))  # [model] with the method's own changes
+    return build_method(method_name, model, num_classes, rc[method_name].get("settings"), seed=int(rc["seed"]))
+
+
+def random_rows(rc: dict, method: str) -> dict[str, dict]:
+    """The untrained networks to compare with: ``random`` (the run's ``[model]``) and, when the
+    method changes the network (``[<method>.model]``), ``random-<change>`` with its model, so
+    that each trained row has a random row of its own architecture."""
+    from .config import model_changes
+
+    rows = {"random": dict(rc["model"])}
+    changes = model_changes(rc, method)
+    if changes:
+        tag = "-".join(k if v is True else f"{k}{v}" for k, v in changes.items())
+        rows[f"random-{tag}"] = dict(rc[method]["model"])
+    return rows
 
 
 def _check_fits(n: int, per_item: int, what: str, kind: str) -> None:
@@ -187,6 +202,13 @@ def _train(row: str, rc: dict, method_name: str, data, out: Path, num_classes, p
     cfg = train_config(rc, method_name, progress, resume=True)
     run = out / row
     ck = run / "ckpt.pt"
+    if ck.exists():  # a row of an earlier run: only reused (or resumed) with the same network
+        arch = load_checkpoint(ck)["arch"]
+        model = rc[method_name].get("model", rc["model"])
+        diff = {k: (arch[k], v) for k, v in model.items() if k in arch and arch[k] != v}
+        if diff:
+            said = ", ".join(f"{k} {a!r} there, {b!r} now" for k, (a, b) in diff.items())
+            raise FastSSLError(f"{run} was trained with another network ({said}): use another --out")
     if ck.exists() and load_checkpoint(ck)["epoch"] >= cfg.epochs:
         _log(f"{row}: already trained ({ck})")
         return ck
@@ -357,14 +379,15 @@ def _rows_of_one_seed(rc, method, image, train_data, val_data, nc: int, out: Pat
     pcfg.device, pcfg.progress = device, progress
     pdir = out / "probes"
     pdir.mkdir(exist_ok=True)
-    for row in ["random", *ckpts]:
+    randoms = random_rows(rc, method)
+    for row in [*randoms, *ckpts]:
         rp = pdir / f"{row}.json"
         if rp.exists():
             _log(f"probes {row}: done already {json.loads(rp.read_text())['top1']}")
             continue
-        if row == "random":
+        if row in randoms:
             torch.manual_seed(seed)
-            trunk = AlexNet(4, **rc["model"])
+            trunk = AlexNet(4, **randoms[row])
         else:
             trunk = load_trunk(ckpts[row])
         _log(f"probes {row}: training five linear probes for {pcfg.epochs} epochs")
@@ -414,15 +437,16 @@ def source_images(data, eval_data, rc: dict, counts) -> dict[int, list]:
 
 
 def row_order(names) -> list[str]:
-    """random first, supervised last; between them by method (registry order), then by images
-    (one, ten, a thousand, N, the full split), then the ablation variant."""
+    """random first (then ``random-<change>``), supervised last; between them by method
+    (registry order), then by images (one, ten, a thousand, N, the full split), then the
+    ablation variant."""
     from .methods import pretext_methods
 
     rank = {m: i for i, m in enumerate(pretext_methods())}
 
     def key(name: str):
-        if name == "random":
-            return (0, 0, "")
+        if name == "random" or name.startswith("random-"):  # random, then random-<change>
+            return (0, 0 if name == "random" else 1, name)
         if name == "supervised":
             return (2, 0, "")
         prefix, _, rest = name.partition("-")  # mono / deka / kilo / n<N> / full, then method[-variant]

@@ -117,3 +117,25 @@ def test_a_method_is_one_class_and_one_registry_line(monkeypatch, tmp_path, caps
     assert main(args) == 0
     ck = load_checkpoint(out / "ckpt.pt")
     assert ck["method"] == "toy" and ck["epoch"] == 1 and ck["arch"]["num_classes"] == 3
+
+
+def test_a_method_can_change_the_network_and_gets_a_random_row_of_its_own():
+    from fastssl.config import model_changes
+    from fastssl.repro import build_for, random_rows, row_order
+
+    rc = load(TINY, ["deepcluster.model.sobel=true", "model.width=0.5"])
+    assert rc["deepcluster"]["model"]["sobel"] is True and rc["rotnet"]["model"]["sobel"] is False
+    assert rc["deepcluster"]["model"]["width"] == 0.5  # the rest of [model] still reaches the method
+    assert model_changes(rc, "deepcluster") == {"sobel": True} and model_changes(rc, "rotnet") == {}
+    assert build_for(rc, "deepcluster").trunk().convs[0].in_channels == 2  # Sobel's two gradients
+    assert build_for(rc, "rotnet").trunk().convs[0].in_channels == 3
+    rows = random_rows(rc, "deepcluster")
+    assert list(rows) == ["random", "random-sobel"] and rows["random-sobel"]["sobel"] is True
+    assert list(random_rows(rc, "rotnet")) == ["random"]
+    names = ["supervised", "full-deepcluster", "random-sobel", "mono-deepcluster", "random"]
+    assert row_order(names) == ["random", "random-sobel", "mono-deepcluster", "full-deepcluster", "supervised"]
+    # a global change reaches every method: no method differs, no extra random row
+    rc = load(TINY, ["model.sobel=true"])
+    assert all(rc[m]["model"]["sobel"] for m in METHODS) and list(random_rows(rc, "deepcluster")) == ["random"]
+    with pytest.raises(FastSSLError, match=r"deepcluster\.model\.width"):
+        load(TINY, ["deepcluster.model.width=-1"])

@@ -465,3 +465,22 @@ def test_ctrl_c_in_the_middle_of_a_step_resumes_bit_identical(tmp_path):
     sa, sb = a["optims"]["main"]["state"], b["optims"]["main"]["state"]
     assert sa.keys() == sb.keys() and all(torch.equal(sa[i]["momentum_buffer"], sb[i]["momentum_buffer"]) for i in sa)
     assert torch.equal(a["torch_rng"], b["torch_rng"])
+
+
+def test_repro_refuses_to_reuse_a_row_trained_with_another_network(tmp_path):
+    # a folder of an earlier run holds mono-deepcluster trained on RGB; the recipe now gives
+    # DeepCluster Sobel input: reusing (or resuming) that row would mix two networks in a table
+    from fastssl.config import load
+    from fastssl.repro import _train
+    from fastssl.train import CKPT_FORMAT
+
+    rc = load(str(Path(__file__).parent / "data" / "tiny.toml"), ["deepcluster.model.sobel=true"])
+    row = tmp_path / "mono-deepcluster"
+    row.mkdir()
+    arch = {**rc["model"], "num_classes": 10}  # sobel False: the run's [model]
+    torch.save({"format": CKPT_FORMAT, "arch": arch, "epoch": 99}, row / "ckpt.pt")
+    with pytest.raises(FastSSLError, match=r"trained with another network \(sobel False there, True now\)"):
+        _train("mono-deepcluster", rc, "deepcluster", None, tmp_path, None, False)
+    arch["sobel"] = True  # the same network: the finished row is reused, nothing retrained
+    torch.save({"format": CKPT_FORMAT, "arch": arch, "epoch": 99}, row / "ckpt.pt")
+    assert _train("mono-deepcluster", rc, "deepcluster", None, tmp_path, None, False) == row / "ckpt.pt"

@@ -63,7 +63,7 @@ class BiGAN(Method):
     def check_recipe(cls, rc: dict) -> None:
         from ..config import bad
 
-        res = rc["model"]["input_res"]
+        res = rc[cls.name].get("model", rc["model"])["input_res"]
         if res < 8 or res & (res - 1):
             bad(
                 "model.input_res",
