@@ -167,27 +167,31 @@ def _row_colour(rr, gg, bb, op, f, mean, S):
             rr[x], gg[x], bb[x] = _hue(rr[x], gg[x], bb[x], f)
 
 
+@nb.njit(inline="always", fastmath=True)
+def _tap(o, st, fw, fh, m0, m3, uy, vy, fx):
+    """The bilinear tap of the pixel at ``fx`` on a row: the index of its top-left texel
+    (32-bit: the pyramid holds fewer than 2**31 entries) and its two weights. The coordinates
+    are clamped to [-1, side - 1]: with the one-texel border that repeats each level's edge,
+    that is exactly clamp-to-edge, and no tap needs a test of its own."""
+    lo = _f32(-1.0)
+    u = min(max(m0 * fx + uy, lo), fw)
+    v = min(max(m3 * fx + vy, lo), fh)
+    fu = np.floor(u)
+    fv = np.floor(v)
+    return o + np.int32(np.int32(fv) * st) + np.int32(fu), u - fu, v - fv
+
+
 @nb.njit(fastmath=True, boundscheck=False, nogil=True, cache=True)
 def _coords(off, stride, w, h, m0, m3, uy, vy, fx0, step, n, idx, ax, ay):
-    """Pass 1 of a row (vectorised, 16 pixels a vector): for the n pixels x = fx0 + step * k,
-    the index of the top-left texel of the bilinear tap (32-bit: the pyramid holds fewer than
-    2**31 entries) and its two weights. The coordinates are clamped to [-1, side - 1]: with
-    the one-texel border that repeats each level's edge, that is exactly clamp-to-edge, and no
-    tap needs a test of its own."""
+    """Pass 1 of a row (vectorised, 16 pixels a vector): :func:`_tap` of the n pixels
+    x = fx0 + step * k."""
     fw = _f32(w - 1)
     fh = _f32(h - 1)
-    lo = _f32(-1.0)
     st = np.int32(stride)
     o = np.int32(off)
     for k in range(n):
-        fx = fx0 + step * _f32(k)
-        u = min(max(m0 * fx + uy, lo), fw)
-        v = min(max(m3 * fx + vy, lo), fh)
-        fu = np.floor(u)
-        fv = np.floor(v)
-        ax[k] = u - fu
-        ay[k] = v - fv
-        idx[k] = np.uint32(o + np.int32(np.int32(fv) * st) + np.int32(fu))
+        i, ax[k], ay[k] = _tap(o, st, fw, fh, m0, m3, uy, vy, fx0 + step * _f32(k))
+        idx[k] = np.uint32(i)
 
 
 PREFETCH_AHEAD = 3  # rows: the source texels of row y + 3 are requested while row y renders
@@ -222,14 +226,10 @@ def _prefetch_row(pairs, off, stride, w, h, m0, m3, uy, vy, S):
     the patch is rotated (measured: 15-20% of the kernel's time on a 2560x1920 photo)."""
     fw = _f32(w - 1)
     fh = _f32(h - 1)
-    lo = _f32(-1.0)
     st = np.int32(stride)
     o = np.int32(off)
     for k in range(0, S, PREFETCH_EVERY):
-        fx = _f32(k)
-        u = min(max(m0 * fx + uy, lo), fw)
-        v = min(max(m3 * fx + vy, lo), fh)
-        i = o + np.int32(np.int32(np.floor(v)) * st) + np.int32(np.floor(u))
+        i, _, _ = _tap(o, st, fw, fh, m0, m3, uy, vy, _f32(k))
         _prefetch(pairs, i)
         _prefetch(pairs, i + st)
 
