@@ -228,10 +228,14 @@ def expand(recipe: dict) -> dict:
     return out
 
 
+def method_model(rc: dict, method: str) -> dict:
+    """``method``'s network: ``[model]`` with its own ``[<method>.model]`` changes."""
+    return rc[method].get("model", rc["model"])
+
+
 def model_changes(rc: dict, method: str) -> dict:
     """The keys of ``[model]`` that ``method``'s own ``[<method>.model]`` sets differently."""
-    own = rc[method].get("model", rc["model"])
-    return {k: v for k, v in own.items() if rc["model"].get(k) != v}
+    return {k: v for k, v in method_model(rc, method).items() if rc["model"].get(k) != v}
 
 
 def read_recipe(name_or_path: str) -> dict:

@@ -32,7 +32,7 @@ from pathlib import Path
 import torch
 
 from .atomic import atomic_output
-from .config import load, to_dataclass
+from .config import load, method_model, to_dataclass
 from .errors import FastSSLError
 from .report import bar_figure, markdown_table, write_json
 
@@ -126,7 +126,7 @@ def train_config(rc: dict, method_name: str, progress: bool, resume: bool):
 def build_for(rc: dict, method_name: str, num_classes=None):
     from .methods import build_method
 
-    model = dict(rc[method_name].get("model", rc["model"]))  # [model] with the method's own changes
+    model = dict(method_model(rc, method_name))
     return build_method(method_name, model, num_classes, rc[method_name].get("settings"), seed=int(rc["seed"]))
 
 
@@ -140,7 +140,7 @@ def random_rows(rc: dict, method: str) -> dict[str, dict]:
     changes = model_changes(rc, method)
     if changes:
         tag = "-".join(k if v is True else f"{k}{v}" for k, v in changes.items())
-        rows[f"random-{tag}"] = dict(rc[method]["model"])
+        rows[f"random-{tag}"] = dict(method_model(rc, method))
     return rows
 
 
@@ -203,15 +203,16 @@ def _train(row: str, rc: dict, method_name: str, data, out: Path, num_classes, p
     run = out / row
     ck = run / "ckpt.pt"
     if ck.exists():  # a row of an earlier run: only reused (or resumed) with the same network
-        arch = load_checkpoint(ck)["arch"]
-        model = rc[method_name].get("model", rc["model"])
-        diff = {k: (arch[k], v) for k, v in model.items() if k in arch and arch[k] != v}
+        state = load_checkpoint(ck)
+        arch, epoch = state["arch"], state["epoch"]
+        del state  # not held through training: a resumed run loads its weights itself
+        diff = {k: (arch[k], v) for k, v in method_model(rc, method_name).items() if k in arch and arch[k] != v}
         if diff:
             said = ", ".join(f"{k} {a!r} there, {b!r} now" for k, (a, b) in diff.items())
             raise FastSSLError(f"{run} was trained with another network ({said}): use another --out")
-    if ck.exists() and load_checkpoint(ck)["epoch"] >= cfg.epochs:
-        _log(f"{row}: already trained ({ck})")
-        return ck
+        if epoch >= cfg.epochs:
+            _log(f"{row}: already trained ({ck})")
+            return ck
     torch.manual_seed(cfg.seed)
     method = build_for(rc, method_name, num_classes)
     if method.fixed_dataset:

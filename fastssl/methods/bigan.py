@@ -61,9 +61,9 @@ class BiGAN(Method):
 
     @classmethod
     def check_recipe(cls, rc: dict) -> None:
-        from ..config import bad
+        from ..config import bad, method_model
 
-        res = rc[cls.name].get("model", rc["model"])["input_res"]
+        res = method_model(rc, cls.name)["input_res"]
         if res < 8 or res & (res - 1):
             bad(
                 "model.input_res",
