@@ -59,11 +59,32 @@ def inner_loop(asm: str) -> list[str]:
     return best
 
 
-def lanes(body: list[str]) -> int:
-    """Pixels per iteration: the step of the loop's counter (its first ``add $N``: N elements
-    per trip, whether as one vector or as an unrolled scalar body)."""
-    steps = [int(m.group(1)) for b in body if (m := re.match(r"\s*add\w*\s+\$(\d+), %r", b))]
-    return steps[0] if steps else 1
+_REG_BYTES = (("zmm", 64), ("ymm", 32), ("xmm", 16))
+_SUFFIX_BYTES = {"b": 1, "w": 2, "l": 4, "q": 8}
+
+
+def stored_bytes(line: str) -> int:
+    """Bytes an instruction stores: a move whose destination (AT&T: the last operand) is
+    memory, sized by its source register (vector), its scalar form, or its suffix (integer)."""
+    m = re.match(r"\s*(v?mov\w*)\s+(%\w+),\s*(\S*\(.*\))\s*$", line)
+    if not m:
+        return 0
+    op, src = m.group(1), m.group(2)
+    if op in ("movss", "vmovss", "movd", "vmovd"):
+        return 4
+    if op in ("movsd", "vmovsd", "vmovq"):
+        return 8
+    for reg, n in _REG_BYTES:
+        if reg in src:
+            return n
+    return _SUFFIX_BYTES.get(op[-1], 8)
+
+
+def lanes(body: list[str], out_bytes: int) -> int:
+    """Pixels per iteration: the bytes the loop stores per trip over the bytes a pixel stores
+    in that pass (its output buffers), whatever the vector width or unrolling."""
+    stored = sum(stored_bytes(b) for b in body)
+    return max(1, round(stored / out_bytes))
 
 
 def main(argv=None) -> int:
@@ -130,18 +151,18 @@ def main(argv=None) -> int:
         np.zeros(S, np.float32),
         np.zeros(3 * S, np.uint8),
     )
-    passes = [  # name, bytes moved per pixel (loads + stores of the pass's buffers)
-        ("_coords", 12),
-        ("_taps", 4 + 16 + 16),
-        ("_blend", 16 + 8 + 12),
-        ("hue (_row_colour op 3)", 24),
-        ("saturation (_row_colour op 2)", 24),
-        ("_colour_store (saturation as the last op)", 12 + 3),
-        ("_blend_store (rows without colour)", 16 + 8 + 3),
+    passes = [  # name, bytes moved per pixel (loads + stores of the pass's buffers), of them stored
+        ("_coords", 12, 12),
+        ("_taps", 4 + 16 + 16, 16),
+        ("_blend", 16 + 8 + 12, 12),
+        ("hue (_row_colour op 3)", 24, 12),
+        ("saturation (_row_colour op 2)", 24, 12),
+        ("_colour_store (saturation as the last op)", 12 + 3, 3),
+        ("_blend_store (rows without colour)", 16 + 8 + 3, 3),
     ]
     rows(1, pyr.pairs, m, S, *bufs, 0)  # coordinates of the first row's ... all rows, for the taps
     out = []
-    for k, (name, nbytes) in enumerate(passes):
+    for k, (name, nbytes, out_bytes) in enumerate(passes):
         rows(1, pyr.pairs, m, S, *bufs, k)
         reps, t0 = 0, time.perf_counter()
         while time.perf_counter() - t0 < a.seconds:
@@ -160,7 +181,7 @@ def main(argv=None) -> int:
         }.get(name.split()[0])
         body = inner_loop(next(iter(fn.inspect_asm().values()))) if fn else []
         n_ins = sum(not b.strip().endswith(":") for b in body)
-        lane = lanes(body) if body else None
+        lane = lanes(body, out_bytes) if body else None
         rec = {"pass": name, "ns_per_pixel": round(ns, 3), "bytes_per_pixel": nbytes}
         if body:
             rec.update(
@@ -186,6 +207,23 @@ def main(argv=None) -> int:
         f" {jittered:.2f} ns/pixel = {1e3 / jittered:.0f} Mpix/s per core"
     )
     print(f"half the patches jittered: {total:.2f} ns/pixel = {1e3 / total:.0f} Mpix/s per core")
+    # the whole kernel on this batch, with and without the prefetch of coming rows
+    args = nw.prepare(p.level_matrix(), p.box, p.level, p.jitter, p.factors, p.order)
+    batch = np.empty((len(p), S, S, 3), np.uint8)
+    whole = {}
+    for pf in (True, False, True, False):
+        nw.run(pyr, args, batch, prefetch=pf)
+        best, t0 = float("inf"), time.perf_counter()
+        while time.perf_counter() - t0 < a.seconds / 2:
+            t1 = time.perf_counter()
+            nw.run(pyr, args, batch, prefetch=pf)
+            best = min(best, time.perf_counter() - t1)
+        whole[pf] = min(whole.get(pf, best), best) / (len(p) * S * S) * 1e9
+    mib = pyr.pairs.nbytes / 2**20
+    print(
+        f"whole kernel, {len(p)} patches (pyramid {mib:.1f} MiB): {whole[True]:.2f} ns/pixel with the row prefetch,"
+        f" {whole[False]:.2f} without (by default on from {nw.PREFETCH_MIN_BYTES / 2**20:.0f} MiB)"
+    )
     if a.json:
         with open(a.json, "w") as fh:
             json.dump(
@@ -195,6 +233,8 @@ def main(argv=None) -> int:
                     "plain_ns_per_pixel": round(plain, 3),
                     "jittered_ns_per_pixel": round(jittered, 3),
                     "total_ns_per_pixel": round(total, 3),
+                    "kernel_ns_per_pixel": {"prefetch": round(whole[True], 3), "none": round(whole[False], 3)},
+                    "pyramid_mib": round(mib, 2),
                 },
                 fh,
                 indent=1,

@@ -196,6 +196,13 @@ def _coords(off, stride, w, h, m0, m3, uy, vy, fx0, step, n, idx, ax, ay):
 
 PREFETCH_AHEAD = 3  # rows: the source texels of row y + 3 are requested while row y renders
 PREFETCH_EVERY = 8  # output pixels between two prefetched taps along that row
+# pyramids smaller than this are not prefetched: their patches mostly hit the caches already
+# (measured, S = 256, one thread: 1-4% slower with prefetch at 3.2 MiB, 6% faster at 7 MiB,
+# 23% faster at 50 MiB; `benchmarks/kernel_roofline.py` reports the kernel with and without)
+PREFETCH_MIN_BYTES = 4 << 20
+# the threads take patches in chunks of about this many output pixels, as they free up: a
+# jittered patch costs more than a plain one, so equal shares of a batch finish apart
+CHUNK_PIXELS = 1 << 16
 
 
 @intrinsic
@@ -293,68 +300,134 @@ def _q(v):
     return np.uint8(min(max(v + _HALF, _ZERO), _MAXV))
 
 
+@nb.njit(inline="always", fastmath=True)
+def _q_in(v):
+    """:func:`_q` of a value known to lie in [0, 255] (truncation of v + 0.5 rounds it)."""
+    return np.uint8(np.int32(v + _HALF))
+
+
 @nb.njit(fastmath=True, boundscheck=False, nogil=True, cache=True)
 def _blend_store(top, bot, ax, ay, n, o):
     """:func:`_bilinear` and the store in one loop, for the rows of patches without colour
-    operations: rounded, clamped and interleaved straight into the uint8 row ``o`` (3 * n
-    bytes), 32 pixels an iteration, no float row buffers in between."""
+    operations: rounded and interleaved straight into the uint8 row ``o`` (3 * n bytes), 16
+    pixels an iteration, no float row buffers in between. No clamp: a bilinear blend of bytes
+    lies in [0, 255]."""
     for k in range(n):
         r, g, b = _bilinear(top, bot, ax, ay, k)
-        o[3 * k] = _q(r)
-        o[3 * k + 1] = _q(g)
-        o[3 * k + 2] = _q(b)
+        o[3 * k] = _q_in(r)
+        o[3 * k + 1] = _q_in(g)
+        o[3 * k + 2] = _q_in(b)
 
 
 @nb.njit(fastmath=True, boundscheck=False, nogil=True, cache=True)
 def _colour_store(rr, gg, bb, op, f, mean, S, o):
-    """The last colour op of a row, rounded, clamped and interleaved into the uint8 row ``o``
-    (3 * S bytes) as it is computed."""
+    """The last colour op of a row, rounded and interleaved into the uint8 row ``o`` (3 * S
+    bytes) as it is computed; clamped only where the op can leave [0, 255] (an affine op with
+    a factor above 1; hue and convex combinations stay in range)."""
+    inside = _ZERO <= f <= _ONE
     if op == 0:
-        for x in range(S):
-            o[3 * x] = _q(rr[x] * f)
-            o[3 * x + 1] = _q(gg[x] * f)
-            o[3 * x + 2] = _q(bb[x] * f)
+        if inside:
+            for x in range(S):
+                o[3 * x] = _q_in(rr[x] * f)
+                o[3 * x + 1] = _q_in(gg[x] * f)
+                o[3 * x + 2] = _q_in(bb[x] * f)
+        else:
+            for x in range(S):
+                o[3 * x] = _q(rr[x] * f)
+                o[3 * x + 1] = _q(gg[x] * f)
+                o[3 * x + 2] = _q(bb[x] * f)
     elif op == 1:
         m = (_ONE - f) * mean
-        for x in range(S):
-            o[3 * x] = _q(f * rr[x] + m)
-            o[3 * x + 1] = _q(f * gg[x] + m)
-            o[3 * x + 2] = _q(f * bb[x] + m)
+        if inside:
+            for x in range(S):
+                o[3 * x] = _q_in(f * rr[x] + m)
+                o[3 * x + 1] = _q_in(f * gg[x] + m)
+                o[3 * x + 2] = _q_in(f * bb[x] + m)
+        else:
+            for x in range(S):
+                o[3 * x] = _q(f * rr[x] + m)
+                o[3 * x + 1] = _q(f * gg[x] + m)
+                o[3 * x + 2] = _q(f * bb[x] + m)
     elif op == 2:
         g1 = _ONE - f
-        for x in range(S):
-            grey = g1 * (_WR * rr[x] + _WG * gg[x] + _WB * bb[x])
-            o[3 * x] = _q(f * rr[x] + grey)
-            o[3 * x + 1] = _q(f * gg[x] + grey)
-            o[3 * x + 2] = _q(f * bb[x] + grey)
+        if inside:
+            for x in range(S):
+                grey = g1 * (_WR * rr[x] + _WG * gg[x] + _WB * bb[x])
+                o[3 * x] = _q_in(f * rr[x] + grey)
+                o[3 * x + 1] = _q_in(f * gg[x] + grey)
+                o[3 * x + 2] = _q_in(f * bb[x] + grey)
+        else:
+            for x in range(S):
+                grey = g1 * (_WR * rr[x] + _WG * gg[x] + _WB * bb[x])
+                o[3 * x] = _q(f * rr[x] + grey)
+                o[3 * x + 1] = _q(f * gg[x] + grey)
+                o[3 * x + 2] = _q(f * bb[x] + grey)
     else:
         for x in range(S):
             r, g, b = _hue(rr[x], gg[x], bb[x], f)
-            o[3 * x] = _q(r)
-            o[3 * x + 1] = _q(g)
-            o[3 * x + 2] = _q(b)
+            o[3 * x] = _q_in(r)
+            o[3 * x + 1] = _q_in(g)
+            o[3 * x + 2] = _q_in(b)
+
+
+@nb.njit(fastmath=True, boundscheck=False, nogil=True, inline="always")
+def _warp_row(pairs, off, stride, w, h, m, bx, y, S, idx, ax, ay, top, bot, prefetch, ahead=1):
+    """Coordinates and taps of row ``y``'s span (returned as ``x0, x1``). With ``prefetch``,
+    first requests the taps of the row ``PREFETCH_AHEAD`` steps further along this walk
+    over the rows (a step: ``ahead`` rows)."""
+    fy = _f32(y)
+    ya = y + PREFETCH_AHEAD * ahead
+    if prefetch and ya < S:
+        fa = _f32(ya)
+        _prefetch_row(pairs, off, stride, w, h, m[0], m[3], m[1] * fa + m[2], m[4] * fa + m[5], S)
+    x0, x1 = _row_span(bx, y, S)
+    k = x1 - x0
+    _coords(off, stride, w, h, m[0], m[3], m[1] * fy + m[2], m[4] * fy + m[5], _f32(x0), _ONE, k, idx, ax, ay)
+    _taps(pairs, stride, k, idx, top, bot)
+    return x0, x1
+
+
+@nb.njit(fastmath=True, boundscheck=False, nogil=True, inline="always")
+def _blend_row(pairs, off, stride, w, h, m, bx, y, S, idx, ax, ay, top, bot, top32, bot32, rr, gg, bb, prefetch, ahead):
+    """Row ``y`` sampled into the float buffers, zeros outside the crop box."""
+    x0, x1 = _warp_row(pairs, off, stride, w, h, m, bx, y, S, idx, ax, ay, top, bot, prefetch, ahead)
+    _blend(top32, bot32, ax, ay, x1 - x0, rr[x0:x1], gg[x0:x1], bb[x0:x1])
+    for x in range(x0):
+        rr[x] = _ZERO
+        gg[x] = _ZERO
+        bb[x] = _ZERO
+    for x in range(x1, S):
+        rr[x] = _ZERO
+        gg[x] = _ZERO
+        bb[x] = _ZERO
 
 
 @nb.njit(parallel=True, fastmath=True, boundscheck=False, cache=True, nogil=True)
-def warp_colour(pairs, offsets, heights, widths, strides, mats, boxes, levels, jitter, factors, order, out):
+def warp_colour(
+    pairs, offsets, heights, widths, strides, mats, boxes, levels, jitter, factors, order, out, prefetch=True
+):
     """Fill ``out`` (n, S, S, 3) uint8.
 
     pairs, offsets, heights, widths, strides: the pyramid of :func:`fastssl.kernels.pyramid.pack_pairs`;
     mats, boxes: (n, 6) float32 row-major 2x3 (mats already in each patch's level);
-    levels: (n,) int32; jitter: (n,) uint8; factors: (n, 4) float32; order: (n, 4) int8.
+    levels: (n,) int32; jitter: (n,) uint8; factors: (n, 4) float32; order: (n, 4) int8;
+    prefetch: request each coming row's source texels ahead (see :func:`_prefetch_row`).
 
     Row by row: the span of the row inside the crop box is found once; its pixels go through
     three passes over contiguous row buffers (coordinates and weights, vectorised; the texel
     loads, two 64-bit words per pixel; the unpack and blend, vectorised); for a patch without
     colour jitter the blend rounds and stores the row itself, otherwise each colour op runs
     over the row as a branch-free loop, the last one rounding and storing the row as it goes.
-    The taps of the row ``PREFETCH_AHEAD`` rows down are prefetched first. Every loop starts
-    at index 0 of its buffers, so no index can be negative and LLVM vectorises without
-    wrap-around checks.
+    A jittered patch first renders every ``MEAN_STRIDE``-th row up to contrast's place in its
+    order and keeps those rows: contrast's mean comes from them (every ``MEAN_STRIDE``-th
+    column), and they then go on through the remaining ops without being sampled twice.
+    Every loop starts at index 0 of its buffers, so no index can be negative and LLVM
+    vectorises without wrap-around checks.
     """
     n = out.shape[0]
     S = out.shape[1]
     flat = out.reshape(n, S, 3 * S)
+    pf = prefetch
     for i in nb.prange(n):
         lv = levels[i]
         off = offsets[lv]
@@ -376,96 +449,82 @@ def warp_colour(pairs, offsets, heights, widths, strides, mats, boxes, levels, j
         bot = np.empty(S, np.uint64)
         top32 = top.view(np.uint32)
         bot32 = bot.view(np.uint32)
-        mean = _ZERO
-        if jit:
-            # mean grey at contrast's place in this patch's order, over every MEAN_STRIDE-th row
-            # and column (pixels outside the crop box are 0 and stay 0 through the ops before it)
-            pos = 0
-            while ordr[pos] != 1:
-                pos += 1
-            acc = _ZERO
-            side = (S + MEAN_STRIDE - 1) // MEAN_STRIDE
-            for y in range(0, S, MEAN_STRIDE):
-                x0, x1 = _row_span(bx, y, S)
-                first = (x0 + MEAN_STRIDE - 1) // MEAN_STRIDE * MEAN_STRIDE
-                k = max(0, (x1 - first + MEAN_STRIDE - 1) // MEAN_STRIDE)
-                if k == 0:
-                    continue
-                fy = _f32(y)
-                _coords(
-                    off,
-                    stride,
-                    w,
-                    h,
-                    m[0],
-                    m[3],
-                    m[1] * fy + m[2],
-                    m[4] * fy + m[5],
-                    _f32(first),
-                    _f32(MEAN_STRIDE),
-                    k,
-                    idx,
-                    ax,
-                    ay,
-                )
-                _taps(pairs, stride, k, idx, top, bot)
-                _blend(top32, bot32, ax, ay, k, rr, gg, bb)
-                for q in range(pos):
-                    op = ordr[q]
-                    _row_colour(rr, gg, bb, op, fac[op], _ZERO, k)
-                for x in range(k):
-                    acc += _WR * rr[x] + _WG * gg[x] + _WB * bb[x]
-            mean = acc / _f32(side * side)
-        for y in range(S):
-            fy = _f32(y)
-            if y + PREFETCH_AHEAD < S:
-                fa = _f32(y + PREFETCH_AHEAD)
-                _prefetch_row(pairs, off, stride, w, h, m[0], m[3], m[1] * fa + m[2], m[4] * fa + m[5], S)
-            x0, x1 = _row_span(bx, y, S)
-            k = x1 - x0
-            _coords(off, stride, w, h, m[0], m[3], m[1] * fy + m[2], m[4] * fy + m[5], _f32(x0), _ONE, k, idx, ax, ay)
-            _taps(pairs, stride, k, idx, top, bot)
-            if not jit:  # straight to the output row, zeros outside the crop box
+        if not jit:
+            for y in range(S):
+                x0, x1 = _warp_row(pairs, off, stride, w, h, m, bx, y, S, idx, ax, ay, top, bot, pf)
                 o = flat[i, y]
                 for x in range(3 * x0):
                     o[x] = 0
-                _blend_store(top32, bot32, ax, ay, k, o[3 * x0 : 3 * x1])
+                _blend_store(top32, bot32, ax, ay, x1 - x0, o[3 * x0 : 3 * x1])
                 for x in range(3 * x1, 3 * S):
                     o[x] = 0
-                continue
-            _blend(top32, bot32, ax, ay, k, rr[x0:x1], gg[x0:x1], bb[x0:x1])
-            for x in range(x0):
-                rr[x] = _ZERO
-                gg[x] = _ZERO
-                bb[x] = _ZERO
-            for x in range(x1, S):
-                rr[x] = _ZERO
-                gg[x] = _ZERO
-                bb[x] = _ZERO
-            for q in range(3):
+            continue
+        # contrast's mean grey is taken over every MEAN_STRIDE-th row and column at contrast's
+        # place in the order: those rows are rendered first, up to contrast, and kept (the
+        # pixels outside the crop box are 0 and stay 0 through the ops before contrast)
+        pos = 0
+        while ordr[pos] != 1:
+            pos += 1
+        nkeep = (S + MEAN_STRIDE - 1) // MEAN_STRIDE
+        keep = np.empty((nkeep, 3, S), np.float32)
+        acc = _ZERO
+        for j in range(nkeep):
+            y = j * MEAN_STRIDE
+            kr = keep[j, 0]
+            kg = keep[j, 1]
+            kb = keep[j, 2]
+            _blend_row(
+                pairs, off, stride, w, h, m, bx, y, S, idx, ax, ay, top, bot, top32, bot32, kr, kg, kb, pf, MEAN_STRIDE
+            )
+            for q in range(pos):
                 op = ordr[q]
-                _row_colour(rr, gg, bb, op, fac[op], mean, S)
+                _row_colour(kr, kg, kb, op, fac[op], _ZERO, S)
+            for x in range(0, S, MEAN_STRIDE):
+                acc += _WR * kr[x] + _WG * kg[x] + _WB * kb[x]
+        mean = acc / _f32(nkeep * nkeep)
+        for y in range(S):
+            if y % MEAN_STRIDE == 0:
+                j = y // MEAN_STRIDE
+                kr = keep[j, 0]
+                kg = keep[j, 1]
+                kb = keep[j, 2]
+                first = pos
+            else:
+                kr, kg, kb = rr, gg, bb
+                _blend_row(
+                    pairs, off, stride, w, h, m, bx, y, S, idx, ax, ay, top, bot, top32, bot32, kr, kg, kb, pf, 1
+                )
+                first = 0
+            for q in range(first, 3):
+                op = ordr[q]
+                _row_colour(kr, kg, kb, op, fac[op], mean, S)
             op = ordr[3]  # the last op rounds and stores the row as it goes
-            _colour_store(rr, gg, bb, op, fac[op], mean, S, flat[i, y])
+            _colour_store(kr, kg, kb, op, fac[op], mean, S, flat[i, y])
 
 
-def run(pyramid, params_arrays, out: np.ndarray) -> np.ndarray:
-    """Apply parameters (see :func:`prepare`) to ``out`` in place and return it."""
+def run(pyramid, params_arrays, out: np.ndarray, prefetch: bool | None = None) -> np.ndarray:
+    """Apply parameters (see :func:`prepare`) to ``out`` in place and return it. ``prefetch``:
+    None prefetches pyramids of at least ``PREFETCH_MIN_BYTES``."""
     mats, boxes, levels, jitter, factors, order = params_arrays
-    warp_colour(
-        pyramid.pairs,
-        pyramid.offsets,
-        pyramid.heights,
-        pyramid.widths,
-        pyramid.strides,
-        mats,
-        boxes,
-        levels,
-        jitter,
-        factors,
-        order,
-        out,
-    )
+    if prefetch is None:
+        prefetch = pyramid.pairs.nbytes >= PREFETCH_MIN_BYTES
+    chunk = max(1, CHUNK_PIXELS // (out.shape[1] * out.shape[2]))
+    with nb.parallel_chunksize(chunk):
+        warp_colour(
+            pyramid.pairs,
+            pyramid.offsets,
+            pyramid.heights,
+            pyramid.widths,
+            pyramid.strides,
+            mats,
+            boxes,
+            levels,
+            jitter,
+            factors,
+            order,
+            out,
+            bool(prefetch),
+        )
     return out
 
 

@@ -249,6 +249,18 @@ def test_patches_without_jitter_match_the_colour_path_with_identity_ops(photo):
     assert (plain == 0).any() and (plain > 0).any()
 
 
+def test_row_prefetch_is_a_hint_that_never_changes_a_pixel(photo):
+    from fastssl.kernels import numba_warp as nw
+
+    r = Renderer(photo, AugmentSpec(size=48), "numba")
+    p = r.params(0, 32, seed=5)
+    assert p.jitter.any() and not p.jitter.all()  # both paths of the kernel
+    args = nw.prepare(p.level_matrix(), p.box, p.level, p.jitter, p.factors, p.order)
+    on = nw.run(r.impl.pyramid, args, np.empty((32, 48, 48, 3), np.uint8), prefetch=True)
+    off = nw.run(r.impl.pyramid, args, np.zeros((32, 48, 48, 3), np.uint8), prefetch=False)
+    assert np.array_equal(on, off) and on.any()
+
+
 def test_numba_backend_refuses_a_pyramid_beyond_32_bit_texel_indices(monkeypatch, photo):
     from fastssl.errors import FastSSLError
     from fastssl.kernels import pyramid
