@@ -238,18 +238,42 @@ def model_changes(rc: dict, method: str) -> dict:
     return {k: v for k, v in method_model(rc, method).items() if rc["model"].get(k) != v}
 
 
-def read_recipe(name_or_path: str) -> dict:
-    """The recipe file as written (only what differs from the defaults)."""
+def _recipe_path(name_or_path: str, near: Path | None = None) -> Path:
     p = Path(name_or_path)
     if not p.suffix:
-        p = RECIPES / f"{name_or_path}.toml"
+        return RECIPES / f"{name_or_path}.toml"
+    if near is not None and not p.is_absolute():
+        return near / p
+    return p
+
+
+def _overlay(base: dict, top: dict) -> dict:
+    out = dict(base)
+    for k, v in top.items():
+        out[k] = _overlay(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def read_recipe(name_or_path: str, _near: Path | None = None, _seen: tuple = ()) -> dict:
+    """The recipe file as written (only what differs from the defaults). A recipe may start
+    from another with ``base = "<preset or path>"`` (a path relative to the recipe's folder):
+    the base's values, then its own on top."""
+    p = _recipe_path(name_or_path, _near)
     if not p.is_file():
         names = ", ".join(sorted(x.stem for x in RECIPES.glob("*.toml")))
         raise FastSSLError(f"unknown preset {name_or_path!r}: choose one of {names}, or give a .toml path")
+    if p.resolve() in _seen:
+        raise FastSSLError(f"recipe {p} is its own base (base = ... goes round in a circle)")
     try:
-        return tomllib.loads(p.read_text())
+        recipe = tomllib.loads(p.read_text())
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
         raise FastSSLError(f"recipe {p} is not valid TOML: {e}") from None
+    base = recipe.pop("base", None)
+    if base is None:
+        return recipe
+    if not isinstance(base, str) or not base:
+        bad("base", "must be the name of a preset or a .toml path", base)
+    return _overlay(read_recipe(base, p.parent, (*_seen, p.resolve())), recipe)
 
 
 def parse_value(item: str, raw: str, old):

@@ -60,6 +60,7 @@ def test_rates_and_ratios_are_computed_from_what_was_done(monkeypatch):
     }
     table = bench.format_table(run)
     assert "fastssl-numba / fastest peer = 4.00x" in table and "0.250x" in table and "skipped: not installed" in table
+    assert "fastssl-numba = 2 Mpix/s per core" in table  # 1000 x 64^2 / 2 threads
 
 
 def test_bench_profile_and_agreement(tmp_path, capsys):

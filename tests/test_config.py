@@ -38,6 +38,24 @@ def test_set_and_spec_share_one_value_syntax():
     assert parse_spec(None, ["scale=0.1,1"]) == spec.replace(initial_crop=0.5, rotation=30.0)
 
 
+def test_a_recipe_can_start_from_another_and_change_only_what_it_names(tmp_path):
+    (tmp_path / "long.toml").write_text('base = "cpu-mini"\n[rotnet]\nepochs = 16\n[rotnet.optim]\nmilestones = [12]\n')
+    (tmp_path / "longer.toml").write_text('base = "long.toml"\n[model]\nwidth = 0.5\n')
+    rc, mini = load(str(tmp_path / "longer.toml")), load("cpu-mini")
+    assert rc["rotnet"]["epochs"] == 16 and rc["rotnet"]["optim"]["milestones"] == [12]
+    assert rc["model"]["width"] == 0.5 and rc["model"]["conv1_kernel"] == mini["model"]["conv1_kernel"] == 11
+    assert rc["rotnet"]["optim"]["lr"] == mini["rotnet"]["optim"]["lr"]  # a section merged, not replaced
+    changed = {k for k in rc if rc[k] != mini[k]}
+    assert changed == {"model", "rotnet", "deepcluster", "bigan", "supervised"}  # [model] reaches every method
+    (tmp_path / "a.toml").write_text('base = "b.toml"\n')
+    (tmp_path / "b.toml").write_text('base = "a.toml"\n')
+    with pytest.raises(FastSSLError, match="its own base"):
+        load(str(tmp_path / "a.toml"))
+    (tmp_path / "c.toml").write_text("base = 3\n")
+    with pytest.raises(FastSSLError, match="recipe value base must be the name of a preset"):
+        load(str(tmp_path / "c.toml"))
+
+
 def test_every_preset_expands_to_every_key():
     keys = defaults()
     for preset in ("cpu-mini", "paper", TINY):
