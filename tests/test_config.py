@@ -57,8 +57,12 @@ def test_a_recipe_can_start_from_another_and_change_only_what_it_names(tmp_path)
 
 
 def test_every_preset_expands_to_every_key():
+    from fastssl.config import RECIPES
+
     keys = defaults()
-    for preset in ("cpu-mini", "paper", TINY):
+    presets = sorted(p.stem for p in RECIPES.glob("*.toml"))
+    assert {"cpu-mini", "cpu-mini-long", "paper"} <= set(presets)
+    for preset in (*presets, TINY):
         rc = load(preset)
         assert rc.keys() == keys.keys()
         for m in METHODS:
