@@ -197,8 +197,8 @@ def _coords(off, stride, w, h, m0, m3, uy, vy, fx0, step, n, idx, ax, ay):
 PREFETCH_AHEAD = 3  # rows: the source texels of row y + 3 are requested while row y renders
 PREFETCH_EVERY = 8  # output pixels between two prefetched taps along that row
 # pyramids smaller than this are not prefetched: their patches mostly hit the caches already
-# (measured, S = 256, one thread: 1-4% slower with prefetch at 3.2 MiB, 6% faster at 7 MiB,
-# 23% faster at 50 MiB; `benchmarks/kernel_roofline.py` reports the kernel with and without)
+# (`benchmarks/kernel_roofline.py`, S = 256, one thread, fresh batches: 3% slower with the
+# prefetch at 3.2 MiB, 21% faster at 7 MiB, 22% faster at 50 MiB)
 PREFETCH_MIN_BYTES = 4 << 20
 # the threads take patches in chunks of about this many output pixels, as they free up: a
 # jittered patch costs more than a plain one, so equal shares of a batch finish apart
