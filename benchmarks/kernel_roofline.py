@@ -211,6 +211,7 @@ def main(argv=None) -> int:
     # twice finds its texels in cache), alternating which setting gets the even ones
     batch = np.empty((16, S, S, 3), np.uint8)
     spent = {True: 0.0, False: 0.0}
+    count = {True: 0, False: 0}
     for b in range(max(4, int(a.seconds * 20))):
         q = r.params(16 * (b + 1), 16 * (b + 2), seed=0)
         args = nw.prepare(q.level_matrix(), q.box, q.level, q.jitter, q.factors, q.order)
@@ -221,8 +222,8 @@ def main(argv=None) -> int:
         t1 = time.perf_counter()
         nw.run(pyr, args, batch, prefetch=pf)
         spent[pf] += time.perf_counter() - t1
-    n_each = (max(4, int(a.seconds * 20)) - 2) / 2
-    whole = {k: v / (n_each * 16 * S * S) * 1e9 for k, v in spent.items()}
+        count[pf] += 1
+    whole = {k: spent[k] / (max(count[k], 1) * 16 * S * S) * 1e9 for k in spent}
     mib = pyr.pairs.nbytes / 2**20
     print(
         f"whole kernel, fresh batches of 16 (pyramid {mib:.1f} MiB): {whole[True]:.2f} ns/pixel with the row prefetch,"
