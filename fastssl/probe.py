@@ -197,6 +197,8 @@ def train_probes(trunk: AlexNet, train, val, num_classes: int, cfg: ProbeConfig,
         "features": dict(zip(LAYERS, probes.features, strict=True)),
         "epochs": cfg.epochs,
         "seconds": round(time.perf_counter() - t0, 1),
+        "network": {k: v for k, v in trunk.config.items() if k != "num_classes"},  # the trunk probed
+        "probe": {"lr": cfg.lr, "milestones": list(cfg.milestones), "batch_size": cfg.batch_size, "target": cfg.target},
     }
     if out_dir is not None:
         from .report import write_json

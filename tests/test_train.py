@@ -262,6 +262,9 @@ def test_probes_learn_a_linearly_separable_problem():
     assert res["top1"]["conv1"] >= 95.0, res
     # adaptive pools keep each layer near the target feature count (64 here)
     assert all(0.4 * 64 <= n <= 2 * 64 for n in res["features"].values()), res["features"]
+    # the result names the network it scored and the probe recipe
+    assert res["network"] == {k: v for k, v in trunk.config.items() if k != "num_classes"}
+    assert res["probe"]["target"] == 64 and res["probe"]["lr"] == 0.05
 
 
 def _folder(root: Path, classes=("a", "b", "c"), per=10):
