@@ -273,6 +273,24 @@ def cmd_probe(args) -> int:
     return 0
 
 
+def cmd_filters(args) -> int:
+    from .filters import conv1_stats, filter_figure
+    from .probe import load_trunk
+
+    if args.png:
+        from .atomic import PNG, check_destination
+
+        check_destination(args.png, replace=PNG, what="--png")
+    trunks = {}
+    for path in args.ckpt:
+        trunks[path] = load_trunk(path)
+        print(json.dumps({"ckpt": path, **conv1_stats(trunks[path])}))
+    if args.png:
+        filter_figure({Path(p).parent.name or p: t for p, t in trunks.items()}, args.png)
+        print(f"wrote {args.png}")
+    return 0
+
+
 def cmd_report(args) -> int:
     from .repro import report
 
@@ -429,6 +447,11 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--set", action="append", metavar="KEY=VALUE")
     pr.add_argument("--quiet", action="store_true")
     pr.set_defaults(func=cmd_probe)
+
+    fi = sub.add_parser("filters", help="conv1's filters of checkpoints: colour share (JSON) and a picture")
+    fi.add_argument("ckpt", nargs="+")
+    fi.add_argument("--png", default=None, help="write the filters of every checkpoint side by side here")
+    fi.set_defaults(func=cmd_filters)
 
     rep = sub.add_parser("report", help="rewrite a repro folder's table, JSON and figure from its probe results")
     rep.add_argument("--out", required=True, help="the repro --out folder")

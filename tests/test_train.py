@@ -477,3 +477,37 @@ def test_table_marks_a_row_measured_on_fewer_seeds():
     lines = markdown_table(rows, std, n=2, counts={"random": 2, "mono-rotnet-no-scale": 1}).splitlines()
     assert lines[2] == "| random | " + " | ".join(["50.0 ± 0.5"] * 5) + " |"
     assert lines[3] == "| mono-rotnet-no-scale (1 seed) | " + " | ".join(["55.0"] * 5) + " |"  # no ± 0.0
+
+
+def test_conv1_colour_share_splits_grey_from_colour_filters():
+    from fastssl.filters import colour_shares
+
+    rng = np.random.default_rng(0)
+    g = rng.normal(size=(4, 1, 5, 5))
+    grey = np.repeat(g, 3, 1)  # the same weights in R, G and B: luminance only
+    opponent = np.concatenate([g, -g, np.zeros_like(g)], 1)  # R - G: channel sums are 0
+    np.testing.assert_allclose(colour_shares(grey), 0.0, atol=1e-12)
+    np.testing.assert_allclose(colour_shares(opponent), 1.0, atol=1e-12)
+    mixed = grey + opponent  # orthogonal parts: energies add
+    np.testing.assert_allclose(colour_shares(mixed), 2.0 / 5.0)
+    np.testing.assert_array_equal(colour_shares(np.zeros((2, 3, 3, 3))), 0.0)  # a dead filter: no NaN
+    assert colour_shares(g.repeat(2, 1)) is None  # two input channels (Sobel): not RGB
+
+
+def test_filters_cli_prints_stats_and_draws_the_filters(tmp_path, capsys):
+    torch.manual_seed(0)
+    Trainer(build_method("rotnet", MODEL), _mono(n=16), _cfg(epochs=1), tmp_path / "a").fit()
+    ck = str(tmp_path / "a" / "ckpt.pt")
+    png = tmp_path / "f.png"
+    assert main(["filters", ck, ck, "--png", str(png)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    stats = [json.loads(x) for x in lines[:2]]
+    w = load_trunk(ck).convs[0].weight
+    assert stats[0]["filters"] == w.shape[0] and stats[0]["in_channels"] == 3
+    assert 0.0 <= stats[0]["colour_share_median"] <= 1.0 and stats[0] == stats[1]
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    (tmp_path / "notes.txt").write_text("mine")
+    assert main(["filters", ck, "--png", str(tmp_path / "notes.txt")]) == 2  # not a PNG: kept
+    assert (tmp_path / "notes.txt").read_text() == "mine"
+    assert main(["filters", str(tmp_path / "missing.pt")]) == 2
+    assert "fastssl: error: checkpoint not found" in capsys.readouterr().err
