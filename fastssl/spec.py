@@ -51,6 +51,7 @@ class AugmentSpec:
     contrast: float = 0.4
     saturation: float = 0.4
     hue: float = 0.1
+    grey_p: float = 0.0  # probability that a patch ends grey, after its jitter (not in the paper)
     random_order: bool = True  # the four colour ops in a random order per patch
     antialias: bool = True  # sample from the pyramid level matching the local scale
 
@@ -92,7 +93,7 @@ class AugmentSpec:
             bad(f"rotation must be in [0, 180] degrees, got {self.rotation}")
         if not 0 <= self.shear < 80:
             bad(f"shear must be in [0, 80) degrees, got {self.shear}")
-        for name in ("vflip", "hflip", "jitter_p"):
+        for name in ("vflip", "hflip", "jitter_p", "grey_p"):
             p = getattr(self, name)
             if not 0 <= p <= 1:
                 bad(f"{name} is a probability and must be in [0, 1], got {p}")
@@ -221,6 +222,14 @@ def _draw_block(spec: AugmentSpec, height, width, rng: np.random.Generator, n: i
         order = np.argsort(rng.random((n, 4)), axis=1)
     else:
         order = np.tile(np.arange(4), (n, 1))
+    if spec.grey_p > 0:  # drawn last and only when asked: the other draws stay as they were
+        grey = rng.random(n) < spec.grey_p
+        # grey after the jitter (if any): saturation at factor 0, moved to the end of the order
+        factors[grey & ~jitter] = (1.0, 1.0, 0.0, 0.0)
+        factors[grey, 2] = 0.0
+        rest = order[grey]
+        order[grey] = np.concatenate([rest[rest != 2].reshape(-1, 3), np.full((len(rest), 1), 2)], axis=1)
+        jitter = jitter | grey
     crop = np.stack([bx, by, bw, bh], axis=1).astype(np.float64)
     return crop, angle, shear, flips, jitter, factors, order
 

@@ -274,3 +274,27 @@ def test_numba_backend_refuses_a_pyramid_beyond_32_bit_texel_indices(monkeypatch
     monkeypatch.setattr(pyramid, "pack_pairs", huge)
     with pytest.raises(FastSSLError, match="too large for the numba backend"):
         Renderer(photo, AugmentSpec(size=8), "numba")
+
+
+def test_grey_p_turns_patches_grey_after_their_jitter_and_leaves_the_rest(photo):
+    spec = AugmentSpec(size=24, jitter_p=0.5)
+    grey = spec.replace(grey_p=0.5)
+    a = Renderer(photo, spec, "numba").params(0, 200, seed=4)
+    g = Renderer(photo, grey, "numba").params(0, 200, seed=4)
+    np.testing.assert_array_equal(a.matrix, g.matrix)  # the same geometry: grey's draw comes last
+    turned = (g.factors[:, 2] == 0) & (g.order[:, 3] == 2)  # saturation 0, applied last
+    assert 60 < turned.sum() < 140 and g.jitter[turned].all()
+    kept = ~turned
+    np.testing.assert_array_equal(a.factors[kept], g.factors[kept])
+    np.testing.assert_array_equal(a.order[kept], g.order[kept])
+    np.testing.assert_array_equal(a.jitter[kept], g.jitter[kept])
+    # a patch that was not jittered is only made grey; a jittered one keeps its other factors
+    plain = turned & ~a.jitter
+    np.testing.assert_array_equal(g.factors[plain], np.tile([1.0, 1.0, 0.0, 0.0], (plain.sum(), 1)))
+    both_ = turned & a.jitter
+    np.testing.assert_array_equal(g.factors[both_][:, [0, 1, 3]], a.factors[both_][:, [0, 1, 3]])
+    for backend in ("numba", "torch"):
+        out = Renderer(photo, grey, backend).render_nhwc(g).astype(int)
+        spread = out.max(-1) - out.min(-1)  # R = G = B up to rounding on the grey patches
+        assert spread[turned].max() <= 1 and spread[kept].max() > 20, backend
+    assert np.abs(np.subtract(*both(photo, grey, g), dtype=int)).max() <= 1
