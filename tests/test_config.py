@@ -61,7 +61,7 @@ def test_every_preset_expands_to_every_key():
 
     keys = defaults()
     presets = sorted(p.stem for p in RECIPES.glob("*.toml"))
-    assert {"cpu-mini", "cpu-mini-long", "paper"} <= set(presets)
+    assert {"cpu-mini", "cpu-mini-long", "cpu-mini-conv1", "paper"} <= set(presets)
     for preset in (*presets, TINY):
         rc = load(preset)
         assert rc.keys() == keys.keys()
