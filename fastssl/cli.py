@@ -281,12 +281,12 @@ def cmd_filters(args) -> int:
         from .atomic import PNG, check_destination
 
         check_destination(args.png, replace=PNG, what="--png")
-    trunks = {}
+    trunks = []  # one panel per argument, named by its folder
     for path in args.ckpt:
-        trunks[path] = load_trunk(path)
-        print(json.dumps({"ckpt": path, **conv1_stats(trunks[path])}))
+        trunks.append((Path(path).parent.name or path, load_trunk(path)))
+        print(json.dumps({"ckpt": path, **conv1_stats(trunks[-1][1])}))
     if args.png:
-        filter_figure({Path(p).parent.name or p: t for p, t in trunks.items()}, args.png)
+        filter_figure(trunks, args.png)
         print(f"wrote {args.png}")
     return 0
 

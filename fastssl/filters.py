@@ -62,8 +62,8 @@ def _tiles(w: np.ndarray) -> np.ndarray:
     return grid
 
 
-def filter_figure(trunks: dict[str, AlexNet], path: str | os.PathLike) -> None:
-    """One panel of conv1 filters per network, titled with its name and colour share."""
+def filter_figure(trunks: list[tuple[str, AlexNet]], path: str | os.PathLike) -> None:
+    """One panel of conv1 filters per (name, network), titled with the name and colour share."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -71,7 +71,7 @@ def filter_figure(trunks: dict[str, AlexNet], path: str | os.PathLike) -> None:
 
     n = len(trunks)
     fig, axes = plt.subplots(1, n, figsize=(3.2 * n, 3.6), squeeze=False)
-    for ax, (name, trunk) in zip(axes[0], trunks.items(), strict=True):
+    for ax, (name, trunk) in zip(axes[0], trunks, strict=True):
         s = conv1_stats(trunk)
         ax.imshow(_tiles(conv1_weights(trunk)), interpolation="nearest")
         sub = "" if s["colour_share_median"] is None else f"\ncolour share {s['colour_share_median']:.2f}"

@@ -506,6 +506,10 @@ def test_filters_cli_prints_stats_and_draws_the_filters(tmp_path, capsys):
     assert stats[0]["filters"] == w.shape[0] and stats[0]["in_channels"] == 3
     assert 0.0 <= stats[0]["colour_share_median"] <= 1.0 and stats[0] == stats[1]
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    one = tmp_path / "one.png"
+    assert main(["filters", ck, "--png", str(one)]) == 0
+    width = lambda f: int.from_bytes(f.read_bytes()[16:20], "big")  # noqa: E731  (IHDR)
+    assert width(png) == 2 * width(one)  # a panel per argument, even for the same folder name
     (tmp_path / "notes.txt").write_text("mine")
     assert main(["filters", ck, "--png", str(tmp_path / "notes.txt")]) == 2  # not a PNG: kept
     assert (tmp_path / "notes.txt").read_text() == "mine"
