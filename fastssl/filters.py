@@ -72,9 +72,10 @@ def filter_figure(trunks: list[tuple[str, AlexNet]], path: str | os.PathLike) ->
     n = len(trunks)
     fig, axes = plt.subplots(1, n, figsize=(3.2 * n, 3.6), squeeze=False)
     for ax, (name, trunk) in zip(axes[0], trunks, strict=True):
-        s = conv1_stats(trunk)
-        ax.imshow(_tiles(conv1_weights(trunk)), interpolation="nearest")
-        sub = "" if s["colour_share_median"] is None else f"\ncolour share {s['colour_share_median']:.2f}"
+        w = conv1_weights(trunk)
+        share = colour_shares(w)
+        ax.imshow(_tiles(w), interpolation="nearest")
+        sub = "" if share is None else f"\ncolour share {np.median(share):.2f}"
         ax.set_title(f"{name}{sub}", fontsize=8)
         ax.axis("off")
     fig.tight_layout()
