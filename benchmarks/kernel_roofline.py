@@ -105,7 +105,7 @@ def main(argv=None) -> int:
     spec = AugmentSpec(size=S)
     r = Renderer(images_for(a.image, spec), spec, "numba", threads=1)
     p = r.params(0, 16, seed=0)
-    pyr = r.impl.pyramid  # the bordered, pair-packed levels
+    pyr = r.impl.pyramid  # the bordered levels, one uint32 a texel
     mats, boxes, levels, *_ = nw.prepare(p.level_matrix(), p.box, p.level, p.jitter, p.factors, p.order)
     i = 0  # the first patch: its rows, as the kernel sees them
     lv = levels[i]
@@ -114,7 +114,7 @@ def main(argv=None) -> int:
     f32 = np.float32
 
     @nb.njit(fastmath=True)
-    def rows(reps, pairs, m, S, idx, ax, ay, top, bot, rr, gg, bb, o, which):
+    def rows(reps, texels, m, S, idx, ax, ay, top, bot, rr, gg, bb, o, which):
         for _ in range(reps):
             for y in range(S):
                 fy = f32(y)
@@ -123,7 +123,7 @@ def main(argv=None) -> int:
                         off, st, w, h, m[0], m[3], m[1] * fy + m[2], m[4] * fy + m[5], f32(0), f32(1), S, idx, ax, ay
                     )
                 elif which == 1:
-                    nw._taps(pairs, st, S, idx, top, bot)
+                    nw._taps(texels, st, S, idx, top, bot)
                 elif which == 2:
                     nw._blend(top.view(np.uint32), bot.view(np.uint32), ax, ay, S, rr, gg, bb)
                 elif which == 3:
@@ -160,13 +160,13 @@ def main(argv=None) -> int:
         ("_colour_store (saturation as the last op)", 12 + 3, 3),
         ("_blend_store (rows without colour)", 16 + 8 + 3, 3),
     ]
-    rows(1, pyr.pairs, m, S, *bufs, 0)  # coordinates of the first row's ... all rows, for the taps
+    rows(1, pyr.texels, m, S, *bufs, 0)  # coordinates of the first row's ... all rows, for the taps
     out = []
     for k, (name, nbytes, out_bytes) in enumerate(passes):
-        rows(1, pyr.pairs, m, S, *bufs, k)
+        rows(1, pyr.texels, m, S, *bufs, k)
         reps, t0 = 0, time.perf_counter()
         while time.perf_counter() - t0 < a.seconds:
-            rows(4, pyr.pairs, m, S, *bufs, k)
+            rows(4, pyr.texels, m, S, *bufs, k)
             reps += 4
         ns = (time.perf_counter() - t0) / (reps * S * S) * 1e9
         if name.startswith("hue"):
@@ -224,7 +224,7 @@ def main(argv=None) -> int:
         spent[pf] += time.perf_counter() - t1
         count[pf] += 1
     whole = {k: spent[k] / (max(count[k], 1) * 16 * S * S) * 1e9 for k in spent}
-    mib = pyr.pairs.nbytes / 2**20
+    mib = pyr.texels.nbytes / 2**20
     print(
         f"whole kernel, fresh batches of 16 (pyramid {mib:.1f} MiB): {whole[True]:.2f} ns/pixel with the row prefetch,"
         f" {whole[False]:.2f} without (by default on from {nw.PREFETCH_MIN_BYTES / 2**20:.0f} MiB)"

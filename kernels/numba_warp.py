@@ -197,9 +197,8 @@ def _coords(off, stride, w, h, m0, m3, uy, vy, fx0, step, n, idx, ax, ay):
 PREFETCH_AHEAD = 3  # rows: the source texels of row y + 3 are requested while row y renders
 PREFETCH_EVERY = 8  # output pixels between two prefetched taps along that row
 # pyramids smaller than this are not prefetched: their patches mostly hit the caches already
-# (`benchmarks/kernel_roofline.py`, S = 256, one thread, fresh batches: 3% slower with the
-# prefetch at 3.2 MiB, 21% faster at 7 MiB, 22% faster at 50 MiB)
-PREFETCH_MIN_BYTES = 4 << 20
+# (sources of up to about 0.4 Mpix; `benchmarks/kernel_roofline.py` times the kernel both ways)
+PREFETCH_MIN_BYTES = 2 << 20
 # the threads take patches in chunks of about this many output pixels, as they free up: a
 # jittered patch costs more than a plain one, so equal shares of a batch finish apart
 CHUNK_PIXELS = 1 << 16
@@ -225,8 +224,24 @@ def _prefetch(typingctx, arr, i):
     return sig, codegen
 
 
+@intrinsic
+def _pair(typingctx, texels, i):
+    """The 64-bit word that starts at ``texels[i]`` (uint32): texel i in its low half, texel
+    i + 1 in its high half, as one load aligned to 4 bytes (such loads are allowed on x86-64
+    and ARMv8; one word in 16 straddles a cache line)."""
+    sig = types.uint64(texels, i)
+
+    def codegen(context, builder, signature, args):
+        aryty, idxty = signature.args
+        ary = context.make_array(aryty)(context, builder, args[0])
+        ptr = builder.gep(ary.data, [context.cast(builder, args[1], idxty, types.intp)])
+        return builder.load(builder.bitcast(ptr, ir.IntType(64).as_pointer()), align=4)
+
+    return sig, codegen
+
+
 @nb.njit(fastmath=True, boundscheck=False, nogil=True, cache=True)
-def _prefetch_row(pairs, off, stride, w, h, m0, m3, uy, vy, S):
+def _prefetch_row(texels, off, stride, w, h, m0, m3, uy, vy, S):
     """Request the cache lines of a coming row's taps (every ``PREFETCH_EVERY``-th pixel, top
     and bottom pair), so that its loads find them in cache: a patch of a large photo reads a
     region that is in no cache yet, along a line the hardware prefetcher cannot follow when
@@ -237,19 +252,19 @@ def _prefetch_row(pairs, off, stride, w, h, m0, m3, uy, vy, S):
     o = np.int32(off)
     for k in range(0, S, PREFETCH_EVERY):
         i, _, _ = _tap(o, st, fw, fh, m0, m3, uy, vy, _f32(k))
-        _prefetch(pairs, i)
-        _prefetch(pairs, i + st)
+        _prefetch(texels, i)
+        _prefetch(texels, i + st)
 
 
 @nb.njit(fastmath=True, boundscheck=False, nogil=True, cache=True)
-def _taps(pairs, stride, n, idx, top, bot):
-    """Pass 2 (scalar loads, the only ones): a texel pair is one 64-bit word (texel x in the low
-    half, x + 1 in the high half), so a bilinear tap is two loads, its top and its bottom pair."""
+def _taps(texels, stride, n, idx, top, bot):
+    """Pass 2 (scalar loads, the only ones): a texel and its right neighbour are one 64-bit
+    word (:func:`_pair`), so a bilinear tap is two loads, its top and its bottom pair."""
     below = np.uint32(stride)
     for k in range(n):
         i = idx[k]  # unsigned: no negative-index wrap-around to test
-        top[k] = pairs[i]
-        bot[k] = pairs[i + below]
+        top[k] = _pair(texels, i)
+        bot[k] = _pair(texels, i + below)
 
 
 @nb.njit(inline="always", fastmath=True)
@@ -371,7 +386,7 @@ def _colour_store(rr, gg, bb, op, f, mean, S, o):
 
 
 @nb.njit(fastmath=True, boundscheck=False, nogil=True, inline="always")
-def _warp_row(pairs, off, stride, w, h, m, bx, y, S, idx, ax, ay, top, bot, prefetch, ahead=1):
+def _warp_row(texels, off, stride, w, h, m, bx, y, S, idx, ax, ay, top, bot, prefetch, ahead=1):
     """Coordinates and taps of row ``y``'s span (returned as ``x0, x1``). With ``prefetch``,
     first requests the taps of the row ``PREFETCH_AHEAD`` steps further along this walk
     over the rows (a step: ``ahead`` rows)."""
@@ -379,18 +394,20 @@ def _warp_row(pairs, off, stride, w, h, m, bx, y, S, idx, ax, ay, top, bot, pref
     ya = y + PREFETCH_AHEAD * ahead
     if prefetch and ya < S:
         fa = _f32(ya)
-        _prefetch_row(pairs, off, stride, w, h, m[0], m[3], m[1] * fa + m[2], m[4] * fa + m[5], S)
+        _prefetch_row(texels, off, stride, w, h, m[0], m[3], m[1] * fa + m[2], m[4] * fa + m[5], S)
     x0, x1 = _row_span(bx, y, S)
     k = x1 - x0
     _coords(off, stride, w, h, m[0], m[3], m[1] * fy + m[2], m[4] * fy + m[5], _f32(x0), _ONE, k, idx, ax, ay)
-    _taps(pairs, stride, k, idx, top, bot)
+    _taps(texels, stride, k, idx, top, bot)
     return x0, x1
 
 
 @nb.njit(fastmath=True, boundscheck=False, nogil=True, inline="always")
-def _blend_row(pairs, off, stride, w, h, m, bx, y, S, idx, ax, ay, top, bot, top32, bot32, rr, gg, bb, prefetch, ahead):
+def _blend_row(
+    texels, off, stride, w, h, m, bx, y, S, idx, ax, ay, top, bot, top32, bot32, rr, gg, bb, prefetch, ahead
+):
     """Row ``y`` sampled into the float buffers, zeros outside the crop box."""
-    x0, x1 = _warp_row(pairs, off, stride, w, h, m, bx, y, S, idx, ax, ay, top, bot, prefetch, ahead)
+    x0, x1 = _warp_row(texels, off, stride, w, h, m, bx, y, S, idx, ax, ay, top, bot, prefetch, ahead)
     _blend(top32, bot32, ax, ay, x1 - x0, rr[x0:x1], gg[x0:x1], bb[x0:x1])
     for x in range(x0):
         rr[x] = _ZERO
@@ -404,11 +421,11 @@ def _blend_row(pairs, off, stride, w, h, m, bx, y, S, idx, ax, ay, top, bot, top
 
 @nb.njit(parallel=True, fastmath=True, boundscheck=False, cache=True, nogil=True)
 def warp_colour(
-    pairs, offsets, heights, widths, strides, mats, boxes, levels, jitter, factors, order, out, prefetch=True
+    texels, offsets, heights, widths, strides, mats, boxes, levels, jitter, factors, order, out, prefetch=True
 ):
     """Fill ``out`` (n, S, S, 3) uint8.
 
-    pairs, offsets, heights, widths, strides: the pyramid of :func:`fastssl.kernels.pyramid.pack_pairs`;
+    texels, offsets, heights, widths, strides: the pyramid of :func:`fastssl.kernels.pyramid.pack_texels`;
     mats, boxes: (n, 6) float32 row-major 2x3 (mats already in each patch's level);
     levels: (n,) int32; jitter: (n,) uint8; factors: (n, 4) float32; order: (n, 4) int8;
     prefetch: request each coming row's source texels ahead (see :func:`_prefetch_row`).
@@ -451,7 +468,7 @@ def warp_colour(
         bot32 = bot.view(np.uint32)
         if not jit:
             for y in range(S):
-                x0, x1 = _warp_row(pairs, off, stride, w, h, m, bx, y, S, idx, ax, ay, top, bot, pf)
+                x0, x1 = _warp_row(texels, off, stride, w, h, m, bx, y, S, idx, ax, ay, top, bot, pf)
                 o = flat[i, y]
                 for x in range(3 * x0):
                     o[x] = 0
@@ -474,7 +491,7 @@ def warp_colour(
             kg = keep[j, 1]
             kb = keep[j, 2]
             _blend_row(
-                pairs, off, stride, w, h, m, bx, y, S, idx, ax, ay, top, bot, top32, bot32, kr, kg, kb, pf, MEAN_STRIDE
+                texels, off, stride, w, h, m, bx, y, S, idx, ax, ay, top, bot, top32, bot32, kr, kg, kb, pf, MEAN_STRIDE
             )
             for q in range(pos):
                 op = ordr[q]
@@ -492,7 +509,7 @@ def warp_colour(
             else:
                 kr, kg, kb = rr, gg, bb
                 _blend_row(
-                    pairs, off, stride, w, h, m, bx, y, S, idx, ax, ay, top, bot, top32, bot32, kr, kg, kb, pf, 1
+                    texels, off, stride, w, h, m, bx, y, S, idx, ax, ay, top, bot, top32, bot32, kr, kg, kb, pf, 1
                 )
                 first = 0
             for q in range(first, 3):
@@ -507,11 +524,11 @@ def run(pyramid, params_arrays, out: np.ndarray, prefetch: bool | None = None) -
     None prefetches pyramids of at least ``PREFETCH_MIN_BYTES``."""
     mats, boxes, levels, jitter, factors, order = params_arrays
     if prefetch is None:
-        prefetch = pyramid.pairs.nbytes >= PREFETCH_MIN_BYTES
+        prefetch = pyramid.texels.nbytes >= PREFETCH_MIN_BYTES
     chunk = max(1, CHUNK_PIXELS // (out.shape[1] * out.shape[2]))
     with nb.parallel_chunksize(chunk):
         warp_colour(
-            pyramid.pairs,
+            pyramid.texels,
             pyramid.offsets,
             pyramid.heights,
             pyramid.widths,
@@ -553,13 +570,13 @@ class NumbaBackend(Backend):
         return None  # renders on the CPU; on another device the engine copies its batches there
 
     def __init__(self, levels, size, resized, device, threads=None, **options):
-        from .pyramid import pack_pairs
+        from .pyramid import pack_texels
 
         super().__init__(levels, size, resized, device, threads)
-        self.pyramid = pack_pairs(levels)
-        if len(self.pyramid.pairs) >= 2**31:  # the kernel's texel indices are 32-bit
+        self.pyramid = pack_texels(levels)
+        if len(self.pyramid.texels) >= 2**31:  # the kernel's texel indices are 32-bit
             raise FastSSLError(
-                f"image too large for the numba backend: its pyramid has {len(self.pyramid.pairs):,} texels "
+                f"image too large for the numba backend: its pyramid has {len(self.pyramid.texels):,} texels "
                 "(at most 2**31); downscale it first"
             )
         if threads:

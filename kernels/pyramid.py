@@ -2,7 +2,7 @@
 
 Each texel is one little-endian ``uint32`` (R | G << 8 | B << 16). All levels live in one flat
 buffer; ``offsets``, ``heights`` and ``widths`` locate them. The Numba kernel reads the
-bordered, pair-packed form of :func:`pack_pairs`.
+bordered form of :func:`pack_texels`.
 """
 
 from __future__ import annotations
@@ -87,32 +87,32 @@ def build_atlas(levels: list) -> Atlas:
 
 
 @dataclass
-class PairPyramid:
+class TexelPyramid:
     """The levels for the Numba kernel: each level inside a one-texel border that repeats its
-    edge, row-major with ``strides[l] = widths[l] + 2``; entry j holds texel j in its low 32 bits
-    and texel j + 1 in its high 32 bits (R | G << 8 | B << 16 each), so the two texels of a
-    bilinear tap's row are one aligned 64-bit load. ``offsets[l]`` is the entry of level l's
-    pixel (0, 0). Eight bytes a texel: twice the packed form (about 52 MB for the pyramid of a
-    2560x1920 photo)."""
+    edge, row-major with ``strides[l] = widths[l] + 2``, one ``uint32`` a texel (R | G << 8 |
+    B << 16), all levels in one flat buffer that ends with one spare texel. The 64-bit word
+    that starts at texel j holds texel j in its low half and texel j + 1 in its high half, so
+    the two texels of a bilinear tap's row are one (4-byte aligned) 64-bit load; the spare
+    texel makes that load valid at the last texel too. ``offsets[l]`` is the index of level
+    l's pixel (0, 0). Four bytes a texel (about 26 MB for the pyramid of a 2560x1920 photo)."""
 
-    pairs: np.ndarray  # (total,) uint64
+    texels: np.ndarray  # (total + 1,) uint32
     offsets: np.ndarray  # (L,) int64
     heights: np.ndarray  # (L,) int64
     widths: np.ndarray  # (L,) int64
     strides: np.ndarray  # (L,) int64
 
 
-def pack_pairs(levels: list) -> PairPyramid:
+def pack_texels(levels: list) -> TexelPyramid:
     texels, offsets, start = [], [], 0
     for lv in levels:
         bordered = np.pad(lv, ((1, 1), (1, 1), (0, 0)), mode="edge")
         texels.append(pack_rgb(bordered))
         offsets.append(start + bordered.shape[1] + 1)
         start += texels[-1].size
-    t = np.concatenate(texels).astype(np.uint64)
-    nxt = np.concatenate([t[1:], np.zeros(1, np.uint64)])
-    return PairPyramid(
-        t | (nxt << np.uint64(32)),
+    texels.append(np.zeros(1, np.uint32))
+    return TexelPyramid(
+        np.concatenate(texels),
         np.array(offsets, np.int64),
         np.array([lv.shape[0] for lv in levels], np.int64),
         np.array([lv.shape[1] for lv in levels], np.int64),

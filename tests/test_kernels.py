@@ -220,18 +220,25 @@ def test_a_compiler_failure_falls_back_to_eager_with_a_warning(photo):
     assert got.equal(want) and r.impl._compiled is None
 
 
-def test_pair_pyramid_holds_each_texel_and_its_right_neighbour_inside_a_repeated_border(rng):
-    from fastssl.kernels.pyramid import pack_pairs, pack_rgb
+def test_texel_pyramid_gives_a_texel_and_its_right_neighbour_in_one_word_inside_a_border(rng):
+    import numba as nb
 
+    from fastssl.kernels.numba_warp import _pair
+    from fastssl.kernels.pyramid import pack_rgb, pack_texels
+
+    word = nb.njit(lambda t, i: _pair(t, i))  # the kernel's 64-bit tap load
     lv = rng.integers(0, 256, (5, 7, 3), dtype=np.uint8)
-    p = pack_pairs([lv, box_halve(lv)])
-    assert list(p.widths) == [7, 3] and list(p.strides) == [9, 5]
+    p = pack_texels([lv, box_halve(lv)])
+    assert list(p.widths) == [7, 3] and list(p.strides) == [9, 5] and p.texels.dtype == np.uint32
     flat = pack_rgb(lv).reshape(5, 7)
     for y in (-1, 0, 4, 5):  # rows of the border repeat the edge rows
         for x in (-1, 0, 3, 6):
-            e = int(p.pairs[p.offsets[0] + y * p.strides[0] + x])
+            e = int(word(p.texels, p.offsets[0] + y * p.strides[0] + x))
             cy, cx, cx1 = min(max(y, 0), 4), min(max(x, 0), 6), min(max(x + 1, 0), 6)
             assert e & 0xFFFFFFFF == flat[cy, cx] and e >> 32 == flat[cy, cx1]
+    # the last texel's word ends in the spare texel, inside the buffer
+    last = int(p.offsets[1] + 2 * p.strides[1] + 3)  # level 1's bottom-right border texel
+    assert last == len(p.texels) - 2 and int(word(p.texels, last)) >> 32 == 0
 
 
 def test_patches_without_jitter_match_the_colour_path_with_identity_ops(photo):
@@ -265,13 +272,13 @@ def test_numba_backend_refuses_a_pyramid_beyond_32_bit_texel_indices(monkeypatch
     from fastssl.errors import FastSSLError
     from fastssl.kernels import pyramid
 
-    real = pyramid.pack_pairs
+    real = pyramid.pack_texels
 
     def huge(levels):
         p = real(levels)
-        return dataclasses.replace(p, pairs=np.broadcast_to(np.uint64(0), (2**31,)))  # no memory
+        return dataclasses.replace(p, texels=np.broadcast_to(np.uint32(0), (2**31,)))  # no memory
 
-    monkeypatch.setattr(pyramid, "pack_pairs", huge)
+    monkeypatch.setattr(pyramid, "pack_texels", huge)
     with pytest.raises(FastSSLError, match="too large for the numba backend"):
         Renderer(photo, AugmentSpec(size=8), "numba")
 
