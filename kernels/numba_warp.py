@@ -386,11 +386,12 @@ def _colour_store(rr, gg, bb, op, f, mean, S, o):
 
 
 @nb.njit(fastmath=True, boundscheck=False, nogil=True, inline="always")
-def _warp_row(texels, off, stride, w, h, m, bx, y, S, idx, ax, ay, top, bot, prefetch):
+def _warp_row(texels, off, stride, w, h, m, bx, y, S, idx, ax, ay, top, bot, prefetch, ahead=1):
     """Coordinates and taps of row ``y``'s span (returned as ``x0, x1``). With ``prefetch``,
-    first requests the taps of the row ``PREFETCH_AHEAD`` rows below."""
+    first requests the taps of the row ``PREFETCH_AHEAD`` steps further along this walk
+    over the rows (a step: ``ahead`` rows)."""
     fy = _f32(y)
-    ya = y + PREFETCH_AHEAD
+    ya = y + PREFETCH_AHEAD * ahead
     if prefetch and ya < S:
         fa = _f32(ya)
         _prefetch_row(texels, off, stride, w, h, m[0], m[3], m[1] * fa + m[2], m[4] * fa + m[5], S)
@@ -402,9 +403,11 @@ def _warp_row(texels, off, stride, w, h, m, bx, y, S, idx, ax, ay, top, bot, pre
 
 
 @nb.njit(fastmath=True, boundscheck=False, nogil=True, inline="always")
-def _blend_row(texels, off, stride, w, h, m, bx, y, S, idx, ax, ay, top, bot, top32, bot32, rr, gg, bb, prefetch):
+def _blend_row(
+    texels, off, stride, w, h, m, bx, y, S, idx, ax, ay, top, bot, top32, bot32, rr, gg, bb, prefetch, ahead
+):
     """Row ``y`` sampled into the float buffers, zeros outside the crop box."""
-    x0, x1 = _warp_row(texels, off, stride, w, h, m, bx, y, S, idx, ax, ay, top, bot, prefetch)
+    x0, x1 = _warp_row(texels, off, stride, w, h, m, bx, y, S, idx, ax, ay, top, bot, prefetch, ahead)
     _blend(top32, bot32, ax, ay, x1 - x0, rr[x0:x1], gg[x0:x1], bb[x0:x1])
     for x in range(x0):
         rr[x] = _ZERO
@@ -432,9 +435,9 @@ def warp_colour(
     loads, two 64-bit words per pixel; the unpack and blend, vectorised); for a patch without
     colour jitter the blend rounds and stores the row itself, otherwise each colour op runs
     over the row as a branch-free loop, the last one rounding and storing the row as it goes.
-    A jittered patch first samples every ``MEAN_STRIDE``-th pixel of every ``MEAN_STRIDE``-th
-    row (one pixel in 16) and takes them through the ops before contrast: contrast's mean
-    comes from them; then each row is rendered once, through all four ops.
+    A jittered patch first renders every ``MEAN_STRIDE``-th row up to contrast's place in its
+    order and keeps those rows: contrast's mean comes from them (every ``MEAN_STRIDE``-th
+    column), and they then go on through the remaining ops without being sampled twice.
     Every loop starts at index 0 of its buffers, so no index can be negative and LLVM
     vectorises without wrap-around checks.
     """
@@ -474,44 +477,46 @@ def warp_colour(
                     o[x] = 0
             continue
         # contrast's mean grey is taken over every MEAN_STRIDE-th row and column at contrast's
-        # place in the order: those pixels alone are sampled first and taken through the ops
-        # before contrast (the pixels outside the crop box are 0, stay 0 through those ops and
-        # add nothing); then every row is rendered once, through all four ops
+        # place in the order: those rows are rendered first, up to contrast, and kept (the
+        # pixels outside the crop box are 0 and stay 0 through the ops before contrast)
         pos = 0
         while ordr[pos] != 1:
             pos += 1
         nkeep = (S + MEAN_STRIDE - 1) // MEAN_STRIDE
+        keep = np.empty((nkeep, 3, S), np.float32)
         acc = _ZERO
         for j in range(nkeep):
             y = j * MEAN_STRIDE
-            ya = y + PREFETCH_AHEAD * MEAN_STRIDE
-            if pf and ya < S:
-                fa = _f32(ya)
-                _prefetch_row(texels, off, stride, w, h, m[0], m[3], m[1] * fa + m[2], m[4] * fa + m[5], S)
-            x0, x1 = _row_span(bx, y, S)
-            q0 = (x0 + MEAN_STRIDE - 1) // MEAN_STRIDE  # the sampled columns inside the span
-            k = (x1 + MEAN_STRIDE - 1) // MEAN_STRIDE - q0
-            if k <= 0:
-                continue
-            fy = _f32(y)
-            uy = m[1] * fy + m[2]
-            vy = m[4] * fy + m[5]
-            _coords(off, stride, w, h, m[0], m[3], uy, vy, _f32(q0 * MEAN_STRIDE), _f32(MEAN_STRIDE), k, idx, ax, ay)
-            _taps(texels, stride, k, idx, top, bot)
-            _blend(top32, bot32, ax, ay, k, rr, gg, bb)
+            kr = keep[j, 0]
+            kg = keep[j, 1]
+            kb = keep[j, 2]
+            _blend_row(
+                texels, off, stride, w, h, m, bx, y, S, idx, ax, ay, top, bot, top32, bot32, kr, kg, kb, pf, MEAN_STRIDE
+            )
             for q in range(pos):
                 op = ordr[q]
-                _row_colour(rr, gg, bb, op, fac[op], _ZERO, k)
-            for x in range(k):
-                acc += _WR * rr[x] + _WG * gg[x] + _WB * bb[x]
+                _row_colour(kr, kg, kb, op, fac[op], _ZERO, S)
+            for x in range(0, S, MEAN_STRIDE):
+                acc += _WR * kr[x] + _WG * kg[x] + _WB * kb[x]
         mean = acc / _f32(nkeep * nkeep)
         for y in range(S):
-            _blend_row(texels, off, stride, w, h, m, bx, y, S, idx, ax, ay, top, bot, top32, bot32, rr, gg, bb, pf)
-            for q in range(3):
+            if y % MEAN_STRIDE == 0:
+                j = y // MEAN_STRIDE
+                kr = keep[j, 0]
+                kg = keep[j, 1]
+                kb = keep[j, 2]
+                first = pos
+            else:
+                kr, kg, kb = rr, gg, bb
+                _blend_row(
+                    texels, off, stride, w, h, m, bx, y, S, idx, ax, ay, top, bot, top32, bot32, kr, kg, kb, pf, 1
+                )
+                first = 0
+            for q in range(first, 3):
                 op = ordr[q]
-                _row_colour(rr, gg, bb, op, fac[op], mean, S)
+                _row_colour(kr, kg, kb, op, fac[op], mean, S)
             op = ordr[3]  # the last op rounds and stores the row as it goes
-            _colour_store(rr, gg, bb, op, fac[op], mean, S, flat[i, y])
+            _colour_store(kr, kg, kb, op, fac[op], mean, S, flat[i, y])
 
 
 def run(pyramid, params_arrays, out: np.ndarray, prefetch: bool | None = None) -> np.ndarray:
