@@ -204,6 +204,13 @@ PREFETCH_MIN_BYTES = 2 << 20
 CHUNK_PIXELS = 1 << 16
 
 
+def _element_ptr(context, builder, signature, args):
+    """LLVM pointer to ``arr[i]`` for an intrinsic called as ``f(arr, i)``."""
+    aryty, idxty = signature.args
+    ary = context.make_array(aryty)(context, builder, args[0])
+    return builder.gep(ary.data, [context.cast(builder, args[1], idxty, types.intp)])
+
+
 @intrinsic
 def _prefetch(typingctx, arr, i):
     """``prefetcht0`` of ``arr[i]`` (LLVM's prefetch intrinsic: read, keep in all cache levels):
@@ -211,9 +218,7 @@ def _prefetch(typingctx, arr, i):
     sig = types.void(arr, i)
 
     def codegen(context, builder, signature, args):
-        aryty, idxty = signature.args
-        ary = context.make_array(aryty)(context, builder, args[0])
-        ptr = builder.gep(ary.data, [context.cast(builder, args[1], idxty, types.intp)])
+        ptr = _element_ptr(context, builder, signature, args)
         i32 = ir.IntType(32)
         fn = cgutils.get_or_insert_function(
             builder.module, ir.FunctionType(ir.VoidType(), [ptr.type, i32, i32, i32]), "llvm.prefetch.p0"
@@ -232,9 +237,7 @@ def _pair(typingctx, texels, i):
     sig = types.uint64(texels, i)
 
     def codegen(context, builder, signature, args):
-        aryty, idxty = signature.args
-        ary = context.make_array(aryty)(context, builder, args[0])
-        ptr = builder.gep(ary.data, [context.cast(builder, args[1], idxty, types.intp)])
+        ptr = _element_ptr(context, builder, signature, args)
         return builder.load(builder.bitcast(ptr, ir.IntType(64).as_pointer()), align=4)
 
     return sig, codegen
