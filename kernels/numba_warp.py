@@ -205,8 +205,8 @@ CHUNK_PIXELS = 1 << 16
 
 
 def _element_ptr(context, builder, signature, args):
-    """LLVM pointer to ``arr[i]`` for an intrinsic called as ``f(arr, i)``."""
-    aryty, idxty = signature.args
+    """LLVM pointer to ``arr[i]`` for an intrinsic called as ``f(arr, i, ...)``."""
+    aryty, idxty = signature.args[:2]
     ary = context.make_array(aryty)(context, builder, args[0])
     return builder.gep(ary.data, [context.cast(builder, args[1], idxty, types.intp)])
 
@@ -259,13 +259,46 @@ def _prefetch_row(texels, off, stride, w, h, m0, m3, uy, vy, S):
         _prefetch(texels, i + st)
 
 
+@intrinsic
+def _store4(typingctx, out, k, a, b, c, d):
+    """``out[k:k + 4] = a, b, c, d`` (uint64) as one 32-byte store, the caller's index in range."""
+    sig = types.void(out, k, a, b, c, d)
+
+    def codegen(context, builder, signature, args):
+        ptr = _element_ptr(context, builder, signature, args)
+        vec = ir.VectorType(ir.IntType(64), 4)
+        v = ir.Constant(vec, ir.Undefined)
+        for j, word in enumerate(args[2:]):
+            v = builder.insert_element(v, word, ir.Constant(ir.IntType(32), j))
+        builder.store(v, builder.bitcast(ptr, vec.as_pointer()), align=8)
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
 @nb.njit(fastmath=True, boundscheck=False, nogil=True, cache=True)
 def _taps(texels, stride, n, idx, top, bot):
     """Pass 2 (scalar loads, the only ones): a texel and its right neighbour are one 64-bit
-    word (:func:`_pair`), so a bilinear tap is two loads, its top and its bottom pair."""
+    word (:func:`_pair`), so a bilinear tap is two loads, its top and its bottom pair; four
+    pixels' words go out as one store per row buffer (the pass is bound by loads and stores)."""
     below = np.uint32(stride)
-    for k in range(n):
-        i = idx[k]  # unsigned: no negative-index wrap-around to test
+    m = n - n % 4
+    for k in range(0, m, 4):
+        i0 = idx[k]  # unsigned: no negative-index wrap-around to test
+        i1 = idx[k + 1]
+        i2 = idx[k + 2]
+        i3 = idx[k + 3]
+        _store4(top, k, _pair(texels, i0), _pair(texels, i1), _pair(texels, i2), _pair(texels, i3))
+        _store4(
+            bot,
+            k,
+            _pair(texels, i0 + below),
+            _pair(texels, i1 + below),
+            _pair(texels, i2 + below),
+            _pair(texels, i3 + below),
+        )
+    for k in range(m, n):
+        i = idx[k]
         top[k] = _pair(texels, i)
         bot[k] = _pair(texels, i + below)
 

@@ -241,6 +241,23 @@ def test_texel_pyramid_gives_a_texel_and_its_right_neighbour_in_one_word_inside_
     assert last == len(p.texels) - 2 and int(word(p.texels, last)) >> 32 == 0
 
 
+def test_tap_pass_gives_each_pixel_its_two_words_and_writes_nothing_past_the_row(rng):
+    # four pixels' words go out as one vector store, the rest one by one: every row length
+    # modulo 4, and the buffers' entries past the row keep what they held
+    from fastssl.kernels.numba_warp import _taps
+
+    texels = rng.integers(0, 2**24, 200, dtype=np.uint32)
+    stride = 20
+    words = texels[:-1].astype(np.uint64) | (texels[1:].astype(np.uint64) << np.uint64(32))
+    for n in (0, 1, 3, 4, 5, 8, 11):
+        idx = rng.integers(0, len(texels) - stride - 1, 12).astype(np.uint32)
+        top = np.full(12, 7, np.uint64)
+        bot = np.full(12, 9, np.uint64)
+        _taps(texels, stride, n, idx, top, bot)
+        assert np.array_equal(top[:n], words[idx[:n]]) and np.array_equal(bot[:n], words[idx[:n] + stride])
+        assert (top[n:] == 7).all() and (bot[n:] == 9).all()
+
+
 def test_patches_without_jitter_match_the_colour_path_with_identity_ops(photo):
     # without jitter the blend rounds and stores a row itself; with jitter the row goes through
     # float buffers, the colour ops and a separate store: identity ops must give the same bytes
