@@ -3,7 +3,8 @@
 Every side does the whole chain (initial crop, random-resized crop, rotation + shear, centre
 crop, colour jitter p=0.5) on the same source image and gets the same cores:
 
-- fastssl-numba: one process, ``T`` Numba threads (sampling included);
+- fastssl-numba: one process, ``T`` Numba threads (sampling included; the setup names Numba's
+  threading layer: TBB where libtbb is installed, else OpenMP or Numba's own work queue);
 - fastssl-torch: one process, ``T`` torch intra-op threads (sampling included);
 - fastssl-dali: one process, DALI's CPU operators with ``T`` threads (sampling included);
 - kornia: one process, ``T`` torch threads, batched;
@@ -249,6 +250,10 @@ def bench_augment(image: np.ndarray, size: int, threads: int, seconds: float = 3
             else:
                 rate = _run_in_process(make, seconds)
                 setup = f"1 process x {threads} threads"
+                if name == "fastssl-numba":  # numba's pools differ in speed (TBB is the fastest here)
+                    import numba
+
+                    setup += f", numba {numba.threading_layer()} threads"
         except Exception as e:  # a peer that breaks is reported, not fatal
             skipped.append({"name": name, "reason": f"failed: {e}"})
             log(f"  {name:16s} failed: {e}")

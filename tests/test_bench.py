@@ -32,6 +32,9 @@ def test_bench_augment_writes_the_documented_json(tmp_path, capsys):
     names = {r["name"]: r for r in run["results"]}
     assert set(names) == {"fastssl-numba", "pil-chain"}
     assert all(r["patches_per_s"] > 0 for r in run["results"])
+    import numba
+
+    assert names["fastssl-numba"]["setup"] == f"1 process x 1 threads, numba {numba.threading_layer()} threads"
     assert "vs numba" in capsys.readouterr().out
 
 
