@@ -1,10 +1,10 @@
 """The paper's single-image augmentation chain as data, and the one sampler every backend uses.
 
 :class:`AugmentSpec` holds the generator chain of Asano et al. (ICLR 2020); every field
-defaults to the paper's value. :func:`sample_params` draws the
-per-patch parameters for any range of patch indices at once (vectorised numpy) and composes
-the whole geometry (initial crop, random-resized crop, rotation + shear, flips, centre crop)
-into one 2x3 matrix per patch.
+defaults to the paper's value. :func:`sample_params` draws the per-patch parameters for any
+range of patch indices at once (numpy's Philox streams, turned into parameters by compiled
+Numba passes) and composes the whole geometry (initial crop, random-resized crop, rotation +
+shear, flips, centre crop) into one 2x3 matrix per patch.
 
 Coordinates: pixel *centres* sit at integer coordinates; ``matrix @ (x, y, 1)`` maps the
 output pixel ``(x, y)`` (column, row) to a point of the level-0 source image. ``box`` maps
@@ -24,6 +24,7 @@ import dataclasses
 import math
 from dataclasses import dataclass
 
+import numba as nb
 import numpy as np
 
 from .errors import FastSSLError
@@ -168,9 +169,104 @@ def _generator(seed: int, epoch: int, block: int, stream: int = PARAMS_STREAM) -
     return np.random.Generator(np.random.Philox(key))
 
 
+@nb.njit(cache=True)
+def _block_from_uniforms(u, cx, cy, rw, rh, rrc, spread, hflip, vflip, jitter_p, colour, random_order, grey_p):
+    """The draws of one block after its crop offsets, read in order from ``u``, the block's
+    stream of uniform doubles: random-resized-crop tries, then per patch its box offsets, angle,
+    shear, flips, jitter, four factors, the order of the ops and grey. Returns None when ``u``
+    runs out first (the caller draws a longer ``u`` from the same stream).
+
+    ``rrc``: scale and log-ratio ranges (4); ``spread``: rotation and shear bounds (2);
+    ``colour``: low and high of brightness, contrast and saturation, then the hue bound (7).
+    ``uniform(lo, hi)`` of numpy's Generator is ``lo + (hi - lo) * random()``, so the values are
+    the ones its per-call draws give, in one pass.
+    """
+    n = len(cx)
+    bw = np.zeros(n, np.int64)
+    bh = np.zeros(n, np.int64)
+    todo = np.arange(n)
+    m = n
+    pos = 0
+    for _ in range(1000):  # random-resized crop, retried per patch until the box fits
+        if pos + 2 * m > len(u):
+            return None
+        nxt = 0
+        for j in range(m):
+            t = todo[j]
+            area = (rw[t] * rh[t]) * (rrc[0] + (rrc[1] - rrc[0]) * u[pos + j])
+            aspect = np.exp(rrc[2] + (rrc[3] - rrc[2]) * u[pos + m + j])
+            w = np.int64(np.round(np.sqrt(area * aspect)))
+            h = np.int64(np.round(np.sqrt(area / aspect)))
+            if w > 0 and h > 0 and w <= rw[t] and h <= rh[t]:
+                bw[t] = w
+                bh[t] = h
+            else:
+                todo[nxt] = t
+                nxt += 1
+        pos += 2 * m
+        m = nxt
+        if m == 0:
+            break
+    if m:
+        raise FastSSLError("random-resized crop found no valid box in 1000 tries: check scale/ratio")
+    per = 11 + (4 if random_order else 0) + (1 if grey_p > 0 else 0)
+    if pos + per * n > len(u):
+        return None
+    v = u[pos : pos + per * n]
+    crop = np.empty((n, 4))
+    angle = np.empty(n)
+    shear = np.empty(n)
+    flips = np.empty((n, 2), np.bool_)
+    jitter = np.empty(n, np.bool_)
+    factors = np.empty((n, 4))
+    order = np.empty((n, 4), np.int64)
+    for i in range(n):
+        crop[i, 0] = cx[i] + np.int64(v[i] * (rw[i] - bw[i] + 1))
+        crop[i, 1] = cy[i] + np.int64(v[n + i] * (rh[i] - bh[i] + 1))
+        crop[i, 2] = bw[i]
+        crop[i, 3] = bh[i]
+        angle[i] = -spread[0] + (spread[0] - -spread[0]) * v[2 * n + i]
+        shear[i] = -spread[1] + (spread[1] - -spread[1]) * v[3 * n + i]
+        flips[i, 0] = v[4 * n + i] < hflip
+        flips[i, 1] = v[5 * n + i] < vflip
+        jitter[i] = v[6 * n + i] < jitter_p
+        for k in range(3):
+            lo = colour[2 * k]
+            factors[i, k] = lo + (colour[2 * k + 1] - lo) * v[(7 + k) * n + i]
+        factors[i, 3] = -colour[6] + (colour[6] - -colour[6]) * v[10 * n + i]
+        for k in range(4):
+            order[i, k] = k
+        if random_order:  # argsort of the patch's four draws (insertion sort; they never tie)
+            r = v[11 * n + 4 * i : 11 * n + 4 * i + 4]
+            for k in range(1, 4):
+                q = k
+                while q > 0 and r[order[i, q - 1]] > r[order[i, q]]:
+                    order[i, q - 1], order[i, q] = order[i, q], order[i, q - 1]
+                    q -= 1
+    if grey_p > 0:  # drawn last and only when asked: the other draws stay as they were
+        g = v[(per - 1) * n :]
+        for i in range(n):
+            if g[i] < grey_p:  # grey after the jitter (if any): saturation at 0, moved to the end
+                if not jitter[i]:
+                    factors[i, 0] = 1.0
+                    factors[i, 1] = 1.0
+                    factors[i, 3] = 0.0
+                factors[i, 2] = 0.0
+                k = 0
+                for q in range(4):
+                    if order[i, q] != 2:
+                        order[i, k] = order[i, q]
+                        k += 1
+                order[i, 3] = 2
+                jitter[i] = True
+    return crop, angle, shear, flips, jitter, factors, order
+
+
 def _draw_block(spec: AugmentSpec, height, width, rng: np.random.Generator, n: int):
-    """Raw draws for ``n`` patches from one block's stream, vectorised. ``height`` and ``width``
-    are the source image's (ints), or each patch's source image's (arrays of ``n``)."""
+    """Raw draws for ``n`` patches from one block's stream. ``height`` and ``width`` are the
+    source image's (ints), or each patch's source image's (arrays of ``n``). The crop offsets
+    are bounded integers (numpy); every later draw is a uniform double, so those are drawn as
+    one array and turned into parameters in one compiled pass (:func:`_block_from_uniforms`)."""
     multi = np.ndim(height) > 0
     c = crop_region(spec, height, width) if spec.initial_crop is not None else None
     if c is not None:
@@ -183,55 +279,77 @@ def _draw_block(spec: AugmentSpec, height, width, rng: np.random.Generator, n: i
         cy = np.zeros(n, dtype=np.int64)
         rw = np.array(width, dtype=np.int64) if multi else np.full(n, width)
         rh = np.array(height, dtype=np.int64) if multi else np.full(n, height)
-    # random-resized crop, retried per patch until the box fits (never a centre fallback)
-    bw = np.zeros(n, dtype=np.int64)
-    bh = np.zeros(n, dtype=np.int64)
-    todo = np.arange(n)
-    log_r = np.log(spec.ratio)
-    for _ in range(1000):
-        m = len(todo)
-        area = (rw[todo] * rh[todo]) * rng.uniform(spec.scale[0], spec.scale[1], size=m)
-        aspect = np.exp(rng.uniform(log_r[0], log_r[1], size=m))
-        w = np.round(np.sqrt(area * aspect)).astype(np.int64)
-        h = np.round(np.sqrt(area / aspect)).astype(np.int64)
-        ok = (w > 0) & (h > 0) & (w <= rw[todo]) & (h <= rh[todo])
-        bw[todo[ok]] = w[ok]
-        bh[todo[ok]] = h[ok]
-        todo = todo[~ok]
-        if not len(todo):
-            break
-    else:  # cannot happen for a validated spec and an image that passed the size check
-        raise FastSSLError("random-resized crop found no valid box in 1000 tries: check scale/ratio")
-    bx = cx + (rng.random(n) * (rw - bw + 1)).astype(np.int64)
-    by = cy + (rng.random(n) * (rh - bh + 1)).astype(np.int64)
-    angle = rng.uniform(-spec.rotation, spec.rotation, size=n)
-    shear = rng.uniform(-spec.shear, spec.shear, size=n)
-    flips = np.stack([rng.random(n) < spec.hflip, rng.random(n) < spec.vflip], axis=1)
-    jitter = rng.random(n) < spec.jitter_p
     lo = lambda v: max(0.0, 1.0 - v)  # noqa: E731
-    factors = np.stack(
-        [
-            rng.uniform(lo(spec.brightness), 1 + spec.brightness, size=n),
-            rng.uniform(lo(spec.contrast), 1 + spec.contrast, size=n),
-            rng.uniform(lo(spec.saturation), 1 + spec.saturation, size=n),
-            rng.uniform(-spec.hue, spec.hue, size=n),
-        ],
-        axis=1,
+    rrc = np.array([spec.scale[0], spec.scale[1], *np.log(spec.ratio)])
+    spread = np.array([spec.rotation, spec.shear], dtype=np.float64)
+    colour = np.array(
+        [lo(spec.brightness), 1 + spec.brightness, lo(spec.contrast), 1 + spec.contrast]
+        + [lo(spec.saturation), 1 + spec.saturation, spec.hue],
+        dtype=np.float64,
     )
-    if spec.random_order:
-        order = np.argsort(rng.random((n, 4)), axis=1)
-    else:
-        order = np.tile(np.arange(4), (n, 1))
-    if spec.grey_p > 0:  # drawn last and only when asked: the other draws stay as they were
-        grey = rng.random(n) < spec.grey_p
-        # grey after the jitter (if any): saturation at factor 0, moved to the end of the order
-        factors[grey & ~jitter] = (1.0, 1.0, 0.0, 0.0)
-        factors[grey, 2] = 0.0
-        rest = order[grey]
-        order[grey] = np.concatenate([rest[rest != 2].reshape(-1, 3), np.full((len(rest), 1), 2)], axis=1)
-        jitter = jitter | grey
-    crop = np.stack([bx, by, bw, bh], axis=1).astype(np.float64)
-    return crop, angle, shear, flips, jitter, factors, order
+    state = rng.bit_generator.state
+    k = 20 * n  # the random-resized crop's tries (2 a patch and try) and the 16 draws a patch after them
+    while True:
+        out = _block_from_uniforms(
+            rng.random(k),
+            cx,
+            cy,
+            rw,
+            rh,
+            rrc,
+            spread,
+            spec.hflip,
+            spec.vflip,
+            spec.jitter_p,
+            colour,
+            spec.random_order,
+            spec.grey_p,
+        )
+        if out is not None:
+            return out
+        rng.bit_generator.state = state  # the same stream, read further
+        k *= 2
+
+
+@nb.njit(cache=True)
+def _compose_parts(crop, flips, ca, sa, ts, R, off, cen):
+    """The factors of :func:`compose` per patch (T, the 2x2 inverse of rotation + shear, A
+    without its translation, Nb, Bs), element by element with the same arithmetic as numpy's
+    elementwise operations; the products are left to numpy's matmul."""
+    n = len(crop)
+    T = np.zeros((n, 3, 3))
+    Finv = np.empty((n, 2, 2))
+    A = np.zeros((n, 3, 3))
+    Nb = np.zeros((n, 3, 3))
+    Bs = np.zeros((n, 3, 3))
+    for i in range(n):
+        # output pixel -> flipped R-space: (x + off, y + off), then undo the flips:
+        # p' = cen + s * (x + off - cen)
+        sx = -1.0 if flips[i, 0] else 1.0
+        sy = -1.0 if flips[i, 1] else 1.0
+        T[i, 0, 0] = sx
+        T[i, 1, 1] = sy
+        T[i, 0, 2] = cen + sx * (off - cen)
+        T[i, 1, 2] = cen + sy * (off - cen)
+        T[i, 2, 2] = 1.0
+        # inverse of F = Rot(a) @ ShearX(s) = [[ca, ca*ts - sa], [sa, sa*ts + ca]] (det 1)
+        Finv[i, 0, 0] = sa[i] * ts[i] + ca[i]
+        Finv[i, 0, 1] = -(ca[i] * ts[i] - sa[i])
+        Finv[i, 1, 0] = -sa[i]
+        Finv[i, 1, 1] = ca[i]
+        A[i, :2, :2] = Finv[i]
+        A[i, 2, 2] = 1.0
+        # R-space pixel centre -> normalised box coords
+        Nb[i, 0, 0] = Nb[i, 1, 1] = 1.0 / R
+        Nb[i, 0, 2] = Nb[i, 1, 2] = 0.5 / R
+        Nb[i, 2, 2] = 1.0
+        # normalised box -> level-0 source pixel centres: u = x0 + s * w - 0.5
+        Bs[i, 0, 0] = crop[i, 2]
+        Bs[i, 1, 1] = crop[i, 3]
+        Bs[i, 0, 2] = crop[i, 0] - 0.5
+        Bs[i, 1, 2] = crop[i, 1] - 0.5
+        Bs[i, 2, 2] = 1.0
+    return T, Finv, A, Nb, Bs
 
 
 def compose(spec: AugmentSpec, crop, angle, shear, flips):
@@ -241,48 +359,23 @@ def compose(spec: AugmentSpec, crop, angle, shear, flips):
     Inverse, for output pixel (x, y): centre-crop offset, undo flips, inverse affine, then
     R-space pixel centre (p, q) -> box-normalised ((p + .5) / R, (q + .5) / R) -> source.
     """
-    n = len(crop)
     R, S = spec.resized, spec.size
     off = int(round((R - S) / 2.0))
     cen = (R - 1) / 2.0
-    # output pixel -> flipped R-space: (x + off, y + off), then undo the flips
-    sx = np.where(flips[:, 0], -1.0, 1.0)
-    sy = np.where(flips[:, 1], -1.0, 1.0)
-    # undo flip: p' = cen + s * (x + off - cen)
-    T = np.zeros((n, 3, 3))
-    T[:, 0, 0] = sx
-    T[:, 1, 1] = sy
-    T[:, 0, 2] = cen + sx * (off - cen)
-    T[:, 1, 2] = cen + sy * (off - cen)
-    T[:, 2, 2] = 1.0
-    # inverse of F = Rot(a) @ ShearX(s), about the centre
     a = np.deg2rad(angle)
     ts = np.tan(np.deg2rad(shear))
-    ca, sa = np.cos(a), np.sin(a)
-    # F = [[ca, ca*ts - sa], [sa, sa*ts + ca]], det = 1
-    F = np.empty((n, 2, 2))
-    F[:, 0, 0], F[:, 0, 1] = ca, ca * ts - sa
-    F[:, 1, 0], F[:, 1, 1] = sa, sa * ts + ca
-    Finv = np.empty_like(F)
-    Finv[:, 0, 0], Finv[:, 0, 1] = F[:, 1, 1], -F[:, 0, 1]
-    Finv[:, 1, 0], Finv[:, 1, 1] = -F[:, 1, 0], F[:, 0, 0]
-    A = np.zeros((n, 3, 3))
-    A[:, :2, :2] = Finv
+    T, Finv, A, Nb, Bs = _compose_parts(
+        np.ascontiguousarray(crop, dtype=np.float64),
+        np.ascontiguousarray(flips, dtype=np.bool_),
+        np.cos(a),
+        np.sin(a),
+        ts,
+        float(R),
+        float(off),
+        cen,
+    )
     A[:, :2, 2] = cen - Finv @ np.array([cen, cen])
-    A[:, 2, 2] = 1.0
-    # R-space pixel centre -> normalised box coords
-    Nb = np.zeros((n, 3, 3))
-    Nb[:, 0, 0] = Nb[:, 1, 1] = 1.0 / R
-    Nb[:, 0, 2] = Nb[:, 1, 2] = 0.5 / R
-    Nb[:, 2, 2] = 1.0
     box = Nb @ A @ T
-    # normalised box -> level-0 source pixel centres: u = x0 + s * w - 0.5
-    Bs = np.zeros((n, 3, 3))
-    Bs[:, 0, 0] = crop[:, 2]
-    Bs[:, 1, 1] = crop[:, 3]
-    Bs[:, 0, 2] = crop[:, 0] - 0.5
-    Bs[:, 1, 2] = crop[:, 1] - 0.5
-    Bs[:, 2, 2] = 1.0
     matrix = Bs @ box
     return matrix[:, :2].copy(), box[:, :2].copy()
 

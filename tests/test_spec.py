@@ -59,6 +59,61 @@ def test_seed_and_epoch_change_the_stream():
     np.testing.assert_array_equal(base, sample_params(spec, 480, 640, 0, 64, seed=1, epoch=0).matrix)
 
 
+def _per_call_block(spec, h, w, rng, n):
+    """One block drawn the plain way, one numpy Generator call per quantity in the order the
+    chain uses them: the oracle for the sampler's one-array, compiled draw."""
+    c = int(min(h, w) * spec.initial_crop) if spec.initial_crop else None
+    cx = rng.integers(0, w - c + 1, size=n) if c else np.zeros(n, np.int64)
+    cy = rng.integers(0, h - c + 1, size=n) if c else np.zeros(n, np.int64)
+    rw, rh = (c, c) if c else (w, h)
+    bw, bh = np.zeros(n, np.int64), np.zeros(n, np.int64)
+    todo = np.arange(n)
+    while len(todo):
+        area = rw * rh * rng.uniform(*spec.scale, size=len(todo))
+        aspect = np.exp(rng.uniform(*np.log(spec.ratio), size=len(todo)))
+        bw_, bh_ = (np.round(np.sqrt(area * aspect)).astype(int), np.round(np.sqrt(area / aspect)).astype(int))
+        ok = (bw_ > 0) & (bh_ > 0) & (bw_ <= rw) & (bh_ <= rh)
+        bw[todo[ok]], bh[todo[ok]] = bw_[ok], bh_[ok]
+        todo = todo[~ok]
+    x = cx + (rng.random(n) * (rw - bw + 1)).astype(int)
+    y = cy + (rng.random(n) * (rh - bh + 1)).astype(int)
+    angle = rng.uniform(-spec.rotation, spec.rotation, size=n)
+    shear = rng.uniform(-spec.shear, spec.shear, size=n)
+    flips = np.stack([rng.random(n) < spec.hflip, rng.random(n) < spec.vflip], axis=1)
+    jitter = rng.random(n) < spec.jitter_p
+    f = [rng.uniform(max(0, 1 - v), 1 + v, size=n) for v in (spec.brightness, spec.contrast, spec.saturation)]
+    factors = np.stack([*f, rng.uniform(-spec.hue, spec.hue, size=n)], axis=1)
+    order = np.argsort(rng.random((n, 4)), axis=1) if spec.random_order else np.tile(np.arange(4), (n, 1))
+    if spec.grey_p > 0:
+        grey = rng.random(n) < spec.grey_p
+        factors[grey & ~jitter] = (1, 1, 0, 0)
+        factors[grey, 2] = 0
+        order[grey] = [[*(o for o in row if o != 2), 2] for row in order[grey]]
+        jitter = jitter | grey
+    return np.stack([x, y, bw, bh], axis=1).astype(float), angle, shear, flips, jitter, factors, order
+
+
+@pytest.mark.parametrize(
+    "kw",
+    [
+        {},
+        {"grey_p": 0.3, "hflip": 0.5, "vflip": 0.5},
+        {"random_order": False, "initial_crop": None, "hue": 0.5},
+        {"scale": (0.5, 1.0), "ratio": (0.25, 4.0)},  # most tries fail: the draw reads past its first array
+    ],
+)
+def test_the_compiled_draw_gives_the_per_call_draws_of_the_stream(kw):
+    from fastssl.spec import _draw_block, _generator
+
+    spec = AugmentSpec(size=64, **kw)
+    for block in range(6):
+        got = _draw_block(spec, 600, 512, _generator(3, 1, block), BLOCK)
+        want = _per_call_block(spec, 600, 512, _generator(3, 1, block), BLOCK)
+        for g, w in zip(got, want, strict=True):
+            np.testing.assert_array_equal(g, w)
+    assert got[4].any() and not got[4].all() and (got[2] != 0).all()
+
+
 def test_draws_follow_the_spec_distributions():
     spec = AugmentSpec(size=64)
     H, W = 600, 800
