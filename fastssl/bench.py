@@ -250,7 +250,7 @@ def bench_augment(image: np.ndarray, size: int, threads: int, seconds: float = 3
             else:
                 rate = _run_in_process(make, seconds)
                 setup = f"1 process x {threads} threads"
-                if name == "fastssl-numba":  # numba's pools differ in speed (TBB is the fastest here)
+                if name == "fastssl-numba":  # Numba's threading layers differ in speed: name the one that ran
                     import numba
 
                     setup += f", numba {numba.threading_layer()} threads"

@@ -288,7 +288,7 @@ def _draw_block(spec: AugmentSpec, height, width, rng: np.random.Generator, n: i
         dtype=np.float64,
     )
     state = rng.bit_generator.state
-    k = 20 * n  # the random-resized crop's tries (2 a patch and try) and the 16 draws a patch after them
+    k = 20 * n  # room for 2 crop tries a patch (2 draws a try), then up to 16 draws a patch
     while True:
         out = _block_from_uniforms(
             rng.random(k),

@@ -261,7 +261,8 @@ def _prefetch_row(texels, off, stride, w, h, m0, m3, uy, vy, S):
 
 @intrinsic
 def _store4(typingctx, out, k, a, b, c, d):
-    """``out[k:k + 4] = a, b, c, d`` (uint64) as one 32-byte store, the caller's index in range."""
+    """``out[k:k + 4] = a, b, c, d`` (uint64) as one vector store (LLVM may emit two 16-byte
+    stores); the caller keeps ``k + 4`` within ``out``."""
     sig = types.void(out, k, a, b, c, d)
 
     def codegen(context, builder, signature, args):
@@ -280,7 +281,8 @@ def _store4(typingctx, out, k, a, b, c, d):
 def _taps(texels, stride, n, idx, top, bot):
     """Pass 2 (scalar loads, the only ones): a texel and its right neighbour are one 64-bit
     word (:func:`_pair`), so a bilinear tap is two loads, its top and its bottom pair; four
-    pixels' words go out as one store per row buffer (the pass is bound by loads and stores)."""
+    pixels' words go out as one vector store per row buffer (the pass is bound by loads and
+    stores)."""
     below = np.uint32(stride)
     m = n - n % 4
     for k in range(0, m, 4):
