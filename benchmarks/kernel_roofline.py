@@ -9,6 +9,10 @@ With ``--asm PASS`` the loop itself is printed.
     python benchmarks/kernel_roofline.py --size 256 --image paper:bridge
     python benchmarks/kernel_roofline.py --asm _blend
     python benchmarks/kernel_roofline.py --asm hue
+    python benchmarks/kernel_roofline.py --image paper:bridge --threads 2 --batch 256 --seconds 4
+
+The last line is the whole kernel with and without the prefetch of coming rows, on fresh
+batches, by default of 16 patches on one thread (``--threads``, ``--batch``: as the engine runs).
 
 Machine code is read with Numba's ``inspect_asm``, which the on-disk cache disables: the
 script compiles in a temporary cache folder of its own.
@@ -94,6 +98,8 @@ def main(argv=None) -> int:
     ap.add_argument("--seconds", type=float, default=1.0)
     ap.add_argument("--asm", default=None, help="print this pass's inner loop (e.g. _blend)")
     ap.add_argument("--json", default=None)
+    ap.add_argument("--threads", type=int, default=1, help="threads for the whole-kernel line (passes: one)")
+    ap.add_argument("--batch", type=int, default=16, help="patches a batch for the whole-kernel line")
     a = ap.parse_args(argv)
 
     from fastssl import AugmentSpec
@@ -209,25 +215,33 @@ def main(argv=None) -> int:
     print(f"half the patches jittered: {total:.2f} ns/pixel = {1e3 / total:.0f} Mpix/s per core")
     # the whole kernel with and without the prefetch of coming rows: fresh batches (a batch run
     # twice finds its texels in cache), alternating which setting gets the even ones
-    batch = np.empty((16, S, S, 3), np.uint8)
+    B = a.batch
+    nb.set_num_threads(a.threads)
+    batch = np.empty((B, S, S, 3), np.uint8)
     spent = {True: 0.0, False: 0.0}
     count = {True: 0, False: 0}
-    for b in range(max(4, int(a.seconds * 20))):
-        q = r.params(16 * (b + 1), 16 * (b + 2), seed=0)
+    t0 = None
+    b = 0
+    while b < 6 or time.perf_counter() - t0 < a.seconds:
+        q = r.params(B * (b + 1), B * (b + 2), seed=0)
         args = nw.prepare(q.level_matrix(), q.box, q.level, q.jitter, q.factors, q.order)
         pf = (b % 2 == 0) == (b // 2 % 2 == 0)
-        if b < 2:
-            nw.run(pyr, args, batch, prefetch=pf)  # compile both ways first
+        b += 1
+        if b <= 2:
+            nw.run(pyr, args, batch, prefetch=pf)  # both ways once first (compile, warm caches)
+            t0 = time.perf_counter()
             continue
         t1 = time.perf_counter()
         nw.run(pyr, args, batch, prefetch=pf)
         spent[pf] += time.perf_counter() - t1
         count[pf] += 1
-    whole = {k: spent[k] / (max(count[k], 1) * 16 * S * S) * 1e9 for k in spent}
+    # per core: wall time x threads over the pixels
+    whole = {k: spent[k] * a.threads / (max(count[k], 1) * B * S * S) * 1e9 for k in spent}
     mib = pyr.texels.nbytes / 2**20
     print(
-        f"whole kernel, fresh batches of 16 (pyramid {mib:.1f} MiB): {whole[True]:.2f} ns/pixel with the row prefetch,"
-        f" {whole[False]:.2f} without (by default on from {nw.PREFETCH_MIN_BYTES / 2**20:.0f} MiB)"
+        f"whole kernel, fresh batches of {B} on {a.threads} thread(s) (pyramid {mib:.1f} MiB): {whole[True]:.2f} "
+        f"ns/pixel per core with the row prefetch, {whole[False]:.2f} without (by default on from "
+        f"{nw.PREFETCH_MIN_BYTES / 2**20:.0f} MiB)"
     )
     if a.json:
         with open(a.json, "w") as fh:

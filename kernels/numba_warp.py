@@ -197,8 +197,8 @@ def _coords(off, stride, w, h, m0, m3, uy, vy, fx0, step, n, idx, ax, ay):
 PREFETCH_AHEAD = 3  # rows: the source texels of row y + 3 are requested while row y renders
 PREFETCH_EVERY = 8  # output pixels between two prefetched taps along that row
 # pyramids smaller than this are not prefetched: their patches mostly hit the caches already
-# (sources of up to about 0.4 Mpix; `benchmarks/kernel_roofline.py` times the kernel both ways)
-PREFETCH_MIN_BYTES = 2 << 20
+# (sources of up to about 0.8 Mpix; `benchmarks/kernel_roofline.py` times the kernel both ways)
+PREFETCH_MIN_BYTES = 4 << 20
 # the threads take patches in chunks of about this many output pixels, as they free up: a
 # jittered patch costs more than a plain one, so equal shares of a batch finish apart
 CHUNK_PIXELS = 1 << 16
