@@ -253,6 +253,8 @@ def main(argv=None) -> int:
                     "jittered_ns_per_pixel": round(jittered, 3),
                     "total_ns_per_pixel": round(total, 3),
                     "kernel_ns_per_pixel": {"prefetch": round(whole[True], 3), "none": round(whole[False], 3)},
+                    "kernel_threads": a.threads,
+                    "kernel_batch": B,
                     "pyramid_mib": round(mib, 2),
                 },
                 fh,

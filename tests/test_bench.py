@@ -131,7 +131,8 @@ def test_kernel_roofline_reports_every_pass_and_finds_vector_loops(tmp_path):
     out = tmp_path / "roof.json"
     script = Path(__file__).resolve().parents[1] / "benchmarks" / "kernel_roofline.py"
     r = subprocess.run(
-        [sys.executable, str(script), "--size", "32", "--seconds", "0.05", "--json", str(out), "--asm", "_blend"],
+        [sys.executable, str(script), "--size", "32", "--seconds", "0.05", "--json", str(out), "--asm", "_blend"]
+        + ["--threads", "2", "--batch", "4"],
         capture_output=True,
         text=True,
         timeout=600,
@@ -144,3 +145,6 @@ def test_kernel_roofline_reports_every_pass_and_finds_vector_loops(tmp_path):
     assert passes["_blend"]["pixels_per_iteration"] >= 4 and passes["_coords"]["pixels_per_iteration"] >= 4
     assert passes["hue (_row_colour op 3)"]["pixels_per_iteration"] >= 4  # the hue op's loop, vectorised too
     assert "cvtdq2ps" in r.stdout  # the blend's loop, printed: int-to-float conversions of the texels
+    assert rep["kernel_threads"] == 2 and rep["kernel_batch"] == 4
+    assert all(v > 0 for v in rep["kernel_ns_per_pixel"].values())
+    assert "fresh batches of 4 on 2 thread(s)" in r.stdout
