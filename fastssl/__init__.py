@@ -5,8 +5,26 @@ learn from a single image* (ICLR 2020) as practical software.
 """
 
 from .errors import FastSSLError
-from .mono import MonoSource, export, preview
-from .spec import AugmentSpec, PatchParams, sample_params
+
+# the rest loads on first use (PEP 562), so that ``import fastssl.cli`` is quick and the
+# command line takes Ctrl-C from its first moment, before torch and numba load
+_LAZY = {
+    "MonoSource": "mono",
+    "export": "mono",
+    "preview": "mono",
+    "AugmentSpec": "spec",
+    "PatchParams": "spec",
+    "sample_params": "spec",
+}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = ["AugmentSpec", "FastSSLError", "MonoSource", "PatchParams", "export", "preview", "sample_params"]
 __version__ = "0.1.0"

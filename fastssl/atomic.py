@@ -93,23 +93,26 @@ def atomic_output(
     os.umask(umask)
     tmp = None
     try:
-        if folder:
-            tmp = Path(tempfile.mkdtemp(prefix=dest.name + ".", suffix=".partial", dir=dest.parent))
-            tmp.chmod(0o777 & ~umask)  # mkdtemp makes 0700; outputs get the usual permissions
-        else:
-            fd, name = tempfile.mkstemp(prefix=dest.name + ".", suffix=".partial", dir=dest.parent)
-            os.close(fd)
-            tmp = Path(name)
-            tmp.chmod(0o666 & ~umask)  # mkstemp makes 0600
-        yield tmp
-        check_destination(dest, folder=folder, replace=replace, what=what)  # it may have appeared meanwhile
-        if folder and dest.is_dir():  # an earlier output of this command: swap, then remove the old one
-            old = Path(tempfile.mkdtemp(prefix=dest.name + ".", suffix=".old", dir=dest.parent))
-            os.replace(dest, old / "x")
-            os.replace(tmp, dest)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, dest)
+        with claim(dest):
+            if folder:
+                tmp = Path(tempfile.mkdtemp(prefix=dest.name + ".", suffix=".partial", dir=dest.parent))
+                reaper_add(tmp)
+                tmp.chmod(0o777 & ~umask)  # mkdtemp makes 0700; outputs get the usual permissions
+            else:
+                fd, name = tempfile.mkstemp(prefix=dest.name + ".", suffix=".partial", dir=dest.parent)
+                os.close(fd)
+                tmp = Path(name)
+                reaper_add(tmp)
+                tmp.chmod(0o666 & ~umask)  # mkstemp makes 0600
+            yield tmp
+            check_destination(dest, folder=folder, replace=replace, what=what)  # it may have appeared meanwhile
+            if folder and dest.is_dir():  # an earlier output of this command: swap, then remove the old one
+                old = Path(tempfile.mkdtemp(prefix=dest.name + ".", suffix=".old", dir=dest.parent))
+                os.replace(dest, old / "x")
+                os.replace(tmp, dest)
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                os.replace(tmp, dest)
     except OSError as e:
         raise os_error(dest, e) from None
     finally:
@@ -118,6 +121,7 @@ def atomic_output(
                 shutil.rmtree(tmp, ignore_errors=True)
             else:
                 tmp.unlink(missing_ok=True)
+            reaper_drop(tmp)
 
 
 def reserve(path: str | os.PathLike, size: int) -> None:
@@ -154,15 +158,44 @@ LOCK_NAME = ".fastssl.lock"
 _HELD: dict[str, list] = {}  # lock path -> [fd, depth]: a process may re-enter its own lock
 
 
-@contextlib.contextmanager
-def run_lock(folder: str | os.PathLike):
-    """Exclusive use of a run folder for the block: ``flock`` on ``FOLDER/.fastssl.lock``,
-    which holds the holder's PID while held. A second run into the folder is refused with one line naming
-    that PID; the lock goes with the process, so a killed run leaves nothing to clean up."""
+def _open_lock(path: Path) -> int | str:
+    """``path`` created (never followed if a link) and locked with ``flock``: its descriptor,
+    or the holder's PID (a string) when another process holds it. A lock file removed by its
+    holder between our open and our lock is opened again, so two processes never hold two
+    files of one name."""
     import fcntl
 
-    path = Path(folder) / LOCK_NAME
-    key = str(path.resolve())
+    while True:
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+        except OSError as e:
+            if e.errno == errno.ELOOP:
+                raise FastSSLError(f"lock file {path} is a symbolic link; remove it (it is never followed)") from None
+            raise os_error(path, e) from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            return holder
+        try:
+            same = os.fstat(fd).st_ino == os.lstat(path).st_ino
+        except FileNotFoundError:
+            same = False
+        if same and stat.S_ISREG(os.fstat(fd).st_mode):
+            break
+        os.close(fd)  # the holder removed it meanwhile: lock the new one
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    return fd
+
+
+@contextlib.contextmanager
+def _locked(path: Path, busy: Callable[[str], str]):
+    """Hold the lock file ``path`` for the block (re-entrant in this process); ``busy(pid)``
+    is the one line when another process holds it. The file is removed when released, and by
+    the reaper when this process is killed."""
+    key = str(path.parent.resolve() / path.name)
     if key in _HELD:
         _HELD[key][1] += 1
         try:
@@ -170,25 +203,120 @@ def run_lock(folder: str | os.PathLike):
         finally:
             _HELD[key][1] -= 1
         return
-    try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    except OSError as e:
-        raise os_error(path, e) from None
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
-        os.close(fd)
-        raise FastSSLError(
-            f"{folder} is in use by another fastssl run (PID {holder}); wait for it to end or choose another --out"
-        ) from None
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    fd = _open_lock(path)
+    if isinstance(fd, str):
+        raise FastSSLError(busy(fd))
     _HELD[key] = [fd, 1]
+    reaper_add(path)
     try:
         yield
     finally:
         del _HELD[key]
         with contextlib.suppress(OSError):
-            os.ftruncate(fd, 0)  # the file stays: removing it would let two runs lock two files
+            if os.fstat(fd).st_ino == os.lstat(path).st_ino:
+                path.unlink()  # while still locked: a waiting process then opens a new file
         os.close(fd)
+        reaper_drop(path)
+
+
+@contextlib.contextmanager
+def run_lock(folder: str | os.PathLike):
+    """Exclusive use of a run folder for the block: ``flock`` on ``FOLDER/.fastssl.lock``,
+    which holds the holder's PID while held. A second run into the folder is refused with one
+    line naming that PID; the lock goes with the process (a killed run leaves nothing to
+    clean up) and the file with the lock."""
+    with _locked(
+        Path(folder) / LOCK_NAME,
+        lambda pid: (
+            f"{folder} is in use by another fastssl run (PID {pid}); wait for it to end or choose another --out"
+        ),
+    ):
+        yield
+
+
+def claim_path(dest: str | os.PathLike) -> Path:
+    return Path(dest).parent / f".{Path(dest).name}.fastssl-lock"
+
+
+@contextlib.contextmanager
+def claim(*dests: str | os.PathLike):
+    """Exclusive use of output paths for the block, across processes: a second command writing
+    one of them meanwhile is refused with one line (a lock file beside each, removed after)."""
+    with contextlib.ExitStack() as stack:
+        for d in dests:
+            d = Path(d)
+            if not d.parent.is_dir():
+                continue  # check_destination says so in its words
+            stack.enter_context(
+                _locked(
+                    claim_path(d),
+                    lambda pid, d=d: (
+                        f"{d} is being written by another fastssl command (PID {pid}); "
+                        "wait for it to end or choose another path"
+                    ),
+                )
+            )
+        yield
+
+
+# ------------------------------------------------------------------ reaper
+# A process killed with SIGKILL runs no cleanup. Every temporary output and lock file is
+# registered with a small watcher process (started on first use, in its own session so that
+# Ctrl-C does not reach it) that reads registrations from a pipe; when the pipe closes (this
+# process and every child that inherited the pipe have ended) it removes what is still
+# registered. A completed output is unregistered before its temporary name is renamed.
+_REAPER_CODE = r"""
+import json, os, shutil, sys
+held = set()
+for line in sys.stdin.buffer:
+    try:
+        op, path = line[:1], json.loads(line[1:])
+    except ValueError:
+        continue
+    (held.add if op == b"+" else held.discard)(path)
+for path in held:
+    try:
+        if os.path.isdir(path) and not os.path.islink(path):
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            os.unlink(path)
+    except OSError:
+        pass
+"""
+_REAPER: dict = {"proc": None, "pid": None}
+
+
+def _reaper_send(op: str, path: Path) -> None:
+    import json
+    import subprocess
+    import sys
+
+    if _REAPER["pid"] != os.getpid():  # none yet, or inherited through fork: start our own
+        try:
+            _REAPER["proc"] = subprocess.Popen(
+                [sys.executable, "-I", "-S", "-c", _REAPER_CODE],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+        except OSError:
+            _REAPER["proc"] = None
+        _REAPER["pid"] = os.getpid()
+    proc = _REAPER["proc"]
+    if proc is None:
+        return
+    try:
+        proc.stdin.write(op.encode() + json.dumps(str(Path(path).absolute())).encode() + b"\n")
+        proc.stdin.flush()
+    except (OSError, ValueError):
+        _REAPER["proc"] = None
+
+
+def reaper_add(path: str | os.PathLike) -> None:
+    """Remove ``path`` if this process ends (even by SIGKILL) before :func:`reaper_drop`."""
+    _reaper_send("+", Path(path))
+
+
+def reaper_drop(path: str | os.PathLike) -> None:
+    _reaper_send("-", Path(path))

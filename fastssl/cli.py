@@ -39,6 +39,8 @@ def parse_spec(size: int | None, overrides: list[str] | None):
         except FastSSLError as e:
             raise FastSSLError(f"bad --spec {item!r}: {str(e).partition(': ')[2] or e}") from None
     if size is not None:
+        if "size" in kw and kw["size"] != size:
+            raise FastSSLError(f"--size {size} and --spec size={kw['size']} disagree: give the patch side once")
         kw["size"] = size
     try:
         return to_dataclass(AugmentSpec, kw)
@@ -106,6 +108,10 @@ def cmd_bench(args) -> int:
     from .image import load_image
 
     _check_json(args.json)
+    if args.what == "augment" and not args.seconds > 0:
+        raise FastSSLError(f"--seconds must be > 0, got {args.seconds:g}")
+    if args.what == "agreement" and args.n < 1:
+        raise FastSSLError(f"--n must be >= 1, got {args.n}")
     image = load_image(args.image)
     if args.what == "augment":
         threads = args.threads or len(os.sched_getaffinity(0))
@@ -154,7 +160,7 @@ def cmd_data(args) -> int:
     from .data.sources import open_source, split_indices
 
     if args.action == "info":
-        print(json.dumps(read_info(args.beton), indent=1))
+        print(json.dumps(read_info(args.beton, verify="full" if args.verify else "auto"), indent=1))
         return 0
     src = open_source(args.src, split=args.split)
     indices = None
@@ -248,6 +254,7 @@ def cmd_train(args) -> int:
         out=args.out,
         overrides=args.set,
         resume=args.resume,
+        allow_changes=args.allow_changes,
         progress=not args.quiet,
     )
     if status == "interrupted":
@@ -403,7 +410,7 @@ def build_parser() -> argparse.ArgumentParser:
     lb.set_defaults(func=cmd_bench_loader)
 
     rp = sub.add_parser("repro", help="the paper's table in miniature: random / mono / full METHOD / supervised")
-    rp.add_argument("--preset", default="cpu-mini", help="cpu-mini (2 CPU cores, ~30 min) or paper (GPUs), or a .toml")
+    rp.add_argument("--preset", default="cpu-mini", help="cpu-mini (2 CPU cores: RotNet ~10 min a seed), paper (GPUs), or a .toml")
     rp.add_argument(
         "--image", action="append", help="the source image (repeat, or a folder, for several; default: built-in)"
     )
@@ -435,6 +442,11 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--preset", default="cpu-mini")
     tr.add_argument("--out", required=True)
     tr.add_argument("--resume", action="store_true")
+    tr.add_argument(
+        "--allow-changes",
+        action="store_true",
+        help="with --resume: continue with a changed recipe (the change is logged; the resume is not exact)",
+    )
     tr.add_argument("--set", action="append", metavar="KEY=VALUE")
     tr.add_argument("--quiet", action="store_true")
     tr.set_defaults(func=cmd_train)
@@ -502,6 +514,11 @@ def build_parser() -> argparse.ArgumentParser:
     c.set_defaults(func=cmd_data)
     i = dsub.add_parser("info", help="JSON: sample count and per-class counts, read from the file")
     i.add_argument("beton")
+    i.add_argument(
+        "--verify",
+        action="store_true",
+        help="check every byte against the conversion's checksums (default: up to 2 GiB)",
+    )
     i.set_defaults(func=cmd_data)
     return ap
 
@@ -538,16 +555,26 @@ def quiet_numba_finalizer(hook):
     return unraisable
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, *, fresh: bool = True) -> int:
+    """Run one command; ``fresh``: forget an earlier stop request (a program that already took
+    Ctrl-C before calling, as :func:`run` does from its first line, passes False)."""
     from . import signals
 
-    args = build_parser().parse_args(argv)
-    signals.reset()
     main_thread = threading.current_thread() is threading.main_thread()
-    old = signal.signal(signal.SIGINT, signals.raise_once) if main_thread else None
+    if fresh:
+        signals.reset()
+    stops = (signal.SIGINT, signal.SIGTERM)
+    old = {s: signal.signal(s, signals.raise_once) for s in stops} if main_thread else {}
+    try:
+        args = build_parser().parse_args(argv)
+    except KeyboardInterrupt:
+        print("fastssl: interrupted", file=sys.stderr)
+        return 130
     rc = 1
     try:
         rc = args.func(args)
+        if rc == 0:
+            signals.check_stop()  # a stop swallowed where it landed is still a stop
     except FastSSLError as e:
         print(f"fastssl: error: {flags(str(e), args)}", file=sys.stderr)
         rc = 2
@@ -556,7 +583,8 @@ def main(argv: list[str] | None = None) -> int:
         rc = 130
     finally:
         if main_thread and not signals.stopping():  # while stopping, later signals stay ignored
-            signal.signal(signal.SIGINT, old)
+            for s, h in old.items():
+                signal.signal(s, h)
     return rc
 
 
@@ -564,8 +592,17 @@ def run() -> None:
     """The ``fastssl`` program: :func:`main`, then exit with its status."""
     from . import signals
 
+    # Ctrl-C and SIGTERM are taken from here on: one that lands while the libraries load, or
+    # inside a compiled callback that swallows the exception, still stops the command
+    signal.signal(signal.SIGINT, signals.raise_once)
+    signal.signal(signal.SIGTERM, signals.raise_once)
     sys.unraisablehook = quiet_numba_finalizer(sys.unraisablehook)  # for the whole process, shutdown too
-    rc = main()
+    try:
+        rc = main(fresh=False)
+        sys.stdout.flush()
+    except BrokenPipeError:  # the reader of our output went away (`fastssl recipe | head -1`)
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
+        rc = 1
     if signals.stopping():  # stopping: a late signal must not turn exit 130 into death by signal
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # (an ignored signal stays ignored through shutdown)
         signal.signal(signal.SIGTERM, signal.SIG_IGN)

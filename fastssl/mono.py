@@ -23,10 +23,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .atomic import NPY, PNG, atomic_output, check_destination, reserve
+from .atomic import NPY, PNG, atomic_output, check_destination, claim, reserve
 from .distributed import rank_world
 from .errors import FastSSLError
-from .image import load_image
+from .image import IMAGE_EXTS, load_image
 from .spec import PAPER_EPOCH, AugmentSpec, PatchParams, check_image_fits, num_levels, sample_params
 
 
@@ -174,14 +174,11 @@ def image_for(image, spec: AugmentSpec) -> np.ndarray:
     return arr
 
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".ppm")
-
-
 def images_for(image, spec: AugmentSpec):
     """One image (an array), or a list of them for several sources: ``image`` may be a list of
     paths / arrays, or a folder (its image files in name order)."""
     if isinstance(image, (str, os.PathLike)) and Path(image).is_dir():
-        files = sorted(p for p in Path(image).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        files = sorted(p for p in Path(image).iterdir() if p.suffix.lower() in IMAGE_EXTS)
         if not files:
             raise FastSSLError(f"no images in folder {image}")
         image = files
@@ -306,8 +303,6 @@ def export(
     readers take it): the paper's fixed-dataset protocol. Written under a temporary name and
     renamed when complete, so an interrupted export leaves nothing behind.
     """
-    from .progress import bar as progress_bar
-
     spec = spec or AugmentSpec()
     if n < 1:
         raise FastSSLError(f"`n` must be >= 1, got {n}")
@@ -319,10 +314,35 @@ def export(
     as_npy = out.suffix.lower() == ".npy"
     replace = NPY if as_npy else _is_export_folder
     check_destination(out, folder=not as_npy, overwrite=overwrite, replace=replace)
-    rend = Renderer(images_for(image, spec), spec, backend, "cpu")
-    S = spec.size
+    with claim(out):  # for the life of the command: a second export to ``out`` is refused
+        check_destination(out, folder=not as_npy, overwrite=overwrite, replace=replace)
+        if as_npy:
+            _check_free(out, n * spec.size * spec.size * 3 + 4096)
+        rend = Renderer(images_for(image, spec), spec, backend, "cpu")
+        _export(rend, n, out, as_npy, replace, seed, batch_size, jpeg_quality, progress)
+    return out
+
+
+def _check_free(out: Path, need: int) -> None:
+    """Refuse, before anything is reserved, an output larger than the free space (reserving it
+    all would leave other writers on that file system without space)."""
+    import shutil
+
+    free = shutil.disk_usage(out.parent).free
+    if need > free:
+        raise FastSSLError(
+            f"could not write {out}: it needs {need / 2**20:.1f} MiB, {free / 2**20:.1f} MiB are free "
+            "(nothing was written)"
+        )
+
+
+def _export(rend, n, out, as_npy, replace, seed, batch_size, jpeg_quality, progress) -> None:
     from PIL import Image
 
+    from .progress import bar as progress_bar
+    from .signals import check_stop
+
+    S = rend.spec.size
     with atomic_output(out, folder=not as_npy, replace=replace) as tmp:
         if as_npy:
             mm = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(n, S, S, 3))
@@ -348,7 +368,7 @@ def export(
         if as_npy:
             mm.flush()
             del mm
-    return out
+        check_stop()
 
 
 def preview(
@@ -367,6 +387,8 @@ def preview(
     spec = spec or AugmentSpec()
     if n < 1:
         raise FastSSLError(f"`n` must be >= 1, got {n}")
+    if Path(out).suffix.lower() != ".png":
+        raise FastSSLError(f"the preview is a PNG: give an output ending in .png, got {out}")
     out = check_destination(out, replace=PNG)
     rend = Renderer(images_for(image, spec), spec, backend, "cpu")
     x = rend.render_nhwc(rend.params(0, n, seed=seed))

@@ -31,8 +31,15 @@ def _first() -> bool:
     return first
 
 
+def check_stop() -> None:
+    """KeyboardInterrupt if a stop was asked for: called before an output is committed, so
+    that a Ctrl-C swallowed where it landed (e.g. inside a compiled callback) still stops."""
+    if _state["stopping"]:
+        raise KeyboardInterrupt
+
+
 def raise_once(signum, frame) -> None:
-    """A SIGINT handler: KeyboardInterrupt for the first signal, nothing for later ones."""
+    """A SIGINT / SIGTERM handler: KeyboardInterrupt for the first signal, nothing for later ones."""
     if _first():
         raise KeyboardInterrupt
 
