@@ -9,7 +9,9 @@ their range is not defined. Every failure raises FastSSLError with one actionabl
 
 from __future__ import annotations
 
+import io
 import os
+import stat
 import warnings
 from pathlib import Path
 
@@ -17,6 +19,9 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .errors import FastSSLError
+
+# the file suffixes read as images, everywhere (folders of sources, class folders, archives)
+IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 
 DEFAULT_IMAGE = "grace_hopper.jpg"  # ships with matplotlib; the built-in default photo
 
@@ -79,30 +84,53 @@ def to_rgb_array(img: Image.Image) -> np.ndarray:
         raise FastSSLError(f"unsupported image mode {mode!r} ({e}); convert the image to 8-bit RGB") from None
 
 
-def load_image(path: str | os.PathLike | None) -> np.ndarray:
-    """Decode ``path`` (``paper:NAME`` for the paper's photos; the built-in photo when None)
-    into an (h, w, 3) uint8 array."""
-    p = resolve_image(path)
-    if not p.exists():
-        raise FastSSLError(f"image not found: {p}")
-    if p.is_dir():
-        raise FastSSLError(f"expected an image file, got a directory: {p}")
+def read_regular(path: str | os.PathLike) -> bytes:
+    """The bytes of ``path``, which must be a regular file: a FIFO, device or socket is refused
+    without blocking on it (opened non-blocking, checked on the open descriptor)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except FileNotFoundError:
+        raise FastSSLError(f"image not found: {path}") from None
+    except OSError as e:
+        raise FastSSLError(f"cannot read {path}: {e.strerror}") from None
+    mode = os.fstat(fd).st_mode
+    if not stat.S_ISREG(mode):
+        os.close(fd)
+        if stat.S_ISDIR(mode):
+            raise FastSSLError(f"expected an image file, got a directory: {path}")
+        raise FastSSLError(f"{path} is not a regular file (a FIFO, device or socket): give an image file")
+    with os.fdopen(fd, "rb") as f:
+        try:
+            return f.read()
+        except OSError as e:
+            raise FastSSLError(f"cannot read {path}: {e.strerror}") from None
+
+
+def decode(data: bytes, name, exif: bool = True) -> np.ndarray:
+    """Encoded image bytes to (h, w, 3) uint8 (EXIF orientation applied with ``exif``); every
+    failure, a decompression bomb included, is one FastSSLError line."""
     try:
         with warnings.catch_warnings():
             # sizes between PIL's warning and error limits decode (or fail) without a warning
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(p) as img:
+            with Image.open(io.BytesIO(data)) as img:
                 img.load()
-                img = ImageOps.exif_transpose(img)
-                arr = to_rgb_array(img)
+                arr = to_rgb_array(ImageOps.exif_transpose(img) if exif else img)
     except FastSSLError:
         raise
     except UnidentifiedImageError:
-        raise FastSSLError(f"not an image PIL can read: {p}") from None
+        raise FastSSLError(f"not an image PIL can read: {name}") from None
     except Image.DecompressionBombError as e:
-        raise FastSSLError(f"image too large to decode safely: {p} ({e})") from None
+        raise FastSSLError(f"image too large to decode safely: {name} ({e})") from None
     except (OSError, SyntaxError, ValueError) as e:
-        raise FastSSLError(f"corrupt or truncated image {p}: {e}") from None
+        raise FastSSLError(f"corrupt or truncated image {name}: {e}") from None
     if arr.shape[0] == 0 or arr.shape[1] == 0:
-        raise FastSSLError(f"image has no pixels: {p}")
+        raise FastSSLError(f"image has no pixels: {name}")
     return arr
+
+
+def load_image(path: str | os.PathLike | None) -> np.ndarray:
+    """Decode ``path`` (``paper:NAME`` for the paper's photos; the built-in photo when None)
+    into an (h, w, 3) uint8 array."""
+    p = resolve_image(path)
+    return decode(read_regular(p), p)

@@ -17,34 +17,30 @@ returning an RGB ``uint8`` array (grey, palette, RGBA, CMYK are converted by PIL
 from __future__ import annotations
 
 import hashlib
-import io
 import os
 import tarfile
 import urllib.request
 from pathlib import Path, PurePosixPath
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
 
 from ..atomic import atomic_output
 from ..errors import FastSSLError
+from ..image import IMAGE_EXTS, decode, read_regular
 
-IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
+MAX_MEMBER = 256 << 20  # an archive member larger than this is skipped unread (a bomb, not a photo)
 CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-binary.tar.gz"
 CIFAR10_MD5 = "c32a1d4ab5d03f1284b67883e8d87530"  # published on the CIFAR page
 CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 
 
 def decode_rgb(data: bytes, name: str = "image") -> np.ndarray:
-    """Decode image bytes with PIL into (h, w, 3) uint8; FastSSLError when unreadable."""
+    """Decode image bytes with PIL into (h, w, 3) uint8 (16-bit grey scaled, not saturated);
+    FastSSLError when unreadable."""
     try:
-        with Image.open(io.BytesIO(data)) as img:
-            img.load()
-            if img.mode != "RGB":
-                img = img.convert("RGB")
-            return np.asarray(img, dtype=np.uint8)
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
-        raise FastSSLError(f"unreadable image {name}: {e}") from None
+        return decode(data, name, exif=False)
+    except FastSSLError as e:
+        raise FastSSLError(f"unreadable image: {e}") from None
 
 
 class LabelledSource:
@@ -123,10 +119,7 @@ class FolderSource(LabelledSource):
         return sum((self.root / k).stat().st_size for k in self.keys)
 
     def raw(self, i: int) -> bytes:
-        try:
-            return (self.root / self.keys[i]).read_bytes()
-        except OSError as e:
-            raise FastSSLError(f"cannot read {self.root / self.keys[i]}: {e}") from None
+        return read_regular(self.root / self.keys[i])
 
 
 def _check_member(m: tarfile.TarInfo, archive: str) -> None:
@@ -145,6 +138,7 @@ class TarSource(LabelledSource):
         compressed = self.path.suffix.lower() in (".gz", ".tgz", ".bz2", ".xz")
         self._data: dict[str, bytes] | None = {} if compressed else None
         self._offsets: dict[str, tuple[int, int]] = {}
+        self._too_large: dict[str, int] = {}
         found = []
         try:
             with tarfile.open(self.path, "r:*") as tf:
@@ -154,7 +148,9 @@ class TarSource(LabelledSource):
                         continue
                     name = str(PurePosixPath(m.name))
                     found.append(PurePosixPath(name))
-                    if compressed:
+                    if m.size > MAX_MEMBER:  # kept as unreadable: never read into memory
+                        self._too_large[name] = m.size
+                    elif compressed:
                         self._data[name] = tf.extractfile(m).read()
                     else:
                         self._offsets[name] = (m.offset_data, m.size)
@@ -173,6 +169,9 @@ class TarSource(LabelledSource):
 
     def raw(self, i: int) -> bytes:
         key = self.keys[i]
+        if key in self._too_large:
+            size = self._too_large[key] >> 20
+            raise FastSSLError(f"archive member {key} is {size} MiB, above {MAX_MEMBER >> 20} MiB: not read")
         if self._data is not None:
             return self._data[key]
         if self._fh is None or self._fh_pid != os.getpid():  # one handle per process
@@ -270,7 +269,12 @@ def _digest(path: Path, algo: str) -> str:
 
 
 def default_cache() -> Path:
-    return Path(os.environ.get("FASTSSL_CACHE", Path.home() / ".cache" / "fastssl"))
+    """``FASTSSL_CACHE``, else ``~/.cache/fastssl``: a folder (created on first download)."""
+    p = Path(os.environ.get("FASTSSL_CACHE") or Path.home() / ".cache" / "fastssl")
+    if p.exists() and not p.is_dir():
+        where = "FASTSSL_CACHE" if os.environ.get("FASTSSL_CACHE") else "the cache folder"
+        raise FastSSLError(f"{where} {p} is not a folder: point FASTSSL_CACHE at a folder")
+    return p
 
 
 def cifar10(
