@@ -22,6 +22,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 import types
 import typing
 from dataclasses import dataclass
@@ -47,7 +48,7 @@ class RunConfig:
     res: int = 224  # side of the labelled images for training and probes
     val_per_class: int = 50  # held-out validation images per class when no --eval-data is given
     seed: int = 0
-    workers: int = 8  # loader worker processes (0: load in the main process)
+    workers: int | None = None  # loader workers (0: in the main process; none: one per core, at most 8)
     device: str = "auto"  # auto (CUDA when present), cpu, cuda, cuda:N
     loader: str = "auto"  # auto (FFCV when installed), ffcv, pytorch
     rrc_scale: tuple[float, float] = (0.08, 1.0)  # random-resized-crop area range (labelled data)
@@ -59,7 +60,7 @@ class RunConfig:
             bad(f"{where}val_per_class", "must be >= 1", self.val_per_class)
         if self.seed < 0:
             bad(f"{where}seed", "must be >= 0", self.seed)
-        if self.workers < 0:
+        if self.workers is not None and self.workers < 0:
             bad(f"{where}workers", "must be >= 0", self.workers)
         check_device(f"{where}device", self.device)
         if self.loader not in LOADERS:
@@ -67,6 +68,12 @@ class RunConfig:
         lo, hi = self.rrc_scale
         if not 0 < lo <= hi <= 1:
             bad(f"{where}rrc_scale", "must be [low, high] with 0 < low <= high <= 1", list(self.rrc_scale))
+
+
+def loader_workers(rc: dict) -> int:
+    """The recipe's loader workers: ``workers``, or one per core (at most 8) when unset."""
+    w = rc.get("workers")
+    return min(8, len(os.sched_getaffinity(0))) if w is None else int(w)
 
 
 def check_device(key: str, device: str) -> None:
@@ -268,6 +275,8 @@ def read_recipe(name_or_path: str, _near: Path | None = None, _seen: tuple = ())
         recipe = tomllib.loads(p.read_text())
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
         raise FastSSLError(f"recipe {p} is not valid TOML: {e}") from None
+    except RecursionError:
+        raise FastSSLError(f"recipe {p} is nested too deeply to be a recipe") from None
     base = recipe.pop("base", None)
     if base is None:
         return recipe
@@ -288,6 +297,8 @@ def parse_value(item: str, raw: str, old):
         val = json.loads(raw)
     except ValueError:
         val = raw
+    except RecursionError:
+        raise FastSSLError(f"bad override {item[:40]!r}...: the value is nested too deeply") from None
     if old is None or isinstance(old, str):
         return val if old is None else raw
     if isinstance(old, bool):
@@ -362,6 +373,36 @@ def validate(rc: dict) -> None:
     to_dataclass(ProbeConfig, rc["probe"], "probe.")
 
 
+def check_shadowed(rc: dict, overrides: list[str] | None, methods=()) -> None:
+    """An override of ``[train]`` that a method's own section sets otherwise changes nothing for
+    that method: one line naming the key to set instead (for any of the methods that will run;
+    when none is named, only an override that changes nothing for every method)."""
+    from .methods import METHODS
+
+    for item in overrides or []:
+        key = item.partition("=")[0].strip()
+        if not key.startswith("train."):
+            continue
+        path = key.split(".")[1:]
+        want = rc["train"]
+        for part in path:
+            want = want[part]
+        shadowed = []
+        for m in methods or METHODS:
+            have = rc[m]
+            for part in path:
+                have = have[part]
+            if have != want:
+                shadowed.append(m)
+        if shadowed and (methods or len(shadowed) == len(METHODS)):
+            rest = ".".join(path)
+            raise FastSSLError(
+                f"--set {key} changes nothing for {', '.join(shadowed)}: "
+                f"{'its' if len(shadowed) == 1 else 'their'} own section sets {rest} "
+                f"(use --set {shadowed[0]}.{rest}=...)"
+            )
+
+
 def load(name_or_path: str, overrides: list[str] | None = None, methods=()) -> dict:
     """The expanded, validated recipe (a dict of sections) of a preset or file with overrides;
     ``methods``: those that will run, each checks that it can (e.g. BiGAN's resolution)."""
@@ -369,6 +410,7 @@ def load(name_or_path: str, overrides: list[str] | None = None, methods=()) -> d
 
     rc = expand(apply_overrides(read_recipe(name_or_path), overrides))
     validate(rc)
+    check_shadowed(rc, overrides, methods)
     for m in methods:
         get_method(m).check_recipe(rc)
     return rc

@@ -118,16 +118,19 @@ class ProbeMethod(Method):
     needs_labels = True
     pretext = False
 
-    def __init__(self, frozen: AlexNet, probes: LinearProbes):
+    def __init__(self, frozen: AlexNet, probes: LinearProbes, trunk_digest: str = ""):
         super().__init__()
         self.frozen = frozen
         self.nets["probes"] = probes
+        self.trunk_digest = trunk_digest
 
     def trunk(self) -> AlexNet:
         return self.frozen
 
     def arch(self) -> dict:
-        return {**self.frozen.config, "probe_features": list(self.nets["probes"].features)}
+        # the trunk's weights belong to the run: probes of one checkpoint never resume (or
+        # stand in for) those of another
+        return {**self.frozen.config, "probe_features": list(self.nets["probes"].features), "trunk": self.trunk_digest}
 
     def train_step(self, batch, ctx) -> dict:
         x, y = batch
@@ -140,6 +143,18 @@ class ProbeMethod(Method):
         return {"loss": loss.detach() / len(outs)}
 
 
+def weights_digest(net: torch.nn.Module) -> str:
+    """SHA-256 of a network's state (names, shapes and bytes), the same for the same weights."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for k, v in net.state_dict().items():
+        t = v.detach().cpu().contiguous()
+        h.update(f"{k}:{t.dtype}:{tuple(t.shape)};".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()[:16]
+
+
 def probe_method(trunk: AlexNet, num_classes: int, cfg: ProbeConfig, dev) -> ProbeMethod:
     """The five probes on the frozen, BN-folded copy of ``trunk`` on ``dev``: the paper's pools
     at its 224 px geometry, adaptive ones elsewhere."""
@@ -150,7 +165,7 @@ def probe_method(trunk: AlexNet, num_classes: int, cfg: ProbeConfig, dev) -> Pro
     with torch.no_grad():
         shapes = [tuple(t.shape[1:]) for t in frozen.taps(torch.zeros(1, 3, res, res, device=dev))]
     paper = (not frozen.config["small"]) and res == 224
-    return ProbeMethod(frozen, LinearProbes(shapes, num_classes, cfg.target, paper))
+    return ProbeMethod(frozen, LinearProbes(shapes, num_classes, cfg.target, paper), weights_digest(trunk))
 
 
 def probe_train_config(cfg: ProbeConfig, dev, steps_per_epoch: int):

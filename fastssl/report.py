@@ -16,12 +16,20 @@ def write_json(path: str | os.PathLike, obj, **kw) -> None:
 
 
 def markdown_table(
-    rows: dict, std: dict | None = None, n: int = 1, title: str = "probe top-1 %", counts: dict | None = None
+    rows: dict,
+    std: dict | None = None,
+    n: int = 1,
+    title: str = "probe top-1 %",
+    counts: dict | None = None,
+    smoke: bool = False,
 ) -> str:
     """One line per row; with ``std`` and ``n`` > 1 each cell is ``mean ± std``. A row that
-    ``counts`` (seeds per row) gives fewer seeds shows its plain mean and says over how many."""
+    ``counts`` (seeds per row) gives fewer seeds shows its plain mean and says over how many.
+    ``smoke``: a line above the table says the numbers come from a few steps."""
     head = title if n <= 1 else f"{title}, mean ± std over {n} seeds"
     lines = [f"| {head} | " + " | ".join(LAYERS) + " |", "| --- |" + " --- |" * len(LAYERS)]
+    if smoke:
+        lines.insert(0, "**SMOKE RUN**: every stage ran a few steps only; these numbers are not results.\n")
     for name, r in rows.items():
         have = (counts or {}).get(name, n)
         label = name if have >= n else f"{name} ({have} seed{'s' if have > 1 else ''})"
@@ -33,9 +41,12 @@ def markdown_table(
     return "\n".join(lines) + "\n"
 
 
-def bar_figure(rows: dict, path: str | os.PathLike, title: str = "", std: dict | None = None) -> None:
+def bar_figure(
+    rows: dict, path: str | os.PathLike, title: str = "", std: dict | None = None, atomic: bool = True
+) -> None:
     """Grouped bars per layer (error bars: ``std``); the y axis starts a little below the lowest
-    bar (where the rows differ, not at 0) and the legend sits to the right, off the bars."""
+    bar (where the rows differ, not at 0) and the legend sits to the right, off the bars.
+    ``atomic=False``: ``path`` is already a temporary the caller renames."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -61,6 +72,15 @@ def bar_figure(rows: dict, path: str | os.PathLike, title: str = "", std: dict |
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
-    with atomic_output(path, replace=PNG) as tmp:
-        fig.savefig(tmp, dpi=100, format="png")
-    plt.close(fig)
+    try:
+        if atomic:
+            with atomic_output(path, replace=PNG) as tmp:
+                _save_figure(fig, tmp)
+        else:
+            _save_figure(fig, path)
+    finally:
+        plt.close(fig)
+
+
+def _save_figure(fig, path) -> None:
+    fig.savefig(path, dpi=100, format="png")

@@ -32,7 +32,7 @@ from pathlib import Path
 import torch
 
 from .atomic import atomic_output
-from .config import load, method_model, to_dataclass
+from .config import load, loader_workers, method_model, to_dataclass
 from .errors import FastSSLError
 from .report import bar_figure, markdown_table, write_json
 
@@ -66,12 +66,17 @@ def _prepare_data(rc: dict, data, eval_data, out: Path, progress: bool):
     d = out / "data"
     d.mkdir(parents=True, exist_ok=True)
     paths = []
-    for name, s, idx in (("train", src, train_idx), ("val", vsrc, val_idx)):
-        p = d / f"{name}.beton"
-        if not p.exists():
-            _log(f"converting {name} split ({len(s) if idx is None else len(idx)} images) to {p}")
-            convert(s, p, indices=idx, workers=int(rc["workers"]), progress=progress)
-        paths.append(p)
+    try:
+        for name, s, idx in (("train", src, train_idx), ("val", vsrc, val_idx)):
+            p = d / f"{name}.beton"
+            if not p.exists():
+                _log(f"converting {name} split ({len(s) if idx is None else len(idx)} images) to {p}")
+                convert(s, p, indices=idx, workers=max(1, loader_workers(rc)), progress=progress)
+            paths.append(p)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            d.rmdir()  # only while empty
+        raise
     return (str(paths[0]), None), (str(paths[1]), None), src.classes
 
 
@@ -101,7 +106,7 @@ def _loader(spec, rc, train: bool, batch_size: int, device, seed: int, shard: bo
         train=train,
         res=int(rc["res"]),
         device=resolve_device(device),
-        workers=int(rc["workers"]),
+        workers=loader_workers(rc),
         seed=seed,
         indices=idx,
         scale=tuple(rc["rrc_scale"]),
@@ -121,6 +126,16 @@ def train_config(rc: dict, method_name: str, progress: bool, resume: bool):
     cfg = to_dataclass(TrainConfig, kw, f"{method_name}.")
     cfg.seed, cfg.device, cfg.progress, cfg.resume = int(rc["seed"]), rc["device"], progress, resume
     return cfg
+
+
+def run_recipe(rc: dict, method_name: str, spec: dict | None = None, mono: bool = True) -> dict:
+    """What a training run records of the recipe (compared on resume): the run-wide values,
+    the method's section and, for a run on source images, the [mono] stream with ``spec``."""
+    rec = {k: v for k, v in rc.items() if not isinstance(v, dict) and k != "smoke"}
+    rec[method_name] = rc[method_name]
+    if mono:
+        rec["mono"] = {**rc["mono"], **(spec or {})}
+    return copy.deepcopy(rec)
 
 
 def build_for(rc: dict, method_name: str, num_classes=None):
@@ -195,21 +210,37 @@ def _mono_stream(rc: dict, image, batch_size: int, seed: int, spec: dict | None 
     return MonoData(MonoSource(image, AugmentSpec(**mono_kw), **{**opts, **kw}))
 
 
-def _train(row: str, rc: dict, method_name: str, data, out: Path, num_classes, progress: bool, image=None, spec=None):
+def _train(
+    row: str,
+    rc: dict,
+    method_name: str,
+    data,
+    out: Path,
+    num_classes,
+    progress: bool,
+    image=None,
+    spec=None,
+    allow_changes: bool = False,
+):
     from .data.adapters import LoaderData, MonoData
-    from .train import Trainer, load_checkpoint
+    from .train import Trainer, load_checkpoint, recipe_changes
 
     cfg = train_config(rc, method_name, progress, resume=True)
     run = out / row
     ck = run / "ckpt.pt"
+    recipe = run_recipe(rc, method_name, spec, mono=isinstance(data, MonoData))
     if ck.exists():  # a row of an earlier run: only reused (or resumed) with the same network
         state = load_checkpoint(ck)
-        arch, epoch = state["arch"], state["epoch"]
+        arch, epoch, was = state["arch"], state["epoch"], state.get("recipe")
         del state  # not held through training: a resumed run loads its weights itself
         diff = {k: (arch[k], v) for k, v in method_model(rc, method_name).items() if k in arch and arch[k] != v}
         if diff:
             said = ", ".join(f"{k} {a!r} there, {b!r} now" for k, (a, b) in diff.items())
             raise FastSSLError(f"{run} was trained with another network ({said}): use another --out")
+        changed = recipe_changes(was, recipe) if was is not None and not allow_changes else {}
+        if changed:
+            said = ", ".join(f"{k} {a!r} there, {b!r} now" for k, (a, b) in list(changed.items())[:4])
+            raise FastSSLError(f"{run} was trained with another recipe ({said}): use another --out")
         if epoch >= cfg.epochs:
             _log(f"{row}: already trained ({ck})")
             return ck
@@ -229,7 +260,7 @@ def _train(row: str, rc: dict, method_name: str, data, out: Path, num_classes, p
     steps = min(len(stream), cfg.steps_per_epoch or len(stream))
     _log(f"{row}: training {method_name}, {cfg.epochs} epochs of {steps} steps of {cfg.batch_size}")
     t0 = time.perf_counter()
-    status = Trainer(method, stream, cfg, run).fit()
+    status = Trainer(method, stream, cfg, run, recipe=recipe, allow_changes=allow_changes).fit()
     if status == "interrupted":
         raise KeyboardInterrupt
     _log(f"{row}: done in {time.perf_counter() - t0:.0f} s")
@@ -277,6 +308,15 @@ def repro(
 
 
 def _repro(rc, preset, method, image, data, eval_data, out: Path, progress, seeds, n_images, ablation) -> dict:
+    from .mono import images_for
+    from .spec import AugmentSpec
+
+    t_start = time.perf_counter()
+    # everything that can refuse the run is checked before the first file is written
+    mono_kw = {k: v for k, v in rc["mono"].items() if k != "epoch_length"}
+    images_for(image, AugmentSpec(**mono_kw))
+    sources = source_images(data, eval_data, rc, n_images)
+    train_data, val_data, classes = _prepare_data(rc, data, eval_data, out, progress)
     write_json(
         out / "config.json",
         {
@@ -288,9 +328,7 @@ def _repro(rc, preset, method, image, data, eval_data, out: Path, progress, seed
             "recipe": rc,
         },
     )
-    t_start = time.perf_counter()
-    train_data, val_data, classes = _prepare_data(rc, data, eval_data, out, progress)
-    extra = (source_images(data, eval_data, rc, n_images), ablation)
+    extra = (sources, ablation)
     for seed in seeds:
         rcs = copy.deepcopy(rc)
         rcs["seed"] = seed
@@ -301,24 +339,43 @@ def _repro(rc, preset, method, image, data, eval_data, out: Path, progress, seed
 
 def report(out, seeds=None, **info) -> dict:
     """(Re)write ``OUT/probes.json``, ``table.md`` and ``probes.png`` from the probe results of
-    ``seeds`` (default: every ``seed-*`` folder) in ``out``; returns the summary."""
+    ``seeds`` (default: every ``seed-*`` folder) in ``out``; returns the summary. The three
+    files are replaced together or not at all. A smoke run's outputs say so."""
+    from .atomic import JSON, PNG
+
     out = Path(out)
     if seeds is None:
         seeds = sorted(int(p.name[5:]) for p in out.glob("seed-*") if p.name[5:].isdigit())
     result = summary(out, seeds)
     if not result["rows"]:
         raise FastSSLError(f"no probe results in {out} for seeds {seeds}")
+    smoke = bool(info.pop("smoke", False)) or _was_smoke(out)
     result.update(info)
-    write_json(out / "probes.json", result)
-    table = markdown_table(result["rows"], result["std"], n=len(seeds), counts=result["n"])
-    with atomic_output(out / "table.md") as tmp:
-        tmp.write_text(table)
-    title = "linear probes" + (f", preset {info['preset']}" if info.get("preset") else "")
+    if smoke:
+        result["smoke"] = True
+    table = markdown_table(result["rows"], result["std"], n=len(seeds), counts=result["n"], smoke=smoke)
+    title = ("SMOKE RUN (a few steps, not results): " if smoke else "") + "linear probes"
+    title += f", preset {info['preset']}" if info.get("preset") else ""
     if len(seeds) > 1:
         title += f", mean +/- std over {len(seeds)} seeds"
-    bar_figure(result["rows"], out / "probes.png", title=title, std=result["std"] if len(seeds) > 1 else None)
+    std = result["std"] if len(seeds) > 1 else None
+    with (
+        atomic_output(out / "probes.json", replace=JSON) as tj,
+        atomic_output(out / "table.md") as tt,
+        atomic_output(out / "probes.png", replace=PNG) as tp,
+    ):
+        tj.write_text(json.dumps(result, indent=1))
+        tt.write_text(table)
+        bar_figure(result["rows"], tp, title=title, std=std, atomic=False)
     print(table)
     return result
+
+
+def _was_smoke(out: Path) -> bool:
+    try:
+        return bool(json.loads((out / "config.json").read_text())["recipe"].get("smoke"))
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return False
 
 
 SMOKE_STEPS = 2
@@ -491,7 +548,7 @@ def run_folder(out):
     """``out`` created if needed and held exclusively (a lock file with this process's PID)
     for the block; a folder this call created is removed again if the block fails before
     writing anything into it."""
-    from .atomic import LOCK_NAME, run_lock
+    from .atomic import run_lock
 
     out = Path(out)
     if out.exists() and not out.is_dir():
@@ -503,13 +560,12 @@ def run_folder(out):
         raise FastSSLError(f"cannot create `out` {out}: {e.strerror}") from None
     ok = False
     try:
-        with run_lock(out):
+        with run_lock(out):  # its lock file goes with the lock
             yield out
         ok = True
     finally:
-        if created and not ok and [p.name for p in out.iterdir()] == [LOCK_NAME]:
-            with contextlib.suppress(OSError):  # nothing the run wrote is removed
-                (out / LOCK_NAME).unlink()
+        if created and not ok:
+            with contextlib.suppress(OSError):  # only while empty: nothing the run wrote is removed
                 out.rmdir()
 
 
@@ -530,13 +586,24 @@ def shutdown_distributed():
 
 
 def train_one(
-    preset="cpu-mini", *, method="rotnet", image=None, data=None, out, overrides=None, resume=False, progress=True
+    preset="cpu-mini",
+    *,
+    method="rotnet",
+    image=None,
+    data=None,
+    out,
+    overrides=None,
+    resume=False,
+    allow_changes=False,
+    progress=True,
 ) -> str:
     """``fastssl train``: one method on the mono stream (``image``) or on ``data``."""
     from .methods import get_method
     from .train import Trainer, init_distributed, resolve_device
 
     cls = get_method(method)
+    if data is not None and image is not None:
+        raise FastSSLError("`image` and `data` exclude each other: train on patches of an image, or on a data source")
     if data is None and cls.needs_labels:
         raise FastSSLError(f"{method} training needs `data` (a labelled source)")
     rc = load(preset, overrides, methods=(method,))
@@ -551,7 +618,8 @@ def train_one(
                 stream = _fixed_dataset(rc, cfg, image=image, progress=progress)
             else:
                 stream = _mono_stream(rc, image, cfg.batch_size, cfg.seed)
-            return Trainer(m, stream, cfg, out).fit()
+            recipe = run_recipe(rc, method)
+            return Trainer(m, stream, cfg, out, recipe=recipe, allow_changes=allow_changes).fit()
         if str(data).endswith(".beton"):
             from .data.beton import read_info
 
@@ -570,7 +638,23 @@ def train_one(
             stream = LoaderData(
                 _loader((src, None), rc, True, cfg.batch_size, cfg.device, cfg.seed), use_labels=m.needs_labels
             )
-        return Trainer(m, stream, cfg, out).fit()
+        recipe = run_recipe(rc, method, mono=False)
+        return Trainer(m, stream, cfg, out, recipe=recipe, allow_changes=allow_changes).fit()
+
+
+def _check_probe_folder(out: Path, trunk) -> None:
+    """A folder with probes of another checkpoint is never reused (nor its results replaced)."""
+    from .probe import weights_digest
+    from .train import load_checkpoint
+
+    ck = out / "ckpt.pt"
+    if not ck.is_file():
+        return
+    was = load_checkpoint(ck).get("arch", {}).get("trunk")
+    if was != weights_digest(trunk):
+        raise FastSSLError(
+            f"{out} holds the probes of another checkpoint (trunk {was}); its results are kept: choose another --out"
+        )
 
 
 def probe_one(ckpt, *, preset="cpu-mini", data, eval_data=None, out, overrides=None, progress=True) -> dict:
@@ -579,6 +663,7 @@ def probe_one(ckpt, *, preset="cpu-mini", data, eval_data=None, out, overrides=N
 
     rc = load(preset, overrides)
     trunk = load_trunk(ckpt)
+    _check_probe_folder(Path(out), trunk)
     with run_folder(out) as out:
         train_data, val_data, classes = _prepare_data(rc, data, eval_data, out, progress)
         pcfg = to_dataclass(ProbeConfig, dict(rc["probe"]), "probe.")

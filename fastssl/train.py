@@ -151,6 +151,7 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
     p = Path(path)
     if not p.is_file():
         raise FastSSLError(f"checkpoint not found: {p}")
+    _check_crc(p)
     try:
         ck = torch.load(p, map_location="cpu", weights_only=True)
     except Exception:  # unpickling errors, truncated zip, foreign files
@@ -160,6 +161,22 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
     if not isinstance(ck, dict) or ck.get("format") != CKPT_FORMAT:
         raise FastSSLError(f"{p} is not a fastssl checkpoint (format {CKPT_FORMAT} expected)")
     return ck
+
+
+def _check_crc(p: Path) -> None:
+    """torch.save writes a zip archive with a CRC-32 of every record, which torch.load does
+    not check: read every record once and compare (a changed byte in the weights is found)."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(p) as z:
+            bad = z.testzip()
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError, NotImplementedError):
+        return  # not a zip at all: torch.load says so in its words below
+    except RuntimeError:
+        bad = "?"
+    if bad is not None:
+        raise FastSSLError(f"{p} is damaged: record {bad} fails its checksum; use another checkpoint")
 
 
 class _Ctx:
@@ -205,9 +222,50 @@ class _Ctx:
         self.t.log(rec)
 
 
+# recipe keys whose change keeps a resume exact (the length of the run, how often it logs and
+# saves, where and how fast it runs); any other change is refused unless allowed
+RESUMABLE = frozenset({"epochs", "ckpt_every", "log_every", "workers", "device", "compile", "progress", "resume"})
+
+
+def flat(d: dict, prefix: str = "") -> dict:
+    """A nested dict as ``{"a.b.c": value}``."""
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def recipe_changes(old: dict, new: dict) -> dict:
+    """``{key: [old, new]}`` for every key of two recorded recipes that differs and matters
+    for an exact resume."""
+    a, b = flat(old), flat(new)
+    return {
+        k: [a.get(k), b.get(k)]
+        for k in sorted({*a, *b})
+        if a.get(k) != b.get(k) and k.rpartition(".")[2] not in RESUMABLE
+    }
+
+
 class Trainer:
-    def __init__(self, method, data, cfg: TrainConfig, out_dir: str | os.PathLike):
+    """``recipe``: the run's recipe values as a nested dict, recorded in the checkpoint; a
+    resume with other values (beyond :data:`RESUMABLE`) is refused naming them, or, with
+    ``allow_changes``, taken and logged as a ``recipe_changed`` line."""
+
+    def __init__(
+        self,
+        method,
+        data,
+        cfg: TrainConfig,
+        out_dir: str | os.PathLike,
+        recipe: dict | None = None,
+        allow_changes: bool = False,
+    ):
         self.method, self.data, self.cfg = method, data, cfg
+        self.recipe, self.allow_changes = recipe, allow_changes
+        self._changed: dict = {}
         self.out = Path(out_dir)
         self.device = resolve_device(cfg.device)
         self.rank, self.world = init_distributed(self.device)
@@ -263,6 +321,7 @@ class Trainer:
             "cuda_rng": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else [],
             "method_state": self.method.state_dict(),
             "config": dataclasses.asdict(self.cfg),
+            "recipe": self.recipe,
         }
 
     def check_finite(self) -> None:
@@ -286,15 +345,37 @@ class Trainer:
             atomic_save(self.state(), self.ckpt_path)
 
     def restore(self, ck: dict) -> None:
-        if ck["method"] != self.method.name or ck["arch"] != dict(self.method.arch()):
+        arch = dict(self.method.arch())
+        if ck["method"] != self.method.name:
             raise FastSSLError(
-                f"checkpoint {self.ckpt_path} is from another run ({ck['method']} {ck['arch']}); "
+                f"checkpoint {self.ckpt_path} is of another method ({ck['method']}); use a new --out folder"
+            )
+        if ck["arch"] != arch:
+            if ck["arch"].get("trunk") != arch.get("trunk"):
+                raise FastSSLError(
+                    f"{self.out} holds the probes of another checkpoint (trunk {ck['arch'].get('trunk')}, "
+                    f"now {arch.get('trunk')}); its results are kept: choose another --out"
+                )
+            keys = sorted(k for k in {*arch, *ck["arch"]} if arch.get(k) != ck["arch"].get(k))
+            raise FastSSLError(
+                f"checkpoint {self.ckpt_path} is of another network ({', '.join(keys)} differ); "
                 "use a new --out folder or the same recipe"
             )
+        if self.recipe is not None and ck.get("recipe") is not None:
+            changed = recipe_changes(ck["recipe"], self.recipe)
+            if changed and not self.allow_changes:
+                said = ", ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in list(changed.items())[:4])
+                more = f" and {len(changed) - 4} more" if len(changed) > 4 else ""
+                raise FastSSLError(
+                    f"cannot resume {self.ckpt_path} exactly: the recipe changed ({said}{more}); "
+                    "give the same values, or pass `allow_changes` to continue with the new ones"
+                )
+            self._changed = changed
         for k, net in self._raw.items():
             net.load_state_dict(ck["nets"][k])
-        for k, o in self.optims.items():
-            o.load_state_dict(ck["optims"][k])
+        if not any(k.endswith("optim.name") for k in self._changed):  # another optimiser starts afresh
+            for k, o in self.optims.items():
+                o.load_state_dict(ck["optims"][k])
         if self.scaler and ck["scaler"]:
             self.scaler.load_state_dict(ck["scaler"])
         self.epoch, self.step, self.global_step = ck["epoch"], ck["step"], ck["global_step"]
@@ -309,10 +390,27 @@ class Trainer:
         return o.lr * o.gamma ** sum(1 for m in o.milestones if epoch >= m)
 
     def log(self, rec: dict) -> None:
-        if self.rank == 0:
-            rec = {"global_step": self.global_step, **rec}
-            with open(self.out / "metrics.jsonl", "a") as f:
-                f.write(json.dumps(rec) + "\n")
+        """One whole line in metrics.jsonl: a write that fails (a full disk) is undone, so the
+        file never holds half a line, and is one error line."""
+        if self.rank != 0:
+            return
+        from .atomic import os_error
+
+        line = (json.dumps({"global_step": self.global_step, **rec}) + "\n").encode()
+        path = self.out / "metrics.jsonl"
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            size = os.fstat(fd).st_size
+            try:
+                done = 0
+                while done < len(line):
+                    done += os.write(fd, line[done:])
+            except OSError as e:
+                with contextlib.suppress(OSError):
+                    os.ftruncate(fd, size)
+                raise os_error(path, e) from None
+        finally:
+            os.close(fd)
 
     def _trim_metrics(self) -> None:
         """After a resume: drop the lines logged after the checkpoint (they are logged again)."""
@@ -365,8 +463,12 @@ class Trainer:
         if self.cfg.resume and self.ckpt_path.exists():
             self.restore(load_checkpoint(self.ckpt_path))
             self._trim_metrics()
+            if self._changed:
+                self.log({"epoch": self.epoch, "step": self.step, "recipe_changed": self._changed})
         elif self.ckpt_path.exists() and not self.cfg.resume:
             raise FastSSLError(f"{self.ckpt_path} exists: pass `resume` to continue it, or choose a new `out`")
+        else:  # a run that starts from step 0 logs every step again: lines of a killed start go
+            self._trim_metrics()
         for m in self.method.nets.values():
             m.train()
         n_steps = len(self.data)
