@@ -16,23 +16,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from clihelp import one_line, run
 from PIL import Image
 
-from fastssl.cli import main
 from fastssl.errors import FastSSLError
 
 TINY = str(Path(__file__).parent / "data" / "tiny.toml")
-
-
-def run(args, capsys):
-    rc = main([str(a) for a in args])
-    cap = capsys.readouterr()
-    return rc, cap.err.strip().splitlines()
-
-
-def one_line(rc, err, words=""):
-    assert rc == 2, err
-    assert len(err) == 1 and err[0].startswith("fastssl: error:") and words in err[0], err
 
 
 def tree(root: Path) -> dict:
@@ -165,17 +154,32 @@ def test_export_reserves_its_space_before_writing(tmp_path, capsys, monkeypatch)
 
 
 @pytest.mark.slow
-def test_convert_onto_a_full_disk_stops_with_one_line_and_leaves_nothing(tmp_path, capsys):
+def test_convert_onto_a_full_disk_stops_with_one_line_and_leaves_nothing(tmp_path, capsys, monkeypatch):
     pytest.importorskip("ffcv", reason="data convert needs FFCV (the ffcv extra)")
+    from multiprocessing import shared_memory
+
+    made = []  # the names of the segments this conversion creates
+
+    class Recorded(shared_memory.SharedMemory):
+        def __init__(self, *a, **k):
+            super().__init__(*a, **k)
+            made.append(self.name)
+
+    monkeypatch.setattr(shared_memory, "SharedMemory", Recorded)
     data = _folder(tmp_path / "imgs", per=60, side=64, noise=True)  # 120 x 12 KiB raw: over 1 MiB
+
+    def shm():  # FFCV's segments; another FFCV job on the machine may hold some of its own
+        return {p for p in os.listdir("/dev/shm") if p.startswith("psm_")} if os.path.isdir("/dev/shm") else set()
+
     with small_fs(tmp_path, "1m") as mnt:
+        before = shm()
         t0 = time.monotonic()
         args = ["data", "convert", data, mnt / "x.beton", "--write-mode", "raw", "--quiet", "--workers", 2]
         one_line(*run(args, capsys), "no space left on device")
         assert time.monotonic() - t0 < 60
         assert os.listdir(mnt) == []
-    leaked = [p for p in os.listdir("/dev/shm") if p.startswith("psm_")] if os.path.isdir("/dev/shm") else []
-    assert not leaked or all(os.stat(f"/dev/shm/{p}").st_mtime < t0 for p in leaked)
+    ours = {name.lstrip("/") for name in made}
+    assert ours and not ours & shm(), (ours, shm() - before)  # this conversion's segments are gone
 
 
 def test_writing_into_a_read_only_folder_is_one_line(tmp_path, capsys):
@@ -471,7 +475,7 @@ def test_repro_refuses_to_reuse_a_row_trained_with_another_network(tmp_path):
     # a folder of an earlier run holds mono-deepcluster trained on RGB; the recipe now gives
     # DeepCluster Sobel input: reusing (or resuming) that row would mix two networks in a table
     from fastssl.config import load
-    from fastssl.repro import _train
+    from fastssl.repro import train_row
     from fastssl.train import CKPT_FORMAT
 
     rc = load(str(Path(__file__).parent / "data" / "tiny.toml"), ["deepcluster.model.sobel=true"])
@@ -480,7 +484,7 @@ def test_repro_refuses_to_reuse_a_row_trained_with_another_network(tmp_path):
     arch = {**rc["model"], "num_classes": 10}  # sobel False: the run's [model]
     torch.save({"format": CKPT_FORMAT, "arch": arch, "epoch": 99}, row / "ckpt.pt")
     with pytest.raises(FastSSLError, match=r"trained with another network \(sobel False there, True now\)"):
-        _train("mono-deepcluster", rc, "deepcluster", None, tmp_path, None, False)
+        train_row("mono-deepcluster", rc, "deepcluster", None, tmp_path, None, False)
     arch["sobel"] = True  # the same network: the finished row is reused, nothing retrained
     torch.save({"format": CKPT_FORMAT, "arch": arch, "epoch": 99}, row / "ckpt.pt")
-    assert _train("mono-deepcluster", rc, "deepcluster", None, tmp_path, None, False) == row / "ckpt.pt"
+    assert train_row("mono-deepcluster", rc, "deepcluster", None, tmp_path, None, False) == row / "ckpt.pt"

@@ -41,3 +41,7 @@ def test_paper_preset_smoke_runs_every_stage_at_the_papers_shapes(tmp_path, caps
     probe = json.loads((out / "seed-0" / "probes" / "full-rotnet.json").read_text())
     assert probe["features"] == {"conv1": 9600, "conv2": 9216, "conv3": 9600, "conv4": 9600, "conv5": 9216}
     assert (out / "table.md").exists() and (out / "probes.png").exists()
+    # a smoke run's numbers are never taken for results: every summary says so
+    assert res["smoke"] is True and (out / "table.md").read_text().startswith("**SMOKE RUN**")
+    assert main(["report", "--out", str(out)]) == 0  # rewritten from the folder: still marked
+    assert json.loads((out / "probes.json").read_text())["smoke"] is True
