@@ -15,6 +15,7 @@ _LAZY = {
     "AugmentSpec": "spec",
     "PatchParams": "spec",
     "sample_params": "spec",
+    "load_pretrained": "pretrained",
 }
 
 
@@ -26,5 +27,14 @@ def __getattr__(name: str):
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-__all__ = ["AugmentSpec", "FastSSLError", "MonoSource", "PatchParams", "export", "preview", "sample_params"]
+__all__ = [
+    "AugmentSpec",
+    "FastSSLError",
+    "MonoSource",
+    "PatchParams",
+    "export",
+    "load_pretrained",
+    "preview",
+    "sample_params",
+]
 __version__ = "0.1.0"

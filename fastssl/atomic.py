@@ -320,3 +320,28 @@ def reaper_add(path: str | os.PathLike) -> None:
 
 def reaper_drop(path: str | os.PathLike) -> None:
     _reaper_send("-", Path(path))
+
+
+@contextlib.contextmanager
+def run_folder(out):
+    """``out`` created if needed and held exclusively (a lock file with this process's PID)
+    for the block; a folder this call created is removed again if the block fails before
+    writing anything into it."""
+
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise FastSSLError(f"`out` {out} is a file; give a folder")
+    created = not out.exists()
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise FastSSLError(f"cannot create `out` {out}: {e.strerror}") from None
+    ok = False
+    try:
+        with run_lock(out):  # its lock file goes with the lock
+            yield out
+        ok = True
+    finally:
+        if created and not ok:
+            with contextlib.suppress(OSError):  # only while empty: nothing the run wrote is removed
+                out.rmdir()

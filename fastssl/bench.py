@@ -24,6 +24,11 @@ import time
 
 import numpy as np
 
+from .kernels import BACKENDS, backend_class, unavailable
+from .mono import MonoSource, Renderer
+from .reference import pil_patch
+from .spec import BLOCK, AugmentSpec, sample_params
+
 BATCH = 256
 
 
@@ -88,9 +93,6 @@ def _torchvision_chain(spec, h, w):
 
 
 def _pil_chain(spec, h, w):
-    from .reference import pil_patch
-    from .spec import BLOCK, sample_params
-
     state = {"i": 0, "p": None}
 
     def one(pim):
@@ -198,8 +200,6 @@ def kornia_runner(image, spec, threads, device="cpu", batch_size=BATCH):
 
 
 def _fastssl_runner(image, spec, threads, backend):
-    from .mono import MonoSource
-
     src = MonoSource(image, spec, backend=backend, batch_size=BATCH, threads=threads, epoch_length=10**9)
     state = {"step": 0}
 
@@ -222,13 +222,10 @@ def _run_in_process(make, seconds):
 
 def bench_augment(image: np.ndarray, size: int, threads: int, seconds: float = 3.0, only=None, log=print) -> dict:
     """One size, every side; returns the JSON-ready dict."""
-    from .spec import AugmentSpec
 
     spec = AugmentSpec(size=size)
-    sides = [
-        ("fastssl-numba", "numba", "thread", lambda: _fastssl_runner(image, spec, threads, "numba")),
-        ("fastssl-torch", "torch", "thread", lambda: _fastssl_runner(image, spec, threads, "torch")),
-        ("fastssl-dali", "nvidia.dali", "thread", lambda: _fastssl_runner(image, spec, threads, "dali")),
+    sides = [  # every registered backend, then the peers
+        *((f"fastssl-{b}", b, "backend", lambda b=b: _fastssl_runner(image, spec, threads, b)) for b in BACKENDS),
         ("pil-chain", "PIL", "process", None),
         ("albumentations", "albumentations", "process", None),
         ("torchvision-v2", "torchvision", "process", None),
@@ -238,7 +235,7 @@ def bench_augment(image: np.ndarray, size: int, threads: int, seconds: float = 3
     for name, module, how, make in sides:
         if only and name not in only:
             continue
-        why = _peer_missing(module)
+        why = unavailable(module, "cpu") if how == "backend" else _peer_missing(module)
         if why:
             skipped.append({"name": name, "reason": why})
             log(f"  {name:16s} skipped: {why}")
@@ -250,10 +247,8 @@ def bench_augment(image: np.ndarray, size: int, threads: int, seconds: float = 3
             else:
                 rate = _run_in_process(make, seconds)
                 setup = f"1 process x {threads} threads"
-                if name == "fastssl-numba":  # Numba's threading layers differ in speed: name the one that ran
-                    import numba
-
-                    setup += f", numba {numba.threading_layer()} threads"
+                if how == "backend" and (how_run := backend_class(module).describe()):  # e.g. Numba's threading layer
+                    setup += f", {how_run}"
         except Exception as e:  # a peer that breaks is reported, not fatal
             skipped.append({"name": name, "reason": f"failed: {e}"})
             log(f"  {name:16s} failed: {e}")
@@ -283,9 +278,6 @@ def format_table(run: dict) -> str:
 def profile_numba(image: np.ndarray, size: int, threads: int, batches: int = 20) -> dict:
     """Per-stage wall time of the CPU path: sampling, warp only, warp + colour jitter."""
     import dataclasses
-
-    from .mono import Renderer
-    from .spec import AugmentSpec
 
     spec = AugmentSpec(size=size)
     rend = Renderer(image, spec, "numba", "cpu", threads)
@@ -320,9 +312,6 @@ def profile_torch(
     """torch.profiler over a few batches of a torch-side backend: the ops where the time goes."""
     import torch
     from torch.profiler import ProfilerActivity, profile
-
-    from .mono import MonoSource
-    from .spec import AugmentSpec
 
     src = MonoSource(
         image,

@@ -120,7 +120,9 @@ def cmd_bench(args) -> int:
         runs = []
         for size in _sizes(args.size):
             if args.profile:
-                if args.backend == "numba":
+                from .kernels import backend_class
+
+                if backend_class(args.backend).profiler == "stages":
                     prof = profile_numba(image, size, threads)
                 else:
                     from .bench import profile_torch
@@ -244,7 +246,7 @@ def cmd_repro(args) -> int:
 
 
 def cmd_train(args) -> int:
-    from .repro import train_one
+    from .commands import train_one
 
     status = train_one(
         args.preset,
@@ -265,7 +267,7 @@ def cmd_train(args) -> int:
 
 
 def cmd_probe(args) -> int:
-    from .repro import probe_one
+    from .commands import probe_one
 
     res = probe_one(
         args.ckpt,
@@ -282,7 +284,7 @@ def cmd_probe(args) -> int:
 
 def cmd_filters(args) -> int:
     from .filters import conv1_stats, filter_figure
-    from .probe import load_trunk
+    from .pretrained import load_trunk
 
     if args.png:
         from .atomic import PNG, check_destination
@@ -298,8 +300,17 @@ def cmd_filters(args) -> int:
     return 0
 
 
+def cmd_pretrained(args) -> int:
+    from .pretrained import export_pretrained
+
+    info = export_pretrained(args.ckpt, args.out, overwrite=args.overwrite)
+    print(json.dumps({k: v for k, v in info.items() if k != "source"}))
+    print(f"wrote {args.out}; load it with fastssl.load_pretrained({str(args.out)!r})")
+    return 0
+
+
 def cmd_report(args) -> int:
-    from .repro import report
+    from .report import report
 
     report(args.out, _ints(args.seeds), preset=args.preset)
     print(f"wrote {Path(args.out) / 'probes.json'}, table.md, probes.png")
@@ -335,9 +346,11 @@ def cmd_recipe(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .methods import METHODS, pretext_methods
     from .mono import backend_names
 
     BACKENDS = backend_names()
+    PRETEXT = pretext_methods()
 
     ap = argparse.ArgumentParser(prog="fastssl", description="Self-supervised learning from a single image, fast.")
     sub = ap.add_subparsers(dest="command", required=True)
@@ -410,14 +423,16 @@ def build_parser() -> argparse.ArgumentParser:
     lb.set_defaults(func=cmd_bench_loader)
 
     rp = sub.add_parser("repro", help="the paper's table in miniature: random / mono / full METHOD / supervised")
-    rp.add_argument("--preset", default="cpu-mini", help="cpu-mini (2 CPU cores: RotNet ~10 min a seed), paper (GPUs), or a .toml")
+    rp.add_argument(
+        "--preset", default="cpu-mini", help="cpu-mini (2 CPU cores: RotNet ~10 min a seed), paper (GPUs), or a .toml"
+    )
     rp.add_argument(
         "--image", action="append", help="the source image (repeat, or a folder, for several; default: built-in)"
     )
     rp.add_argument("--data", required=True, help="labelled train source: folder, .tar/.tar.gz, or cifar10")
     rp.add_argument("--eval-data", default=None, help="labelled source to score on (default: held-out part of --data)")
     rp.add_argument("--out", default="runs/repro")
-    rp.add_argument("--method", default="rotnet", help="rotnet, deepcluster or bigan (the mono and full rows)")
+    rp.add_argument("--method", default="rotnet", help=f"{' | '.join(PRETEXT)} (the mono and full rows)")
     rp.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a recipe value, e.g. probe.epochs=2")
     rp.add_argument("--seeds", default=None, help="train and probe every row for each seed, e.g. 0,1,2 (mean ± std)")
     rp.add_argument(
@@ -434,7 +449,7 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--quiet", action="store_true")
     rp.set_defaults(func=cmd_repro)
     tr = sub.add_parser("train", help="train one method (mono image or a data source)")
-    tr.add_argument("--method", default="rotnet", help="rotnet, deepcluster, bigan or supervised")
+    tr.add_argument("--method", default="rotnet", help=" | ".join(METHODS))
     tr.add_argument(
         "--image", action="append", help="train on patches of this image (repeat, or a folder, for several)"
     )
@@ -465,6 +480,12 @@ def build_parser() -> argparse.ArgumentParser:
     fi.add_argument("--png", default=None, help="write the filters of every checkpoint side by side here")
     fi.set_defaults(func=cmd_filters)
 
+    pt = sub.add_parser("pretrained", help="a checkpoint's trained network as a plain state dict + its config")
+    pt.add_argument("ckpt")
+    pt.add_argument("--out", required=True, help="FILE.pt, for fastssl.load_pretrained (or torch.load)")
+    pt.add_argument("--overwrite", action="store_true")
+    pt.set_defaults(func=cmd_pretrained)
+
     rep = sub.add_parser("report", help="rewrite a repro folder's table, JSON and figure from its probe results")
     rep.add_argument("--out", required=True, help="the repro --out folder")
     rep.add_argument("--seeds", default=None, help="the seeds to summarise (default: every seed folder)")
@@ -473,7 +494,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     pl = sub.add_parser("plan", help="steps, memory, timed seconds per step and estimated hours of a repro run")
     pl.add_argument("--preset", default="cpu-mini")
-    pl.add_argument("--method", default="rotnet", help="the method of the run (rotnet, deepcluster, bigan)")
+    pl.add_argument("--method", default="rotnet", help=f"the method of the run ({' | '.join(PRETEXT)})")
     pl.add_argument("--device", default=None, help="cpu, cuda (default: the recipe's)")
     pl.add_argument("--steps", type=int, default=3, help="timed steps per stage (after one warm-up step)")
     pl.add_argument(
@@ -603,6 +624,8 @@ def run() -> None:
     except BrokenPipeError:  # the reader of our output went away (`fastssl recipe | head -1`)
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
         rc = 1
+    except KeyboardInterrupt:  # a stop that landed outside main's handlers (its message may be out)
+        rc = 130
     if signals.stopping():  # stopping: a late signal must not turn exit 130 into death by signal
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # (an ignored signal stays ignored through shutdown)
         signal.signal(signal.SIGTERM, signal.SIG_IGN)

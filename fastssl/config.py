@@ -19,26 +19,24 @@ with the key named, before anything runs.
 
 from __future__ import annotations
 
-import dataclasses
+import copy
 import json
-import math
 import os
-import types
-import typing
 from dataclasses import dataclass
 from pathlib import Path
 
 import tomllib
 
+from .checks import as_dict, bad, check_device, method_model, to_dataclass
 from .errors import FastSSLError
+from .methods import METHODS, build_method, get_method
+from .models.alexnet import ModelConfig
+from .probe import ProbeConfig
+from .spec import PAPER_EPOCH, AugmentSpec
+from .train import TrainConfig
 
 RECIPES = Path(__file__).parent / "recipes"
-DEVICES = ("auto", "cpu", "cuda")
 LOADERS = ("auto", "ffcv", "pytorch")
-
-
-def bad(key: str, msg: str, value) -> typing.NoReturn:
-    raise FastSSLError(f"recipe value {key} {msg}, got {value!r}")
 
 
 @dataclass
@@ -76,111 +74,6 @@ def loader_workers(rc: dict) -> int:
     return min(8, len(os.sched_getaffinity(0))) if w is None else int(w)
 
 
-def check_device(key: str, device: str) -> None:
-    head, _, index = device.partition(":")
-    if head not in DEVICES or (index and (head != "cuda" or not index.isdigit())):
-        bad(key, "must be auto, cpu, cuda or cuda:N", device)
-
-
-def check_range(key: str, value: float, lo: float, hi: float, lo_open=False, hi_open=False) -> None:
-    """``lo <= value <= hi`` (``lo < value`` / ``value < hi`` where open), finite."""
-    ok = math.isfinite(value) and (lo < value if lo_open else lo <= value) and (value < hi if hi_open else value <= hi)
-    if not ok:
-        lb, rb = "(" if lo_open else "[", ")" if hi_open else "]"
-        bad(key, f"must be in {lb}{lo:g}, {hi:g}{rb}", value)
-
-
-def check_milestones(key: str, ms: list) -> None:
-    if any(m < 0 for m in ms) or list(ms) != sorted(ms):
-        bad(key, "must be epochs >= 0 in increasing order", ms)
-
-
-def check_sgd(where: str, cfg) -> None:
-    """The SGD fields shared by a training recipe and the probes' (lr, momentum, weight decay,
-    step schedule)."""
-    check_range(f"{where}lr", cfg.lr, 0, 1e3, lo_open=True)
-    check_range(f"{where}momentum", cfg.momentum, 0, 1, hi_open=True)
-    check_range(f"{where}weight_decay", cfg.weight_decay, 0, 1)
-    check_milestones(f"{where}milestones", cfg.milestones)
-    check_range(f"{where}gamma", cfg.gamma, 0, 1, lo_open=True)
-
-
-# ------------------------------------------------------------------ typing
-def _typed(key: str, value, hint):
-    origin = typing.get_origin(hint)
-    if origin in (typing.Union, types.UnionType):
-        args = typing.get_args(hint)
-        if value is None and type(None) in args:
-            return None
-        for a in args:
-            if a is not type(None):
-                try:
-                    return _typed(key, value, a)
-                except FastSSLError:
-                    pass
-        bad(key, f"must be {' or '.join(_name(a) for a in args)}", value)
-    if hint is bool:
-        if not isinstance(value, bool):
-            bad(key, "must be true or false", value)
-        return value
-    if hint is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            bad(key, "must be an integer", value)
-        return value
-    if hint is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            bad(key, "must be a number", value)
-        return float(value)
-    if hint is str:
-        if not isinstance(value, str):
-            bad(key, "must be a string", value)
-        return value
-    if hint is list or origin is list:
-        if not isinstance(value, (list, tuple)):
-            bad(key, "must be a list", value)
-        (item,) = typing.get_args(hint) or (typing.Any,)
-        return [v if item is typing.Any else _typed(f"{key}[{i}]", v, item) for i, v in enumerate(value)]
-    if origin is tuple:
-        args = typing.get_args(hint)
-        if not isinstance(value, (list, tuple)) or len(value) != len(args):
-            bad(key, f"must be a list of {len(args)} values", value)
-        return tuple(_typed(f"{key}[{i}]", v, a) for i, (v, a) in enumerate(zip(value, args, strict=True)))
-    return value
-
-
-def _name(t) -> str:
-    return "null" if t is type(None) else getattr(t, "__name__", str(t))
-
-
-def to_dataclass(cls, data: dict, where: str = ""):
-    """Build ``cls`` from a dict: unknown keys, wrong types and (through the class's ``check``)
-    out-of-range values are one error naming the key (``where`` + field name)."""
-    hints = typing.get_type_hints(cls)
-    names = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - set(names))
-    if unknown:
-        raise FastSSLError(f"unknown recipe key(s) {', '.join(where + k for k in unknown)} (keys: {', '.join(names)})")
-    kw = {}
-    for k, v in data.items():
-        f = names[k]
-        default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
-        if dataclasses.is_dataclass(default):
-            if not isinstance(v, dict):
-                bad(where + k, "must be a section", v)
-            kw[k] = to_dataclass(type(default), v, f"{where}{k}.")
-        else:
-            kw[k] = _typed(where + k, v, hints[k])
-    obj = cls(**kw)
-    if hasattr(obj, "check"):
-        obj.check(where)
-    return obj
-
-
-def as_dict(obj) -> dict:
-    """A dataclass as recipe values (tuples as lists, nested dataclasses as sections)."""
-    return json.loads(json.dumps(dataclasses.asdict(obj)))
-
-
 # ---------------------------------------------------------------- recipes
 RUN_WIDE = ("seed", "device", "resume", "progress")  # TrainConfig fields that come from the run, not a section
 PROBE_RUN_WIDE = ("device", "progress")
@@ -188,15 +81,11 @@ PROBE_RUN_WIDE = ("device", "progress")
 
 def defaults() -> dict:
     """Every recipe key with its default value."""
-    from .methods import METHODS
-    from .models.alexnet import ModelConfig
-    from .probe import ProbeConfig
-    from .spec import PAPER_EPOCH, AugmentSpec
-    from .train import TrainConfig
 
     d = as_dict(RunConfig())
     d["model"] = as_dict(ModelConfig())
     d["mono"] = {**as_dict(AugmentSpec()), "epoch_length": PAPER_EPOCH}
+    d["mono"]["size"] = d["res"]  # one image size in a recipe (checked by check_sizes)
     d["train"] = {k: v for k, v in as_dict(TrainConfig()).items() if k not in RUN_WIDE}
     for name, cls in METHODS.items():
         d[name] = {**d["train"], "model": dict(d["model"])}
@@ -222,7 +111,6 @@ def _merge(base: dict, top: dict, where: str) -> dict:
 
 def expand(recipe: dict) -> dict:
     """The recipe with every key: defaults, then ``[train]``, then each method's own section."""
-    from .methods import METHODS
 
     full = defaults()
     top = {k: v for k, v in recipe.items() if k not in METHODS}
@@ -233,11 +121,6 @@ def expand(recipe: dict) -> dict:
         base["model"] = dict(out["model"])  # the run's network, unless the method changes it
         out[name] = _merge(base, recipe.get(name, {}), f"{name}.")
     return out
-
-
-def method_model(rc: dict, method: str) -> dict:
-    """``method``'s network: ``[model]`` with its own ``[<method>.model]`` changes."""
-    return rc[method].get("model", rc["model"])
 
 
 def model_changes(rc: dict, method: str) -> dict:
@@ -346,11 +229,6 @@ def _sections(node: dict) -> list[str]:
 
 def validate(rc: dict) -> None:
     """Every value of an expanded recipe typed and in range, or one error naming it."""
-    from .methods import METHODS
-    from .models.alexnet import ModelConfig
-    from .probe import ProbeConfig
-    from .spec import AugmentSpec
-    from .train import TrainConfig
 
     top = {k: v for k, v in rc.items() if not isinstance(v, dict)}
     to_dataclass(RunConfig, top)
@@ -371,13 +249,24 @@ def validate(rc: dict) -> None:
         if cls.Settings is not None:
             to_dataclass(cls.Settings, settings, f"{name}.settings.")
     to_dataclass(ProbeConfig, rc["probe"], "probe.")
+    check_sizes(rc)
+
+
+def check_sizes(rc: dict) -> None:
+    """One image size: the labelled images' ``res``, the patches' ``mono.size`` and every
+    network's ``input_res`` (the head is sized from it) must be the same number."""
+    sizes = {"res": rc["res"], "mono.size": rc["mono"]["size"], "model.input_res": rc["model"]["input_res"]}
+    for name in METHODS:
+        sizes.setdefault(f"{name}.model.input_res", method_model(rc, name)["input_res"])
+    if len(set(sizes.values())) > 1:
+        said = ", ".join(f"{k} {v}" for k, v in sizes.items() if k.count(".") < 2 or v != sizes["model.input_res"])
+        raise FastSSLError(f"image sizes disagree ({said}): set res, mono.size and model.input_res together")
 
 
 def check_shadowed(rc: dict, overrides: list[str] | None, methods=()) -> None:
     """An override of ``[train]`` that a method's own section sets otherwise changes nothing for
     that method: one line naming the key to set instead (for any of the methods that will run;
     when none is named, only an override that changes nothing for every method)."""
-    from .methods import METHODS
 
     for item in overrides or []:
         key = item.partition("=")[0].strip()
@@ -406,7 +295,6 @@ def check_shadowed(rc: dict, overrides: list[str] | None, methods=()) -> None:
 def load(name_or_path: str, overrides: list[str] | None = None, methods=()) -> dict:
     """The expanded, validated recipe (a dict of sections) of a preset or file with overrides;
     ``methods``: those that will run, each checks that it can (e.g. BiGAN's resolution)."""
-    from .methods import get_method
 
     rc = expand(apply_overrides(read_recipe(name_or_path), overrides))
     validate(rc)
@@ -414,3 +302,29 @@ def load(name_or_path: str, overrides: list[str] | None = None, methods=()) -> d
     for m in methods:
         get_method(m).check_recipe(rc)
     return rc
+
+
+# ------------------------------------------------------------- building
+def train_config(rc: dict, method_name: str, progress: bool, resume: bool):
+    """The recipe's TrainConfig for a method (its section, ``settings`` left out) with the
+    run-wide settings."""
+
+    kw = {k: v for k, v in rc[method_name].items() if k not in ("settings", "model")}
+    cfg = to_dataclass(TrainConfig, kw, f"{method_name}.")
+    cfg.seed, cfg.device, cfg.progress, cfg.resume = int(rc["seed"]), rc["device"], progress, resume
+    return cfg
+
+
+def run_recipe(rc: dict, method_name: str, spec: dict | None = None, mono: bool = True) -> dict:
+    """What a training run records of the recipe (compared on resume): the run-wide values,
+    the method's section and, for a run on source images, the [mono] stream with ``spec``."""
+    rec = {k: v for k, v in rc.items() if not isinstance(v, dict) and k != "smoke"}
+    rec[method_name] = rc[method_name]
+    if mono:
+        rec["mono"] = {**rc["mono"], **(spec or {})}
+    return copy.deepcopy(rec)
+
+
+def build_for(rc: dict, method_name: str, num_classes=None):
+    model = dict(method_model(rc, method_name))
+    return build_method(method_name, model, num_classes, rc[method_name].get("settings"), seed=int(rc["seed"]))

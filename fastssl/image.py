@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from .cache import default_cache, download
 from .errors import FastSSLError
 
 # the file suffixes read as images, everywhere (folders of sources, class folders, archives)
@@ -39,8 +40,6 @@ PAPER_IMAGES = {  # name -> (file in that repository, SHA-256)
 
 def paper_image(name: str, cache=None, base_url: str | None = None, progress: bool = True) -> Path:
     """The path of the paper's photo ``name`` (ameyoko, bridge, animals), downloaded on first use."""
-    from .data.sources import default_cache, download
-
     if name not in PAPER_IMAGES:
         raise FastSSLError(f"unknown paper image {name!r}: choose paper:{', paper:'.join(PAPER_IMAGES)}")
     rel, sha = PAPER_IMAGES[name]

@@ -24,43 +24,44 @@ import numpy as np
 import torch
 
 from .atomic import NPY, PNG, atomic_output, check_destination, claim, reserve
-from .distributed import rank_world
+from .distributed import rank_world, resolve_device
 from .errors import FastSSLError
 from .image import IMAGE_EXTS, load_image
+from .kernels import BACKENDS, backend_class, unavailable
+from .kernels.backend import UnsupportedInput
+from .kernels.pyramid import build_pyramid
+from .progress import bar as progress_bar
+from .signals import check_stop
 from .spec import PAPER_EPOCH, AugmentSpec, PatchParams, check_image_fits, num_levels, sample_params
 
 
 def backend_names() -> tuple[str, ...]:
-    from .kernels import BACKENDS
-
     return ("auto", *BACKENDS)
 
 
 def backend_available(name: str, device) -> str | None:
     """None when backend ``name`` can render on ``device``, else the reason it cannot."""
-    from .kernels import unavailable
 
     return unavailable(name, torch.device(device).type)
 
 
 def resolve_backend(name: str, device: torch.device) -> str:
-    """``auto``: DALI on a CUDA device when installed, else torch there; numba on the CPU
-    (torch when numba is missing)."""
+    """``auto``: of the backends available on the device's type, the one that ranks first there
+    (each declares its ``auto_rank``: DALI, then torch, on a GPU; Numba, then torch, on the CPU)."""
     if name == "auto":
-        if device.type == "cuda":
-            return "dali" if backend_available("dali", device) is None else "torch"
-        return "numba" if backend_available("numba", device) is None else "torch"
+        ranked = []
+        for b in BACKENDS:
+            if backend_available(b, device) is None:
+                rank = backend_class(b).auto_rank.get(device.type)
+                if rank is not None:
+                    ranked.append((rank, b))
+        if not ranked:
+            raise FastSSLError(f"no augmentation backend renders on {device.type}")
+        return min(ranked)[1]
     why = backend_available(name, device)
     if why:
         raise FastSSLError(f"backend {name!r} is unavailable: {why}")
     return name
-
-
-def resolve_device(device) -> torch.device:
-    dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise FastSSLError(f"device {device!r} asked for, but CUDA is not available: use `device` cpu")
-    return dev
 
 
 class Renderer:
@@ -74,9 +75,6 @@ class Renderer:
     """
 
     def __init__(self, image, spec: AugmentSpec, backend: str = "auto", device="cpu", threads=None, compile=None):
-        from .kernels import backend_class
-        from .kernels.pyramid import build_pyramid
-
         images = image if isinstance(image, (list, tuple)) else [image]
         if not images:
             raise FastSSLError("no source image given")
@@ -91,7 +89,10 @@ class Renderer:
         self.impls = []
         for a in images:
             pyramid = build_pyramid(a, num_levels(a.shape[0], a.shape[1]))
-            self.impls.append(cls(pyramid.levels, spec.size, spec.resized, self.device, threads, compile=compile))
+            try:
+                self.impls.append(cls(pyramid.levels, spec.size, spec.resized, self.device, threads, compile=compile))
+            except UnsupportedInput as e:
+                raise FastSSLError(str(e)) from None
         self.impl = self.impls[0]
         self._depths = np.array([num_levels(int(h), int(w)) for h, w in zip(self.heights, self.widths, strict=True)])
         self.pyramid = pyramid if len(images) == 1 else None
@@ -127,14 +128,16 @@ class Renderer:
         return buf
 
     def _render(self, p: PatchParams, out=None):
+        if p.size != self.spec.size:
+            raise FastSSLError(f"parameters for {p.size} px patches given to a renderer of {self.spec.size} px")
         if out is None and self.impl.writes_into:
             out = self._buffer(len(p))
         if self.num_images == 1:
-            return self.impl.render(p.level_matrix(), p.box, p.level, p.jitter, p.factors, p.order, out=out)
+            return self.impl.render(p.for_render(), out=out)
         for j in np.unique(p.image):  # one render per source image in the batch, into one output
             idx = np.flatnonzero(p.image == j)
             q = p.subset(idx)
-            part = self.impls[j].render(q.level_matrix(), q.box, q.level, q.jitter, q.factors, q.order)
+            part = self.impls[j].render(q.for_render())
             if out is None:
                 shape = (len(p), *part.shape[1:])
                 out = np.empty(shape, np.uint8) if isinstance(part, np.ndarray) else part.new_empty(shape)
@@ -188,11 +191,6 @@ def images_for(image, spec: AugmentSpec):
         arrays = [image_for(x, spec) for x in image]
         return arrays[0] if len(arrays) == 1 else arrays
     return image_for(image, spec)
-
-
-def row_prefix(n: int) -> str:
-    """How rows trained on ``n`` source images are named: mono (1), deka (10), kilo (1000), n<N>."""
-    return {1: "mono", 10: "deka", 1000: "kilo"}.get(n, f"n{n}")
 
 
 class MonoSource:
@@ -331,16 +329,13 @@ def _check_free(out: Path, need: int) -> None:
     free = shutil.disk_usage(out.parent).free
     if need > free:
         raise FastSSLError(
-            f"could not write {out}: it needs {need / 2**20:.1f} MiB, {free / 2**20:.1f} MiB are free "
-            "(nothing was written)"
+            f"could not write {out}: no space left on device (it needs {need / 2**20:.1f} MiB, "
+            f"{free / 2**20:.1f} MiB are free; nothing was written)"
         )
 
 
 def _export(rend, n, out, as_npy, replace, seed, batch_size, jpeg_quality, progress) -> None:
     from PIL import Image
-
-    from .progress import bar as progress_bar
-    from .signals import check_stop
 
     S = rend.spec.size
     with atomic_output(out, folder=not as_npy, replace=replace) as tmp:
@@ -354,7 +349,7 @@ def _export(rend, n, out, as_npy, replace, seed, batch_size, jpeg_quality, progr
         for a in range(0, n, batch_size):
             b = min(a + batch_size, n)
             p = rend.params(a, b, seed=seed, epoch=0)
-            if as_npy and rend.backend == "numba":
+            if as_npy and rend.impl.writes_into:  # rendered in place, straight into the file
                 rend.render_numpy(p, out=mm[a:b])
             else:
                 x = rend.render_nhwc(p)
@@ -387,9 +382,9 @@ def preview(
     spec = spec or AugmentSpec()
     if n < 1:
         raise FastSSLError(f"`n` must be >= 1, got {n}")
-    if Path(out).suffix.lower() != ".png":
-        raise FastSSLError(f"the preview is a PNG: give an output ending in .png, got {out}")
     out = check_destination(out, replace=PNG)
+    if out.suffix.lower() != ".png":
+        raise FastSSLError(f"the preview is a PNG: give an output ending in .png, got {out}")
     rend = Renderer(images_for(image, spec), spec, backend, "cpu")
     x = rend.render_nhwc(rend.params(0, n, seed=seed))
     cols = math.ceil(math.sqrt(n))

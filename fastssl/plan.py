@@ -16,8 +16,15 @@ import time
 
 import torch
 
-from .config import load, to_dataclass
+from .config import build_for, load, to_dataclass, train_config
+from .distributed import resolve_device
 from .errors import FastSSLError
+from .methods import pretext_methods
+from .models import AlexNet
+from .mono import MonoSource
+from .probe import ProbeConfig, probe_method, probe_train_config
+from .spec import AugmentSpec
+from .train import Trainer
 
 
 def _peak_bytes(device: torch.device) -> int:
@@ -48,8 +55,6 @@ def _time_steps(trainer, make_batch, steps: int) -> float:
 
 
 def _trainer(method, cfg, folder):
-    from .train import Trainer
-
     class _NoData:  # the timing feeds batches itself
         def __len__(self):
             return 1
@@ -68,13 +73,6 @@ def plan(
     progress: bool = True,
 ) -> dict:
     """The stages of ``fastssl repro --preset PRESET --method METHOD`` with their estimated cost."""
-    from .methods import pretext_methods
-    from .models import AlexNet
-    from .mono import MonoSource
-    from .probe import ProbeConfig, probe_method, probe_train_config
-    from .repro import build_for, train_config
-    from .spec import AugmentSpec
-    from .train import resolve_device
 
     if method not in pretext_methods():
         raise FastSSLError(f"`method` {method}: choose one of {', '.join(pretext_methods())}")
@@ -117,9 +115,9 @@ def plan(
             m = build_for(rc, name, 10 if name == "supervised" else None)
             t = _trainer(m, cfg, f"{tmp}/{row}")
             bs = cfg.batch_size
-            k = getattr(m, "k", 10)
+            k = m.batch_labels()
             labels = None
-            if m.fixed_dataset or m.needs_labels:
+            if k:
 
                 def labels(k=k, bs=bs):
                     return torch.randint(0, k, (bs,), device=dev)
@@ -144,9 +142,9 @@ def plan(
                 torch.cuda.reset_peak_memory_stats(dev)
             sps = _time_steps(t, make, steps)
             add(row, cfg.epochs * per_epoch, cfg.epochs * per_epoch * bs, sps, {"data": data})
-            if m.fixed_dataset:  # features of every item and k-means, once per epoch
-                sps_c = _clustering_seconds(m, t, n_items, res, dev)
-                add(f"{row} clustering", cfg.epochs, cfg.epochs * n_items, sps_c, {"data": "estimated"})
+            sps_c = m.epoch_start_seconds(t.ctx, n_items, res)  # DeepCluster: features and k-means
+            if sps_c:
+                add(f"{row} {m.epoch_start_name}", cfg.epochs, cfg.epochs * n_items, sps_c, {"data": "estimated"})
         # probes: one run per row (random, the method's two, supervised)
         pcfg = to_dataclass(ProbeConfig, dict(rc["probe"]), "probe.")
         pm = probe_method(AlexNet(10, **rc["model"]), 1000 if res >= 128 else 10, pcfg, dev)
@@ -179,31 +177,3 @@ def plan(
         "stages": stages,
         "total_estimated_seconds": total,
     }
-
-
-def _clustering_seconds(method, trainer, n_items: int, res: int, dev) -> float:
-    """One clustering of ``n_items``: the features' forward pass timed on a batch and scaled,
-    plus ``iters`` Lloyd assignments (the distances to all k centroids dominate) timed on a
-    sample of rows and scaled to ``n_items``."""
-    net = method.trunk()
-    net.eval()
-    x = torch.randint(0, 256, (256, 3, res, res), dtype=torch.uint8, device=dev).contiguous(
-        memory_format=torch.channels_last
-    )
-    with torch.no_grad(), trainer.ctx.autocast():
-        net.features(x)
-        _sync(dev)
-        t0 = time.perf_counter()
-        net.features(x)
-        _sync(dev)
-    feat = (time.perf_counter() - t0) * n_items / 256
-    net.train()
-    sample = min(n_items, 16_384)
-    codes = torch.nn.functional.normalize(torch.randn(sample, method.pca_dim, device=dev), dim=1)
-    cents = torch.nn.functional.normalize(torch.randn(method.k, method.pca_dim, device=dev), dim=1)
-    t0 = time.perf_counter()
-    for a in range(0, sample, 8192):
-        (codes[a : a + 8192] @ cents.T).max(1)
-    _sync(dev)
-    assign = (time.perf_counter() - t0) * n_items / sample
-    return feat + assign * method.iters

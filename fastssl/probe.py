@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,10 +24,15 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from .checks import bad, check_sgd
+from .data.adapters import LoaderData
+from .distributed import resolve_device
 from .errors import FastSSLError
 from .methods.base import Method
 from .models import AlexNet, fold_bn
 from .models.alexnet import LAYERS
+from .report import write_json
+from .train import OptimConfig, TrainConfig, Trainer
 
 PAPER_POOLS = ((6, 6, 3), (4, 4, 0), (3, 3, 1), (3, 3, 1), (2, 2, 0))
 
@@ -49,8 +53,6 @@ class ProbeConfig:
     progress: bool = True
 
     def check(self, where: str = "") -> None:
-        from .config import bad, check_sgd
-
         for name in ("epochs", "batch_size", "target"):
             if getattr(self, name) < 1:
                 bad(f"{where}{name}", "must be >= 1", getattr(self, name))
@@ -93,21 +95,6 @@ class LinearProbes(nn.Module):
             fc(bn(torch.flatten(pool(t), 1)))
             for t, pool, bn, fc in zip(taps, self.pools, self.bns, self.fcs, strict=True)
         ]
-
-
-def load_trunk(path: str | os.PathLike) -> AlexNet:
-    """The AlexNet of a fastssl checkpoint (any method), weights loaded."""
-    from .train import load_checkpoint
-
-    ck = load_checkpoint(path)
-    if "model" not in ck["nets"]:
-        raise FastSSLError(f"{path} holds no AlexNet trunk (networks: {', '.join(ck['nets'])})")
-    try:
-        model = AlexNet(**ck["arch"])
-        model.load_state_dict(ck["nets"]["model"])
-    except (TypeError, RuntimeError) as e:
-        raise FastSSLError(f"{path} is a checkpoint of another architecture: {str(e).splitlines()[0]}") from None
-    return model
 
 
 class ProbeMethod(Method):
@@ -171,7 +158,6 @@ def probe_method(trunk: AlexNet, num_classes: int, cfg: ProbeConfig, dev) -> Pro
 def probe_train_config(cfg: ProbeConfig, dev, steps_per_epoch: int):
     """The trainer's settings for the probes: SGD with the probe recipe's schedule, a
     checkpoint at every epoch end, resumed when one exists."""
-    from .train import OptimConfig, TrainConfig
 
     return TrainConfig(
         epochs=cfg.epochs,
@@ -194,9 +180,6 @@ def train_probes(trunk: AlexNet, train, val, num_classes: int, cfg: ProbeConfig,
     ``out_dir`` its checkpoints go to a temporary folder."""
     import tempfile
 
-    from .data.adapters import LoaderData
-    from .train import Trainer, resolve_device
-
     dev = resolve_device(cfg.device)
     method = probe_method(trunk, num_classes, cfg, dev)
     probes = method.nets["probes"]
@@ -216,8 +199,6 @@ def train_probes(trunk: AlexNet, train, val, num_classes: int, cfg: ProbeConfig,
         "probe": {"lr": cfg.lr, "milestones": list(cfg.milestones), "batch_size": cfg.batch_size, "target": cfg.target},
     }
     if out_dir is not None:
-        from .report import write_json
-
         write_json(Path(out_dir) / "probes.json", result)
     return result
 

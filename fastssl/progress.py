@@ -8,6 +8,7 @@ its own line.
 from __future__ import annotations
 
 import sys
+import time
 
 
 def bar(iterable=None, *, enabled: bool = True, **kw):
@@ -15,3 +16,8 @@ def bar(iterable=None, *, enabled: bool = True, **kw):
     from tqdm import tqdm
 
     return tqdm(iterable, disable=not (enabled and sys.stderr.isatty()), **kw)
+
+
+def log(msg: str, who: str = "repro") -> None:
+    """One timestamped line of a long command's stages on stdout, e.g. ``[repro 12:00:00] ...``."""
+    print(f"[{who} {time.strftime('%H:%M:%S')}] {msg}", flush=True)

@@ -21,6 +21,7 @@ import numpy as np
 from PIL import Image
 
 from .kernels.backend import GREY
+from .mono import Renderer
 from .reference import pil_batch
 from .spec import AugmentSpec, sample_params
 
@@ -55,8 +56,6 @@ def radial_spectrum(x: np.ndarray, bands: int = BANDS) -> np.ndarray:
 
 
 def agreement(image: np.ndarray, size: int = 64, n: int = 256, seed: int = 0, backend: str = "numba") -> dict:
-    from .mono import Renderer
-
     pim = Image.fromarray(image)
     out: dict = {"size": size, "n": n, "backend": backend}
     geo = AugmentSpec(size=size, jitter_p=0.0)

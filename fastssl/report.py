@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import json
 import os
+from pathlib import Path
 
-from .atomic import PNG, atomic_output
+from .atomic import JSON, PNG, atomic_output
+from .errors import FastSSLError
+from .methods import pretext_methods
 from .models.alexnet import LAYERS
 
 
@@ -84,3 +87,90 @@ def bar_figure(
 
 def _save_figure(fig, path) -> None:
     fig.savefig(path, dpi=100, format="png")
+
+
+# -------------------------------------------------------- the summary
+def report(out, seeds=None, **info) -> dict:
+    """(Re)write ``OUT/probes.json``, ``table.md`` and ``probes.png`` from the probe results of
+    ``seeds`` (default: every ``seed-*`` folder) in ``out``; returns the summary. The three
+    files are replaced together or not at all. A smoke run's outputs say so."""
+
+    out = Path(out)
+    if seeds is None:
+        seeds = sorted(int(p.name[5:]) for p in out.glob("seed-*") if p.name[5:].isdigit())
+    result = summary(out, seeds)
+    if not result["rows"]:
+        raise FastSSLError(f"no probe results in {out} for seeds {seeds}")
+    smoke = bool(info.pop("smoke", False)) or _was_smoke(out)
+    result.update(info)
+    if smoke:
+        result["smoke"] = True
+    table = markdown_table(result["rows"], result["std"], n=len(seeds), counts=result["n"], smoke=smoke)
+    title = ("SMOKE RUN (a few steps, not results): " if smoke else "") + "linear probes"
+    title += f", preset {info['preset']}" if info.get("preset") else ""
+    if len(seeds) > 1:
+        title += f", mean +/- std over {len(seeds)} seeds"
+    std = result["std"] if len(seeds) > 1 else None
+    with (
+        atomic_output(out / "probes.json", replace=JSON) as tj,
+        atomic_output(out / "table.md") as tt,
+        atomic_output(out / "probes.png", replace=PNG) as tp,
+    ):
+        tj.write_text(json.dumps(result, indent=1))
+        tt.write_text(table)
+        bar_figure(result["rows"], tp, title=title, std=std, atomic=False)
+    print(table)
+    return result
+
+
+def _was_smoke(out: Path) -> bool:
+    try:
+        return bool(json.loads((out / "config.json").read_text())["recipe"].get("smoke"))
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return False
+
+
+def summary(out: Path, seeds: list[int]) -> dict:
+    """Every finished probe row under ``out`` for ``seeds``: mean and std (over the seeds that
+    have the row) of each cell, the per-seed values and the seed count per row."""
+    import numpy as np
+
+    per_seed: dict[str, dict] = {}
+    for seed in seeds:
+        for rp in sorted((out / f"seed-{seed}" / "probes").glob("*.json")):
+            per_seed.setdefault(rp.stem, {})[str(seed)] = json.loads(rp.read_text())["top1"]
+    rows, std, count = {}, {}, {}
+    for name in row_order(per_seed):
+        vals = per_seed[name]
+        a = np.array([[v[k] for k in LAYERS] for v in vals.values()])
+        rows[name] = {k: round(float(x), 2) for k, x in zip(LAYERS, a.mean(0), strict=True)}
+        sd = a.std(0, ddof=1) if len(a) > 1 else np.zeros(len(LAYERS))
+        std[name] = {k: round(float(x), 2) for k, x in zip(LAYERS, sd, strict=True)}
+        count[name] = len(a)
+    return {"rows": rows, "std": std, "seeds": seeds, "n": count, "per_seed": {r: per_seed[r] for r in rows}}
+
+
+def row_order(names) -> list[str]:
+    """random first (then ``random-<change>``), supervised last; between them by method
+    (registry order), then by images (one, ten, a thousand, N, the full split), then the
+    ablation variant."""
+
+    rank = {m: i for i, m in enumerate(pretext_methods())}
+
+    def key(name: str):
+        if name == "random" or name.startswith("random-"):  # random, then random-<change>
+            return (0, 0 if name == "random" else 1, name)
+        if name == "supervised":
+            return (2, 0, "")
+        prefix, _, rest = name.partition("-")  # mono / deka / kilo / n<N> / full, then method[-variant]
+        method, _, variant = rest.partition("-")
+        images = int(prefix[1:]) if prefix[:1] == "n" and prefix[1:].isdigit() else 0
+        return (
+            1,
+            rank.get(method, len(rank)),
+            {"mono": 0, "deka": 1, "kilo": 2, "full": 9}.get(prefix, 5),
+            images,
+            variant,
+        )
+
+    return sorted(names, key=key)

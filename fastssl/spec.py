@@ -28,6 +28,7 @@ import numba as nb
 import numpy as np
 
 from .errors import FastSSLError
+from .kernels.backend import RenderParams
 
 BLOCK = 256
 COLOUR_OPS = ("brightness", "contrast", "saturation", "hue")
@@ -134,6 +135,10 @@ class PatchParams:
     def level_matrix(self) -> np.ndarray:
         """``matrix`` expressed in the coordinates of each patch's own pyramid level."""
         return level_matrix(self.matrix, self.level)
+
+    def for_render(self) -> RenderParams:
+        """What a backend applies (:class:`~fastssl.kernels.backend.RenderParams`)."""
+        return RenderParams(self.level_matrix(), self.box, self.level, self.jitter, self.factors, self.order)
 
     def subset(self, idx) -> PatchParams:
         kw = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}

@@ -35,7 +35,12 @@ from pathlib import Path
 
 import torch
 
+from .atomic import ZIP, atomic_output, os_error, run_lock
+from .checks import bad, check_device, check_range, check_sgd
+from .distributed import init_distributed, resolve_device
 from .errors import FastSSLError
+from .progress import bar as progress_bar
+from .signals import deferred
 
 CKPT_FORMAT = "fastssl-ckpt-1"
 
@@ -52,8 +57,6 @@ class OptimConfig:
     betas: list[float] = field(default_factory=lambda: [0.5, 0.999])
 
     def check(self, where: str = "") -> None:
-        from .config import bad, check_range, check_sgd
-
         if self.name not in ("sgd", "adam"):
             bad(f"{where}name", "must be sgd or adam", self.name)
         check_sgd(where, self)
@@ -79,8 +82,7 @@ class TrainConfig:
     progress: bool = True
 
     def check(self, where: str = "") -> None:
-        from .config import bad, check_device
-
+        self.optim.check(f"{where}optim.")
         for name in ("epochs", "batch_size", "ckpt_every", "log_every"):
             if getattr(self, name) < 1:
                 bad(f"{where}{name}", "must be >= 1", getattr(self, name))
@@ -93,15 +95,6 @@ class TrainConfig:
         check_device(f"{where}device", self.device)
         if self.seed < 0:
             bad(f"{where}seed", "must be >= 0", self.seed)
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(name)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise FastSSLError(f"device {name!r} asked for, but CUDA is not available: use `device` cpu")
-    return dev
 
 
 def cpu_has_native_bf16() -> bool:
@@ -122,21 +115,9 @@ def resolve_amp(amp: str, device: torch.device):
     return torch.bfloat16, False
 
 
-def init_distributed(device: torch.device) -> tuple[int, int]:
-    """Start the process group under torchrun; (rank, world size)."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world > 1 and not torch.distributed.is_initialized():
-        backend = "nccl" if device.type == "cuda" else "gloo"
-        torch.distributed.init_process_group(backend)
-    from .distributed import rank_world
-
-    return rank_world()
-
-
 def atomic_save(obj, path: Path) -> None:
     """``torch.save`` through a temporary file: the previous checkpoint stays valid until the
     new one is complete; a failed write (a full disk) is one line."""
-    from .atomic import ZIP, atomic_output
 
     with atomic_output(path, replace=ZIP, what="checkpoint") as tmp:
         try:
@@ -263,9 +244,11 @@ class Trainer:
         recipe: dict | None = None,
         allow_changes: bool = False,
     ):
+        cfg.check()  # once, here: the rest of the trainer takes the values as valid
         self.method, self.data, self.cfg = method, data, cfg
         self.recipe, self.allow_changes = recipe, allow_changes
         self._changed: dict = {}
+        self._tb = None  # TensorBoard writer: None until the first line, False without the package
         self.out = Path(out_dir)
         self.device = resolve_device(cfg.device)
         self.rank, self.world = init_distributed(self.device)
@@ -282,10 +265,8 @@ class Trainer:
                 self.optims[name] = torch.optim.SGD(
                     params, lr=o.lr, momentum=o.momentum, nesterov=o.nesterov, weight_decay=o.weight_decay
                 )
-            elif o.name == "adam":
+            else:  # adam
                 self.optims[name] = torch.optim.Adam(params, lr=o.lr, betas=tuple(o.betas), weight_decay=o.weight_decay)
-            else:
-                raise FastSSLError(f"unknown optimiser {o.name!r}; choose sgd or adam")
         self._raw = dict(method.nets)  # unwrapped modules: what checkpoints hold
         if self.world > 1:
             from torch.nn.parallel import DistributedDataParallel as DDP
@@ -295,8 +276,6 @@ class Trainer:
                 if any(p.requires_grad for p in net.parameters()):
                     method.nets[k] = DDP(net, device_ids=ids)
         do_compile = cfg.compile == "on" or (cfg.compile == "auto" and self.device.type == "cuda")
-        if cfg.compile not in ("auto", "on", "off"):
-            raise FastSSLError(f"compile must be auto, on or off, got {cfg.compile!r}")
         if do_compile:
             for k, net in method.nets.items():
                 method.nets[k] = torch.compile(net)
@@ -348,7 +327,7 @@ class Trainer:
         arch = dict(self.method.arch())
         if ck["method"] != self.method.name:
             raise FastSSLError(
-                f"checkpoint {self.ckpt_path} is of another method ({ck['method']}); use a new --out folder"
+                f"checkpoint {self.ckpt_path} is from another run ({ck['method']}); use a new --out folder"
             )
         if ck["arch"] != arch:
             if ck["arch"].get("trunk") != arch.get("trunk"):
@@ -358,7 +337,7 @@ class Trainer:
                 )
             keys = sorted(k for k in {*arch, *ck["arch"]} if arch.get(k) != ck["arch"].get(k))
             raise FastSSLError(
-                f"checkpoint {self.ckpt_path} is of another network ({', '.join(keys)} differ); "
+                f"checkpoint {self.ckpt_path} is from another run (another network: {', '.join(keys)} differ); "
                 "use a new --out folder or the same recipe"
             )
         if self.recipe is not None and ck.get("recipe") is not None:
@@ -394,8 +373,8 @@ class Trainer:
         file never holds half a line, and is one error line."""
         if self.rank != 0:
             return
-        from .atomic import os_error
 
+        self._tensorboard(rec)
         line = (json.dumps({"global_step": self.global_step, **rec}) + "\n").encode()
         path = self.out / "metrics.jsonl"
         fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
@@ -411,6 +390,23 @@ class Trainer:
                 raise os_error(path, e) from None
         finally:
             os.close(fd)
+
+    def _tensorboard(self, rec: dict) -> None:
+        """The numbers of a metrics line as TensorBoard scalars (``OUT/tensorboard/``), where
+        the optional ``tensorboard`` package is installed; nothing otherwise."""
+        if self._tb is None:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError:  # the optional extra is absent
+                self._tb = False
+                return
+            self._tb = SummaryWriter(str(self.out / "tensorboard"), purge_step=self.global_step or None)
+        if self._tb is False:
+            return
+        for k, v in rec.items():
+            if k not in ("epoch", "step") and isinstance(v, (int, float)) and not isinstance(v, bool):
+                self._tb.add_scalar(f"{self.method.name}/{k}", v, self.global_step)
+        self._tb.flush()
 
     def _trim_metrics(self) -> None:
         """After a resume: drop the lines logged after the checkpoint (they are logged again)."""
@@ -429,7 +425,6 @@ class Trainer:
             # (a method's, e.g. clustering statistics) after the checkpoint that precedes it
             if (at <= now) if "step" in rec else (at < now):
                 keep.append(line)
-        from .atomic import atomic_output
 
         with atomic_output(path) as tmp:
             tmp.write_text("".join(x + "\n" for x in keep))
@@ -449,17 +444,16 @@ class Trainer:
     def fit(self) -> str:
         """Train to the end; returns "done", or "interrupted" after Ctrl-C / SIGTERM (checkpoint
         saved as of the last completed step)."""
-        from .atomic import run_lock
-        from .signals import deferred
-
         self.out.mkdir(parents=True, exist_ok=True)
         lock = run_lock(self.out) if self.rank == 0 else contextlib.nullcontext()
-        with lock, deferred("stopping after this step, then saving a checkpoint") as flag:
-            return self._fit(flag)
+        try:
+            with lock, deferred("stopping after this step, then saving a checkpoint") as flag:
+                return self._fit(flag)
+        finally:
+            if self._tb:
+                self._tb.close()
 
     def _fit(self, flag) -> str:
-        from .progress import bar as progress_bar
-
         if self.cfg.resume and self.ckpt_path.exists():
             self.restore(load_checkpoint(self.ckpt_path))
             self._trim_metrics()

@@ -26,6 +26,7 @@ import numpy as np
 
 from .backend import GREY as _W
 from .backend import MEAN_STRIDE, Backend
+from .pyramid import build_atlas
 
 
 def to_edge_convention(m: np.ndarray) -> np.ndarray:
@@ -82,7 +83,9 @@ def _clamp(v):
 
 
 def _hue(r, g, b, shift):
-    """The branch-free HSV hue rotation of kernels/numba_warp.py in DALI arithmetic."""
+    """Hue rotation through HSV without branches, in DALI arithmetic: the torch backend's
+    form (f(n) = V - C * clamp(min(k, 4 - k), 0, 1), k = (n + 6h) mod 6), which gives the
+    colour of HSV's sector table as the Numba kernel's own form does, to rounding."""
     import nvidia.dali.math as dm
 
     maxc = dm.max(r, dm.max(g, b))
@@ -255,6 +258,7 @@ class DaliBackend(Backend):
     seen."""
 
     name = "dali"
+    auto_rank = {"cuda": 0}  # auto: first on a GPU
 
     @classmethod
     def unavailable(cls, device_type: str) -> str | None:
@@ -269,8 +273,6 @@ class DaliBackend(Backend):
 
         import torch
 
-        from .pyramid import build_atlas
-
         super().__init__(levels, size, resized, device, threads)
         self.device = torch.device(device)
         self.threads = int(threads or len(os.sched_getaffinity(0)))
@@ -279,8 +281,8 @@ class DaliBackend(Backend):
             self.atlas.image = torch.from_numpy(self.atlas.image).to(self.device)
         self._pipe = None
 
-    def render(self, level_matrix, box, level, jitter, factors, order, out=None):
-        n = len(level)
+    def render(self, p, out=None):
+        n = p.n
         if self._pipe is None or self._pipe.max_batch < n:
             gpu = self.device.type == "cuda"
             self._pipe = DaliWarp(
@@ -291,4 +293,4 @@ class DaliBackend(Backend):
                 (self.device.index or 0) if gpu else 0,
                 self.threads,
             )
-        return self._pipe.run(self.atlas, level_matrix, box, level, jitter, factors, order)
+        return self._pipe.run(self.atlas, p.level_matrix, p.box, p.level, p.jitter, p.factors, p.order)

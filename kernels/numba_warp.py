@@ -23,8 +23,8 @@ from llvmlite import ir
 from numba.core import cgutils, types
 from numba.extending import intrinsic
 
-from ..errors import FastSSLError
-from .backend import GREY, MEAN_STRIDE, Backend
+from .backend import GREY, MEAN_STRIDE, Backend, UnsupportedInput
+from .pyramid import pack_texels
 
 _f32 = np.float32
 _ZERO = _f32(0.0)
@@ -602,18 +602,18 @@ class NumbaBackend(Backend):
 
     name = "numba"
     writes_into = True
+    auto_rank = {"cpu": 0}  # auto: first on the CPU
+    profiler = "stages"
 
     @classmethod
     def unavailable(cls, device_type: str) -> str | None:
         return None  # renders on the CPU; on another device the engine copies its batches there
 
     def __init__(self, levels, size, resized, device, threads=None, **options):
-        from .pyramid import pack_texels
-
         super().__init__(levels, size, resized, device, threads)
         self.pyramid = pack_texels(levels)
         if len(self.pyramid.texels) >= 2**31:  # the kernel's texel indices are 32-bit
-            raise FastSSLError(
+            raise UnsupportedInput(
                 f"image too large for the numba backend: its pyramid has {len(self.pyramid.texels):,} texels "
                 "(at most 2**31); downscale it first"
             )
@@ -621,7 +621,11 @@ class NumbaBackend(Backend):
             nb.set_num_threads(int(threads))
         self.threads = nb.get_num_threads()
 
-    def render(self, level_matrix, box, level, jitter, factors, order, out=None):
+    def render(self, p, out=None):
         if out is None:
-            out = np.empty((len(level), self.size, self.size, 3), np.uint8)
-        return run(self.pyramid, prepare(level_matrix, box, level, jitter, factors, order), out)
+            out = np.empty((p.n, self.size, self.size, 3), np.uint8)
+        return run(self.pyramid, prepare(p.level_matrix, p.box, p.level, p.jitter, p.factors, p.order), out)
+
+    @classmethod
+    def describe(cls) -> str:
+        return f"numba {nb.threading_layer()} threads"  # the layers differ in speed: name the one that ran

@@ -1,8 +1,9 @@
-"""A 2x2 box pyramid of an RGB uint8 image, packed for the kernels.
+"""A 2x2 box pyramid of an RGB uint8 image, and the packed forms the kernels read.
 
-Each texel is one little-endian ``uint32`` (R | G << 8 | B << 16). All levels live in one flat
-buffer; ``offsets``, ``heights`` and ``widths`` locate them. The Numba kernel reads the
-bordered form of :func:`pack_texels`.
+A packed texel is one little-endian ``uint32`` (R | G << 8 | B << 16). The Numba kernel reads
+the bordered form of :func:`pack_texels` (all levels in one flat buffer, located by
+``offsets``, ``heights``, ``widths`` and ``strides``); the torch and DALI backends an atlas
+(:func:`build_atlas`).
 """
 
 from __future__ import annotations
@@ -14,10 +15,8 @@ import numpy as np
 
 @dataclass
 class Pyramid:
-    packed: np.ndarray  # (total,) uint32
-    offsets: np.ndarray  # (L,) int64
-    heights: np.ndarray  # (L,) int64
-    widths: np.ndarray  # (L,) int64
+    """The levels of a 2x2 box pyramid; each backend packs them in its own form."""
+
     levels: list  # L arrays (h, w, 3) uint8, level 0 first
 
     def __len__(self) -> int:
@@ -44,17 +43,7 @@ def build_pyramid(img: np.ndarray, num_levels: int) -> Pyramid:
     levels = [np.ascontiguousarray(img)]
     for _ in range(num_levels - 1):
         levels.append(box_halve(levels[-1]))
-    return pack_levels(levels)
-
-
-def pack_levels(levels: list) -> Pyramid:
-    """The packed form of ready-made levels (level 0 first)."""
-    heights = np.array([lv.shape[0] for lv in levels], dtype=np.int64)
-    widths = np.array([lv.shape[1] for lv in levels], dtype=np.int64)
-    sizes = heights * widths
-    offsets = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64)
-    packed = np.concatenate([pack_rgb(lv) for lv in levels])
-    return Pyramid(packed, offsets, heights, widths, levels)
+    return Pyramid(levels)
 
 
 @dataclass

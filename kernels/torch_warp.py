@@ -13,6 +13,7 @@ import torch.nn.functional as F
 
 from .backend import GREY as _W
 from .backend import MEAN_STRIDE, Backend
+from .pyramid import build_atlas
 
 
 class TorchPyramid:
@@ -25,8 +26,6 @@ class TorchPyramid:
     """
 
     def __init__(self, levels, device):
-        from .pyramid import build_atlas
-
         self.device = torch.device(device)
         at = build_atlas(levels)
         height, width = at.image.shape[:2]
@@ -41,9 +40,10 @@ def _grey(x):
 
 
 def _hue(x, shift):
-    """Hue rotation through HSV, the same branch-free formula as the Numba kernel:
-    h from the max channel, then f(n) = V - (max - min) * clamp(min(k, 4 - k), 0, 1),
-    k = (n + 6h) mod 6 for n = 5, 3, 1 (R, G, B). Grey pixels come out unchanged."""
+    """Hue rotation through HSV without branches: h from the max channel, then each channel
+    f(n) = V - (max - min) * clamp(min(k, 4 - k), 0, 1), k = (n + 6h) mod 6 for n = 5, 3, 1
+    (R, G, B). The same colour as HSV's sector table, as the Numba kernel's own form (there
+    min + C * t with t from |h - c| per channel) gives, to rounding; grey pixels stay grey."""
     r, g, b = x[:, 0], x[:, 1], x[:, 2]
     maxc = torch.maximum(torch.maximum(r, g), b)
     minc = torch.minimum(torch.minimum(r, g), b)
@@ -165,6 +165,7 @@ class TorchBackend(Backend):
     the compiler fails."""
 
     name = "torch"
+    auto_rank = {"cpu": 1, "cuda": 1}  # auto: where the first is unavailable
 
     def __init__(self, levels, size, resized, device, threads=None, compile=None, **options):
         super().__init__(levels, size, resized, device, threads)
@@ -175,7 +176,7 @@ class TorchBackend(Backend):
         self.pyramid = TorchPyramid(levels, dev)
         self._compiled = torch.compile(run_fixed) if (compile if compile is not None else dev.type == "cuda") else None
 
-    def render(self, level_matrix, box, level, jitter, factors, order, out=None):
+    def render(self, p, out=None):
         dev = self.device
 
         def t(a, dt):
@@ -183,12 +184,12 @@ class TorchBackend(Backend):
 
         args = (
             self.pyramid,
-            t(level_matrix, torch.float64),
-            t(box, torch.float64),
-            t(level, torch.int64),
-            t(jitter, torch.bool),
-            t(factors, torch.float32),
-            t(order, torch.int64),
+            t(p.level_matrix, torch.float64),
+            t(p.box, torch.float64),
+            t(p.level, torch.int64),
+            t(p.jitter, torch.bool),
+            t(p.factors, torch.float32),
+            t(p.order, torch.int64),
             self.size,
         )
         if self._compiled is not None:

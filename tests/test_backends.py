@@ -21,10 +21,11 @@ class NumpyReference(Backend):
         super().__init__(levels, size, resized, device, threads)
         self.levels = [lv.astype(np.float64) for lv in levels]
 
-    def render(self, level_matrix, box, level, jitter, factors, order, out=None):
+    def render(self, p, out=None):
         S = self.size
+        level_matrix, box, level = p.level_matrix, p.box, p.level
         if out is None:
-            out = np.empty((len(level), S, S, 3), np.uint8)
+            out = np.empty((p.n, S, S, 3), np.uint8)
         y, x = np.mgrid[0:S, 0:S].astype(np.float64)
         pts = np.stack([x, y, np.ones_like(x)])  # (3, S, S)
         for i in range(len(level)):

@@ -12,12 +12,18 @@ from fastssl.methods import METHODS
 TINY = str(Path(__file__).parent / "data" / "tiny.toml")
 
 
-def test_train_block_is_the_base_of_every_method_and_a_method_section_wins():
-    rc = load("cpu-mini")
-    assert rc["rotnet"]["batch_size"] == rc["deepcluster"]["batch_size"] == 128  # from [train]
-    assert rc["rotnet"]["optim"]["lr"] == 0.05 and rc["bigan"]["optim"]["lr"] == 2e-4  # bigan's own
+def test_train_block_is_the_base_of_every_method_and_a_method_section_wins(tmp_path):
+    recipe = tmp_path / "r.toml"
+    recipe.write_text(
+        "[train]\nbatch_size = 96\n[train.optim]\nlr = 0.07\n"
+        '[bigan.optim]\nname = "adam"\nlr = 3e-4\n[deepcluster.optim]\nnesterov = false\n'
+        "[deepcluster.settings]\nk = 30\n"
+    )
+    rc = load(str(recipe))
+    assert rc["rotnet"]["batch_size"] == rc["deepcluster"]["batch_size"] == 96  # from [train]
+    assert rc["rotnet"]["optim"]["lr"] == 0.07 and rc["bigan"]["optim"]["lr"] == 3e-4  # bigan's own
     assert rc["rotnet"]["optim"]["nesterov"] is True and rc["deepcluster"]["optim"]["nesterov"] is False
-    assert rc["deepcluster"]["settings"]["k"] == 200 and rc["deepcluster"]["settings"]["pca_dim"] == 256  # default
+    assert rc["deepcluster"]["settings"]["k"] == 30 and rc["deepcluster"]["settings"]["pca_dim"] == 256  # default
 
 
 def test_set_reaches_any_key_of_the_schema_and_train_reaches_every_method():
@@ -26,6 +32,13 @@ def test_set_reaches_any_key_of_the_schema_and_train_reaches_every_method():
     assert rc["rotnet"]["optim"]["betas"] == [0.9, 0.99] and rc["bigan"]["settings"]["d_dropout"] == 0.2
     rc = load(TINY, ["rotnet.epochs=7", "train.epochs=5"])  # a method's own value wins over [train]
     assert rc["rotnet"]["epochs"] == 7 and rc["deepcluster"]["epochs"] == 5
+
+
+def test_one_image_size_for_res_patches_and_networks():
+    with pytest.raises(FastSSLError, match=r"image sizes disagree \(res 24, mono.size 16, model.input_res 16"):
+        load(TINY, ["res=24"])
+    rc = load(TINY, ["res=32", "mono.size=32", "model.input_res=32"])
+    assert rc["rotnet"]["model"]["input_res"] == 32
 
 
 def test_set_and_spec_share_one_value_syntax():
@@ -142,8 +155,9 @@ def test_a_method_is_one_class_and_one_registry_line(monkeypatch, tmp_path, caps
 
 
 def test_a_method_can_change_the_network_and_gets_a_random_row_of_its_own():
-    from fastssl.config import model_changes
-    from fastssl.repro import build_for, random_rows, row_order
+    from fastssl.config import build_for, model_changes
+    from fastssl.report import row_order
+    from fastssl.repro import random_rows
 
     rc = load(TINY, ["deepcluster.model.sobel=true", "model.width=0.5"])
     assert rc["deepcluster"]["model"]["sobel"] is True and rc["rotnet"]["model"]["sobel"] is False

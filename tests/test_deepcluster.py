@@ -86,10 +86,12 @@ def test_deepcluster_reclusters_every_epoch_and_learns_its_clusters(tmp_path):
     clus = [r for r in recs if "kmeans_mse" in r]
     assert [r["epoch"] for r in clus] == [0, 1, 2, 3] and all(r["clusters_used"] == 4 for r in clus)
     assert all(r["seconds_features"] > 0 and r["seconds_kmeans"] > 0 for r in clus)  # each clustering timed
-    # images and their cluster ids travel together: predicting them beats chance (0.25);
-    # measured 0.39 in the last epoch (labels shuffled against the images would stay at chance)
+    # images and their cluster ids travel together: predicting them beats chance. The last line
+    # averages 16 steps of 32 predictions; labels shuffled against the images would stay within
+    # a few standard errors of chance (1/k), so 4 standard errors above it is learning
     acc = [r["acc"] for r in recs if r.get("epoch") == 3 and "acc" in r]
-    assert acc[-1] > 0.3
+    chance, n = 1 / 4, 16 * 32
+    assert acc[-1] > chance + 4 * (chance * (1 - chance) / n) ** 0.5
 
 
 def test_deepcluster_resumes_mid_epoch_exactly(tmp_path):

@@ -9,7 +9,8 @@ import torch
 
 from fastssl import AugmentSpec, MonoSource
 from fastssl.cli import main
-from fastssl.mono import Renderer, row_prefix
+from fastssl.mono import Renderer
+from fastssl.repro import row_prefix
 from fastssl.spec import sample_params
 
 

@@ -28,6 +28,11 @@ def test_agreement_with_the_pil_chain_on_the_default_photo(photo):
     _check(agreement(photo, size=32, n=192, seed=0))
 
 
+def test_agreement_at_64_px_on_the_default_photo(photo):
+    # the S=64 case without the data folder: the built-in photo (512 x 600) ships with matplotlib
+    _check(agreement(photo, size=64, n=128, seed=0))
+
+
 def test_agreement_with_the_pil_chain_on_ameyoko(ameyoko):
     _check(agreement(ameyoko, size=64, n=128, seed=0))
 

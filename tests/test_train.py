@@ -20,7 +20,8 @@ from fastssl.methods import build_method
 from fastssl.methods.rotnet import four_rotations
 from fastssl.models import AlexNet, fold_bn
 from fastssl.models.alexnet import LAYERS
-from fastssl.probe import LinearProbes, ProbeConfig, load_trunk, train_probes
+from fastssl.pretrained import load_trunk
+from fastssl.probe import LinearProbes, ProbeConfig, train_probes
 from fastssl.train import TrainConfig, Trainer, load_checkpoint
 
 TINY = str(Path(__file__).parent / "data" / "tiny.toml")
@@ -361,7 +362,8 @@ def test_repro_over_seeds_reports_mean_and_std(tmp_path, capsys):
             "choose one of rotnet, deepcluster, bigan",
         ),
         (
-            ["train", "--method", "bigan", "--out", "{tmp}/t", "--preset", TINY, "--set", "model.input_res=24"],
+            ["train", "--method", "bigan", "--out", "{tmp}/t", "--preset", TINY, "--set", "model.input_res=24"]
+            + ["--set", "res=24", "--set", "mono.size=24"],
             "power of two",
         ),
         (["probe", "{tmp}/none.pt", "--data", "{tmp}", "--out", "{tmp}/p", "--preset", TINY], "checkpoint not found"),
@@ -383,9 +385,12 @@ def test_repro_over_seeds_reports_mean_and_std(tmp_path, capsys):
     ],
 )
 def test_user_errors_are_one_line(tmp_path, capsys, args, words):
+    if args[0] == "repro":  # never the default runs/repro in the working folder
+        args = [*args, "--out", "{tmp}/r"]
     rc = main([a.replace("{tmp}", str(tmp_path)) for a in args])
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and len(err) == 1 and words in err[0], err
+    assert not (tmp_path / "r").exists()  # a refused repro leaves no folder, config or lock
 
 
 @pytest.mark.slow

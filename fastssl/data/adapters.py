@@ -12,7 +12,10 @@ from itertools import islice
 import numpy as np
 import torch
 
+from ..distributed import rank_world
 from ..errors import FastSSLError
+from ..seeds import epoch_seed
+from ..spec import PatchParams
 
 
 class MonoData:
@@ -39,8 +42,6 @@ class FixedData:
     reach the device channels-last. Subclasses say how items are fetched (``_get``)."""
 
     def __init__(self, n: int, batch_size: int, device, seed: int = 0):
-        from ..distributed import rank_world
-
         self.n, self.batch_size = int(n), int(batch_size)
         self.device = torch.device(device)
         self.seed, self.epoch = int(seed), 0
@@ -74,7 +75,7 @@ class FixedData:
         if self.order is not None:
             order = self.order
         else:
-            g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+            g = torch.Generator().manual_seed(epoch_seed(self.seed, self.epoch))
             order = torch.randperm(self.n, generator=g)
         shard = order[self.rank :: self.world]
         for s in range(step, len(self)):
@@ -120,8 +121,6 @@ class IndexedPatches(FixedData):
         return sum(a.nbytes for a in self.params.values())
 
     def _get(self, idx):
-        from ..spec import PatchParams
-
         i = np.asarray(idx.cpu() if isinstance(idx, torch.Tensor) else idx, dtype=np.int64)
         kw = {f: a[i] for f, a in self.params.items()}
         n = len(i)

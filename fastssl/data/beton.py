@@ -25,7 +25,9 @@ import numpy as np
 
 from ..atomic import atomic_output, check_destination, claim, has_magic, os_error
 from ..errors import FastSSLError
+from ..progress import bar as progress_bar
 from ..report import write_json
+from ..signals import check_stop
 from .sources import LabelledSource
 
 SCHEMA = {"image": "RGBImageField", "label": "IntField"}
@@ -94,7 +96,6 @@ def _scan_one(i):
 
 def scan(src: LabelledSource, workers: int, strict: bool, progress: bool = True) -> tuple[np.ndarray, list[str]]:
     """Decode every image once; return the readable indices and the problems found."""
-    from ..progress import bar as progress_bar
 
     global _SCAN_SRC
     _SCAN_SRC = src
@@ -157,8 +158,6 @@ def convert(
 def _convert(src, dst: Path, indices, max_res, jpeg_quality, write_mode, strict, workers, progress) -> dict:
     from ffcv.fields import IntField, RGBImageField
     from ffcv.writer import DatasetWriter
-
-    from ..signals import check_stop
 
     # None: every core; conversion runs in worker processes, at least one
     workers = max(1, len(os.sched_getaffinity(0)) if workers is None else int(workers))
@@ -299,8 +298,6 @@ def _write(writer, dataset, indices: list, dst: Path, progress: bool) -> None:
     line is raised. Without a main thread to interrupt, FFCV's own call is used.
     """
     import ffcv.writer
-
-    from ..progress import bar as progress_bar
 
     # FFCV's own bar follows the caller's choice, for this call only
     ffcv_bar, ffcv_queue = ffcv.writer.tqdm, ffcv.writer.Queue

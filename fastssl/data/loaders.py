@@ -26,13 +26,12 @@ import torch
 from PIL import Image
 
 from ..errors import FastSSLError
-from .beton import FFCV_INSTALL
+from ..seeds import epoch_seed
+from .beton import FFCV_INSTALL, import_ffcv, read_info
 from .sources import LabelledSource, open_source
 
 
 def ffcv_available() -> bool:
-    from .beton import import_ffcv
-
     return import_ffcv()
 
 
@@ -186,8 +185,6 @@ class Loader:
         from ffcv.loader import OrderOption
         from ffcv.transforms import RandomHorizontalFlip, Squeeze, ToDevice, ToTensor, ToTorchImage
 
-        from .beton import read_info
-
         # schema, truncation, records and class index, with clear errors; every block's checksum
         # for files up to 2 GiB (once per process), the header's, metadata's and table's above
         read_info(path, verify="auto")
@@ -243,7 +240,7 @@ class Loader:
             return
         self._epoch = epoch
         self._ds.epoch = epoch
-        self._gen.manual_seed(self._seed * 1_000_003 + epoch)
+        self._gen.manual_seed(epoch_seed(self._seed, epoch))
         if self._sampler is not None:
             self._sampler.set_epoch(epoch)
 

@@ -16,15 +16,13 @@ returning an RGB ``uint8`` array (grey, palette, RGBA, CMYK are converted by PIL
 
 from __future__ import annotations
 
-import hashlib
 import os
 import tarfile
-import urllib.request
 from pathlib import Path, PurePosixPath
 
 import numpy as np
 
-from ..atomic import atomic_output
+from ..cache import default_cache, download
 from ..errors import FastSSLError
 from ..image import IMAGE_EXTS, decode, read_regular
 
@@ -227,54 +225,6 @@ class CifarBinarySource(LabelledSource):
 
     def image(self, i: int) -> np.ndarray:
         return np.ascontiguousarray(self._pixels[i])
-
-
-def download(url: str, dest: Path, md5: str | None = None, progress: bool = True, *, sha256: str | None = None) -> Path:
-    """Fetch ``url`` to ``dest`` through a temporary file; verify its checksum (``md5`` or
-    ``sha256``, hex) before renaming. A file already at ``dest`` with that checksum is used."""
-    from ..progress import bar as progress_bar
-
-    algo, want = ("sha256", sha256) if sha256 else ("md5", md5)
-    if not want:
-        raise ValueError("download needs an md5 or a sha256 checksum")
-    dest = Path(dest)
-    if dest.exists():
-        if _digest(dest, algo) == want:
-            return dest
-        raise FastSSLError(f"{dest} exists but its checksum does not match; delete it and run again")
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    h = hashlib.new(algo)
-    try:
-        r = urllib.request.urlopen(url, timeout=60)
-    except OSError as e:
-        raise FastSSLError(f"cannot download {url}: {e}") from None
-    total = int(r.headers.get("Content-Length") or 0) or None
-    bar = progress_bar(total=total, unit="B", unit_scale=True, desc=f"download {dest.name}", enabled=progress)
-    with r, bar, atomic_output(dest) as tmp, open(tmp, "wb") as f:
-        while chunk := r.read(1 << 20):
-            f.write(chunk)
-            h.update(chunk)
-            bar.update(len(chunk))
-        if h.hexdigest() != want:
-            raise FastSSLError(f"download of {url} is corrupt: {algo} {h.hexdigest()} != expected {want}; try again")
-    return dest
-
-
-def _digest(path: Path, algo: str) -> str:
-    h = hashlib.new(algo)
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def default_cache() -> Path:
-    """``FASTSSL_CACHE``, else ``~/.cache/fastssl``: a folder (created on first download)."""
-    p = Path(os.environ.get("FASTSSL_CACHE") or Path.home() / ".cache" / "fastssl")
-    if p.exists() and not p.is_dir():
-        where = "FASTSSL_CACHE" if os.environ.get("FASTSSL_CACHE") else "the cache folder"
-        raise FastSSLError(f"{where} {p} is not a folder: point FASTSSL_CACHE at a folder")
-    return p
 
 
 def cifar10(

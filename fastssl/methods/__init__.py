@@ -15,6 +15,7 @@ or ``None`` for unlabelled sources.
 
 from __future__ import annotations
 
+from ..checks import to_dataclass
 from ..errors import FastSSLError
 from .base import Method, flip_half
 from .bigan import BiGAN
@@ -48,7 +49,6 @@ def build_method(
 ) -> Method:
     """An instance of the registered method ``name``: ``model_kw`` the AlexNet's keywords,
     ``method_kw`` its own settings (checked against its ``Settings``)."""
-    from ..config import to_dataclass
 
     cls = get_method(name)
     if cls.needs_labels and not num_classes:

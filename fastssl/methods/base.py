@@ -13,14 +13,33 @@ class Method:
 
     name = "method"
     needs_labels = False  # trains on labels (only on a labelled source)
-    fixed_dataset = False  # needs index access to a fixed dataset (TensorData), not a stream
+    fixed_dataset = False  # needs index access to a fixed dataset (FixedData: TensorData, IndexedPatches)
     pretext = True  # a self-supervised method: ``repro`` trains its one-image and full-data rows
     Settings = None  # dataclass of the method's own settings, the recipe's [<name>.settings]
+    epoch_start_name = "epoch start"  # what on_epoch_start does, in ``plan``'s stage names
 
     @classmethod
     def check_recipe(cls, rc: dict) -> None:
         """Refuse, with one line naming the key, a recipe this method cannot run (e.g. a
         resolution it does not support)."""
+
+    @classmethod
+    def min_items(cls, settings: dict | None) -> int:
+        """The fewest items its fixed dataset may hold with these settings (0: any)."""
+        return 0
+
+    @classmethod
+    def settings_for_items(cls, settings: dict | None, n_items: int) -> dict | None:
+        """``settings`` adapted to a fixed dataset of only ``n_items`` (a smoke run's)."""
+        return settings
+
+    def batch_labels(self) -> int:
+        """How many distinct labels its batches carry (0: it reads no labels)."""
+        return 0
+
+    def epoch_start_seconds(self, ctx, n_items: int, res: int) -> float:
+        """An estimate of :meth:`on_epoch_start`'s cost on ``n_items`` of ``res`` px (``plan``)."""
+        return 0.0
 
     def __init__(self):
         self.nets: dict[str, nn.Module] = {}
@@ -47,6 +66,16 @@ class Method:
 
     def arch(self) -> dict:
         return self.trunk().config
+
+    def classify_step(self, x: torch.Tensor, y: torch.Tensor, ctx) -> dict:
+        """The step of a method that classifies (RotNet's rotations, DeepCluster's clusters,
+        supervised's classes): cross-entropy of ``nets["model"]`` under autocast, one optimiser
+        step, the loss and the batch accuracy (left on the device)."""
+        with ctx.autocast():
+            logits = self.nets["model"](x)
+            loss = nn.functional.cross_entropy(logits, y)
+        ctx.step(loss, "main")
+        return {"loss": loss.detach(), "acc": (logits.argmax(1) == y).float().mean()}
 
 
 def flip_half(x: torch.Tensor, generator=None) -> torch.Tensor:

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from ..checks import bad, check_range, method_model
 from ..errors import FastSSLError
 from ..models import AlexNet
 from ..models.bigan import Generator, JointDiscriminator
@@ -42,8 +43,6 @@ class BiGANSettings:
     code: str = "tanh"
 
     def check(self, where: str = "") -> None:
-        from ..config import bad, check_range
-
         for name in ("z_dim", "g_width", "d_width"):
             if getattr(self, name) < 1:
                 bad(f"{where}{name}", "must be >= 1", getattr(self, name))
@@ -61,8 +60,6 @@ class BiGAN(Method):
 
     @classmethod
     def check_recipe(cls, rc: dict) -> None:
-        from ..config import bad, method_model
-
         res = method_model(rc, cls.name)["input_res"]
         if res < 8 or res & (res - 1):
             bad(

@@ -8,9 +8,9 @@ device); the cluster ids become the labels, the epoch's order samples clusters u
 non-empty cluster contributes the same number of draws), and the classifier layer is
 re-initialised (its optimiser state dropped). Under DDP, rank 0 clusters and broadcasts.
 
-The data must be a :class:`fastssl.data.adapters.TensorData`: DeepCluster needs index access to a
-fixed set of images (for the one-image rows: a fixed set of rendered patches, as the paper
-trains on a fixed dataset of patches).
+The data must be a :class:`fastssl.data.adapters.FixedData`: DeepCluster needs index access to a
+fixed set of images (``TensorData``: labelled images held in memory; ``IndexedPatches``: the
+one-image rows' patches, rendered by index, as the paper trains on a fixed dataset of patches).
 """
 
 from __future__ import annotations
@@ -23,8 +23,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..checks import bad
 from ..errors import FastSSLError
 from ..models import AlexNet
+from ..seeds import epoch_seed
 from .base import Method, flip_half, random_resized_crop
 
 
@@ -149,8 +151,6 @@ class DeepClusterSettings:
     crop_scale: list[float] = field(default_factory=lambda: [0.08, 1.0])
 
     def check(self, where: str = "") -> None:
-        from ..config import bad
-
         if self.k < 2:
             bad(f"{where}k", "must be >= 2 clusters", self.k)
         if self.pca_dim < 1:
@@ -167,6 +167,7 @@ class DeepCluster(Method):
     name = "deepcluster"
 
     fixed_dataset = True
+    epoch_start_name = "clustering"
     Settings = DeepClusterSettings
 
     def __init__(self, model_kw: dict, settings: DeepClusterSettings | None = None, *, num_classes=None, seed: int = 0):
@@ -231,14 +232,14 @@ class DeepCluster(Method):
     def on_epoch_start(self, epoch: int, ctx) -> None:
         data = ctx.data
         if not hasattr(data, "set_targets"):
-            raise FastSSLError("deepcluster needs a fixed dataset with index access (TensorData)")
-        g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+            raise FastSSLError("deepcluster needs a fixed dataset with index access (TensorData, IndexedPatches)")
+        g = torch.Generator().manual_seed(epoch_seed(self.seed, epoch))
         dist = torch.distributed.is_available() and torch.distributed.is_initialized()
         t0 = time.perf_counter()
         x = self._codes(data, ctx)
         t1 = time.perf_counter()
         if self.kmeans_with == "faiss":
-            assign, loss = kmeans_faiss(x, self.k, self.iters, self.seed * 1_000_003 + epoch)
+            assign, loss = kmeans_faiss(x, self.k, self.iters, epoch_seed(self.seed, epoch))
         else:
             assign, loss = kmeans(x, self.k, self.iters, g)
         order = uniform_over_clusters(assign, len(assign), g)
@@ -271,6 +272,52 @@ class DeepCluster(Method):
             for p in (top.weight, top.bias):
                 opt.state.pop(p, None)  # no momentum carried over from the last clustering
 
+    @classmethod
+    def min_items(cls, settings: dict | None) -> int:
+        return int((settings or {}).get("k", DeepClusterSettings().k))  # k clusters need k items
+
+    @classmethod
+    def settings_for_items(cls, settings: dict | None, n_items: int) -> dict | None:
+        st = dict(settings or {})
+        st["k"] = min(int(st.get("k", DeepClusterSettings().k)), int(n_items))
+        return st
+
+    def batch_labels(self) -> int:
+        return self.k  # its pseudo-labels
+
+    def epoch_start_seconds(self, ctx, n_items: int, res: int) -> float:
+        """One clustering of ``n_items``: the features' forward pass timed on a batch and scaled,
+        plus ``iters`` Lloyd assignments (the distances to all k centroids dominate) timed on a
+        sample of rows and scaled to ``n_items``."""
+        dev = ctx.device
+
+        def sync():
+            if dev.type == "cuda":
+                torch.cuda.synchronize(dev)
+
+        net = self.trunk()
+        net.eval()
+        x = torch.randint(0, 256, (256, 3, res, res), dtype=torch.uint8, device=dev).contiguous(
+            memory_format=torch.channels_last
+        )
+        with torch.no_grad(), ctx.autocast():
+            net.features(x)
+            sync()
+            t0 = time.perf_counter()
+            net.features(x)
+            sync()
+        feat = (time.perf_counter() - t0) * n_items / 256
+        net.train()
+        sample = min(n_items, 16_384)
+        codes = torch.nn.functional.normalize(torch.randn(sample, self.pca_dim, device=dev), dim=1)
+        cents = torch.nn.functional.normalize(torch.randn(self.k, self.pca_dim, device=dev), dim=1)
+        t0 = time.perf_counter()
+        for a in range(0, sample, 8192):
+            (codes[a : a + 8192] @ cents.T).max(1)
+        sync()
+        assign = (time.perf_counter() - t0) * n_items / sample
+        return feat + assign * self.iters
+
     def state_dict(self) -> dict:
         if self.targets is None:
             return {}
@@ -288,8 +335,4 @@ class DeepCluster(Method):
         x = flip_half(x)
         if self.crop_scale != (1.0, 1.0):
             x = random_resized_crop(x, self.crop_scale)
-        with ctx.autocast():
-            logits = self.nets["model"](x)
-            loss = F.cross_entropy(logits, y)
-        ctx.step(loss, "main")
-        return {"loss": loss.detach(), "acc": (logits.argmax(1) == y).float().mean()}
+        return self.classify_step(x, y, ctx)

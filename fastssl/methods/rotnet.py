@@ -4,7 +4,6 @@ with all four rotations of every image in the batch, made on the device."""
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 from ..models import AlexNet
 from .base import Method, flip_half
@@ -27,9 +26,4 @@ class RotNet(Method):
     def train_step(self, batch, ctx) -> dict:
         x, _ = batch
         x, y = four_rotations(flip_half(x))
-        with ctx.autocast():
-            logits = self.nets["model"](x)
-            loss = F.cross_entropy(logits, y)
-        ctx.step(loss, "main")
-        acc = (logits.argmax(1) == y).float().mean()
-        return {"loss": loss.detach(), "acc": acc}
+        return self.classify_step(x, y, ctx)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import torch.nn.functional as F
-
 from ..errors import FastSSLError
 from ..models import AlexNet
 from .base import Method
@@ -18,13 +16,13 @@ class Supervised(Method):
     def __init__(self, model_kw: dict, settings=None, *, num_classes: int, seed: int = 0):
         super().__init__()
         self.nets["model"] = AlexNet(num_classes, **model_kw)
+        self.num_classes = int(num_classes)
+
+    def batch_labels(self) -> int:
+        return self.num_classes
 
     def train_step(self, batch, ctx) -> dict:
         x, y = batch
         if y is None:
             raise FastSSLError("supervised training got a batch without labels; use a labelled source")
-        with ctx.autocast():
-            logits = self.nets["model"](x)
-            loss = F.cross_entropy(logits, y)
-        ctx.step(loss, "main")
-        return {"loss": loss.detach(), "acc": (logits.argmax(1) == y).float().mean()}
+        return self.classify_step(x, y, ctx)

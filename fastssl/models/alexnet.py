@@ -30,6 +30,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from ..checks import bad, check_range
 from ..kernels.backend import GREY
 
 MEAN = (0.485, 0.456, 0.406)
@@ -53,8 +54,6 @@ class ModelConfig:
     dropout: float = 0.5
 
     def check(self, where: str = "") -> None:
-        from ..config import bad, check_range
-
         check_range(f"{where}width", self.width, 0, 16, lo_open=True)
         check_range(f"{where}dropout", self.dropout, 0, 1, hi_open=True)
         for name in ("conv1_width", "fc_width"):
