@@ -8,9 +8,13 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
+import json
 import os
 import shutil
 import stat
+import subprocess
+import sys
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -163,7 +167,6 @@ def _open_lock(path: Path) -> int | str:
     or the holder's PID (a string) when another process holds it. A lock file removed by its
     holder between our open and our lock is opened again, so two processes never hold two
     files of one name."""
-    import fcntl
 
     while True:
         try:
@@ -287,9 +290,6 @@ _REAPER: dict = {"proc": None, "pid": None}
 
 
 def _reaper_send(op: str, path: Path) -> None:
-    import json
-    import subprocess
-    import sys
 
     if _REAPER["pid"] != os.getpid():  # none yet, or inherited through fork: start our own
         try:

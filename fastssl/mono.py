@@ -17,11 +17,13 @@ from __future__ import annotations
 import math
 import os
 import re
+import shutil
 import sys
 from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
 
 from .atomic import NPY, PNG, atomic_output, check_destination, claim, reserve
 from .distributed import rank_world, resolve_device
@@ -324,7 +326,6 @@ def export(
 def _check_free(out: Path, need: int) -> None:
     """Refuse, before anything is reserved, an output larger than the free space (reserving it
     all would leave other writers on that file system without space)."""
-    import shutil
 
     free = shutil.disk_usage(out.parent).free
     if need > free:
@@ -335,7 +336,6 @@ def _check_free(out: Path, need: int) -> None:
 
 
 def _export(rend, n, out, as_npy, replace, seed, batch_size, jpeg_quality, progress) -> None:
-    from PIL import Image
 
     S = rend.spec.size
     with atomic_output(out, folder=not as_npy, replace=replace) as tmp:
@@ -377,7 +377,6 @@ def preview(
     pad: int = 2,
 ) -> Path:
     """A grid of ``n`` sample patches as a PNG (like the paper's figure)."""
-    from PIL import Image
 
     spec = spec or AugmentSpec()
     if n < 1:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from .atomic import ZIP
+from .atomic import ZIP, check_destination
 from .errors import FastSSLError
 from .models import MODELS, AlexNet
 from .train import atomic_save, load_checkpoint
@@ -39,7 +39,6 @@ def load_trunk(path: str | os.PathLike) -> AlexNet:
 def export_pretrained(ckpt: str | os.PathLike, out: str | os.PathLike, overwrite: bool = False) -> dict:
     """Write the trunk of training checkpoint ``ckpt`` to ``out``; returns what was written
     (without the weights)."""
-    from .atomic import check_destination
 
     check_destination(out, overwrite=overwrite, replace=ZIP, what="output")
     ck = load_checkpoint(ckpt)

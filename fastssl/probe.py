@@ -16,7 +16,9 @@ CIFAR-scale rescaling (an adaptation of the paper's protocol to small inputs).
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import math
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -132,7 +134,6 @@ class ProbeMethod(Method):
 
 def weights_digest(net: torch.nn.Module) -> str:
     """SHA-256 of a network's state (names, shapes and bytes), the same for the same weights."""
-    import hashlib
 
     h = hashlib.sha256()
     for k, v in net.state_dict().items():
@@ -178,7 +179,6 @@ def train_probes(trunk: AlexNet, train, val, num_classes: int, cfg: ProbeConfig,
     contract. Training runs through :class:`~fastssl.train.Trainer` (AMP, channels-last,
     checkpoints and exact resume in ``out_dir``, Ctrl-C, NaN checks, progress); without
     ``out_dir`` its checkpoints go to a temporary folder."""
-    import tempfile
 
     dev = resolve_device(cfg.device)
     method = probe_method(trunk, num_classes, cfg, dev)

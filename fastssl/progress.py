@@ -10,10 +10,11 @@ from __future__ import annotations
 import sys
 import time
 
+from tqdm import tqdm
+
 
 def bar(iterable=None, *, enabled: bool = True, **kw):
     """A tqdm bar, shown when ``enabled`` and stderr is a terminal."""
-    from tqdm import tqdm
 
     return tqdm(iterable, disable=not (enabled and sys.stderr.isatty()), **kw)
 

@@ -6,6 +6,8 @@ import json
 import os
 from pathlib import Path
 
+import numpy as np
+
 from .atomic import JSON, PNG, atomic_output
 from .errors import FastSSLError
 from .methods import pretext_methods
@@ -54,7 +56,6 @@ def bar_figure(
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    import numpy as np
 
     fig, ax = plt.subplots(figsize=(8.5, 4))
     n = len(rows)
@@ -133,7 +134,6 @@ def _was_smoke(out: Path) -> bool:
 def summary(out: Path, seeds: list[int]) -> dict:
     """Every finished probe row under ``out`` for ``seeds``: mean and std (over the seeds that
     have the row) of each cell, the per-seed values and the seed count per row."""
-    import numpy as np
 
     per_seed: dict[str, dict] = {}
     for seed in seeds:

@@ -29,11 +29,13 @@ import os
 import shutil
 import sys
 import time
+import zipfile
 from dataclasses import dataclass, field
 from itertools import islice
 from pathlib import Path
 
 import torch
+from torch.nn.parallel import DistributedDataParallel as DDP
 
 from .atomic import ZIP, atomic_output, os_error, run_lock
 from .checks import bad, check_device, check_range, check_sgd
@@ -147,7 +149,6 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
 def _check_crc(p: Path) -> None:
     """torch.save writes a zip archive with a CRC-32 of every record, which torch.load does
     not check: read every record once and compare (a changed byte in the weights is found)."""
-    import zipfile
 
     try:
         with zipfile.ZipFile(p) as z:
@@ -269,8 +270,6 @@ class Trainer:
                 self.optims[name] = torch.optim.Adam(params, lr=o.lr, betas=tuple(o.betas), weight_decay=o.weight_decay)
         self._raw = dict(method.nets)  # unwrapped modules: what checkpoints hold
         if self.world > 1:
-            from torch.nn.parallel import DistributedDataParallel as DDP
-
             ids = [self.device.index] if self.device.type == "cuda" else None
             for k, net in method.nets.items():
                 if any(p.requires_grad for p in net.parameters()):

@@ -8,6 +8,8 @@ strided mean for contrast, rounding once at the end (round half up).
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 import torch.nn.functional as F
 
@@ -196,8 +198,6 @@ class TorchBackend(Backend):
             try:
                 return self._compiled(*args).permute(0, 2, 3, 1)
             except Exception as e:  # a compiler failure must not stop a run: eager from here on
-                import warnings
-
                 warnings.warn(
                     f"torch.compile of the torch backend failed, running eager: {type(e).__name__}: {e}", stacklevel=2
                 )

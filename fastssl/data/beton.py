@@ -10,6 +10,7 @@ be read with class names and a mismatched index is detected.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import functools
 import json
 import multiprocessing as mp
@@ -19,9 +20,12 @@ import signal
 import threading
 import time
 import warnings
+import zlib
 from pathlib import Path
 
+import numba
 import numpy as np
+import torch
 
 from ..atomic import atomic_output, check_destination, claim, has_magic, os_error
 from ..errors import FastSSLError
@@ -43,8 +47,6 @@ def import_ffcv() -> bool:
     """Import FFCV without its side effect on threads: importing ``ffcv.pipeline.compiler`` sets
     torch's and Numba's thread counts to 1 for the whole process (FFCV 1.0.2), which silently
     made every later training step single-threaded. The counts are restored."""
-    import numba
-    import torch
 
     n_torch, n_numba = torch.get_num_threads(), numba.get_num_threads()
     try:
@@ -215,7 +217,6 @@ CHECK_BLOCK = 1 << 20  # bytes a checksum covers
 def block_checksums(path: Path) -> dict:
     """CRC-32 of every 1 MiB block of ``path`` (the whole file: header, metadata, image data,
     allocation table), as one hex string of 8 digits a block."""
-    import zlib
 
     sums = []
     with open(path, "rb") as f:
@@ -254,7 +255,6 @@ def worker_init() -> None:
     """In a worker process: signals are the parent's to handle (Ctrl-C reaches the whole
     process group; the parent stops the workers), and the worker dies with its parent, however
     the parent ends (Linux ``PR_SET_PDEATHSIG``)."""
-    import ctypes
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
@@ -483,7 +483,6 @@ _VERIFIED: set = set()  # (path, inode, size, mtime) fully verified in this proc
 def verify_blocks(p: Path, checksum: dict | None, verify: str, data_at: int, table_at: int) -> None:
     """Compare ``p``'s blocks with the checksums ``data convert`` recorded: every block
     (``full``), or those of the header, metadata and allocation table (``structure``)."""
-    import zlib
 
     if verify not in ("structure", "full", "auto"):
         raise ValueError(verify)

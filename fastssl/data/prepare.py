@@ -5,6 +5,7 @@ fixed datasets of methods that need one, and the N-image rows' source photos."""
 from __future__ import annotations
 
 import contextlib
+import os
 from pathlib import Path
 
 import numpy as np
@@ -94,7 +95,6 @@ def loader(spec, rc, train: bool, batch_size: int, device, seed: int, shard: boo
 def check_fits(n: int, per_item: int, what: str, kind: str) -> None:
     """Refuse a fixed dataset (``n`` items of ``per_item`` bytes) larger than half the memory
     available now."""
-    import os
 
     need = n * per_item
     avail = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
