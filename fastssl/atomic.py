@@ -210,7 +210,7 @@ def _locked(path: Path, busy: Callable[[str], str]):
     if isinstance(fd, str):
         raise FastSSLError(busy(fd))
     _HELD[key] = [fd, 1]
-    reaper_add(path)
+    reaper_add(path, lock=True)
     try:
         yield
     finally:
@@ -269,14 +269,18 @@ def claim(*dests: str | os.PathLike):
 # process and every child that inherited the pipe have ended) it removes what is still
 # registered. A completed output is unregistered before its temporary name is renamed.
 _REAPER_CODE = r"""
-import json, os, shutil, sys
-held = set()
+import fcntl, json, os, shutil, sys, time
+held, locks = set(), set()
 for line in sys.stdin.buffer:
     try:
         op, path = line[:1], json.loads(line[1:])
     except ValueError:
         continue
-    (held.add if op == b"+" else held.discard)(path)
+    if op == b"-":
+        held.discard(path)
+        locks.discard(path)
+    else:
+        (locks if op == b"L" else held).add(path)
 for path in held:
     try:
         if os.path.isdir(path) and not os.path.islink(path):
@@ -285,12 +289,31 @@ for path in held:
             os.unlink(path)
     except OSError:
         pass
+for path in locks:  # as a holder releases one: only while locked by us, and still that file
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_NOFOLLOW)
+    except OSError:
+        continue
+    try:
+        for _ in range(100):  # a dying holder may close the pipe before its lock: wait up to 2 s
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except OSError:
+                time.sleep(0.02)
+        else:
+            continue  # another process holds it now: it is theirs
+        if os.fstat(fd).st_ino == os.lstat(path).st_ino:
+            os.unlink(path)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 """
 _REAPER: dict = {"proc": None, "pid": None}
 
 
 def _reaper_send(op: str, path: Path) -> None:
-
     if _REAPER["pid"] != os.getpid():  # none yet, or inherited through fork: start our own
         try:
             _REAPER["proc"] = subprocess.Popen(
@@ -313,9 +336,10 @@ def _reaper_send(op: str, path: Path) -> None:
         _REAPER["proc"] = None
 
 
-def reaper_add(path: str | os.PathLike) -> None:
-    """Remove ``path`` if this process ends (even by SIGKILL) before :func:`reaper_drop`."""
-    _reaper_send("+", Path(path))
+def reaper_add(path: str | os.PathLike, lock: bool = False) -> None:
+    """Remove ``path`` if this process ends (even by SIGKILL) before :func:`reaper_drop`; a
+    ``lock`` file only if no other process has locked it since."""
+    _reaper_send("L" if lock else "+", Path(path))
 
 
 def reaper_drop(path: str | os.PathLike) -> None:
