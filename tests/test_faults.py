@@ -638,3 +638,32 @@ def test_default_workers_follow_the_cores():
 
     assert loader_workers(rc) == min(8, len(os.sched_getaffinity(0)))
     assert loader_workers(load(TINY)) == 0
+
+
+# ------------------------------------------------------------------ first use
+def _readme_install() -> list[str]:
+    text = (Path(__file__).parents[1] / "README.md").read_text()
+    section = text.split("## Install", 1)[1].split("\n## ", 1)[0]
+    return [line.split("#")[0].strip() for line in section.split("```bash", 1)[1].split("```", 1)[0].splitlines()]
+
+
+def test_the_readme_install_order_and_first_command_work_offline(tmp_path):
+    lines = [x for x in _readme_install() if x]
+    torch_cpu = next(i for i, x in enumerate(lines) if "torch" in x and "cpu" in x)
+    editable = next(i for i, x in enumerate(lines) if x.startswith("pip install -e"))
+    assert torch_cpu < editable  # the CPU build before anything that would pull CUDA torch
+    first = next(x for x in lines if x.startswith("fastssl "))
+    assert "paper:" not in first  # the built-in photo: no download
+    r = subprocess.run(
+        [sys.executable, "-m", "fastssl.cli", *first.split()[1:]], cwd=tmp_path, capture_output=True, text=True
+    )
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "grid.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_the_readme_names_the_extras_ci_installs():
+    root = Path(__file__).parents[1]
+    ci = (root / ".ci" / "run").read_text()
+    extras = ci.split("pip install -q -e '.[", 1)[1].split("]", 1)[0]
+    assert f"`.[{extras}]`" in (root / "README.md").read_text()
+    assert "apt-get update" in ci and "apt-get update" in (root / "README.md").read_text()
