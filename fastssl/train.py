@@ -84,7 +84,6 @@ class TrainConfig:
     progress: bool = True
 
     def check(self, where: str = "") -> None:
-        self.optim.check(f"{where}optim.")
         for name in ("epochs", "batch_size", "ckpt_every", "log_every"):
             if getattr(self, name) < 1:
                 bad(f"{where}{name}", "must be >= 1", getattr(self, name))
@@ -245,7 +244,6 @@ class Trainer:
         recipe: dict | None = None,
         allow_changes: bool = False,
     ):
-        cfg.check()  # once, here: the rest of the trainer takes the values as valid
         self.method, self.data, self.cfg = method, data, cfg
         self.recipe, self.allow_changes = recipe, allow_changes
         self._changed: dict = {}
@@ -266,8 +264,10 @@ class Trainer:
                 self.optims[name] = torch.optim.SGD(
                     params, lr=o.lr, momentum=o.momentum, nesterov=o.nesterov, weight_decay=o.weight_decay
                 )
-            else:  # adam
+            elif o.name == "adam":
                 self.optims[name] = torch.optim.Adam(params, lr=o.lr, betas=tuple(o.betas), weight_decay=o.weight_decay)
+            else:  # a config built in code, past the recipe's checks
+                raise FastSSLError(f"unknown optimiser {o.name!r}; choose sgd or adam")
         self._raw = dict(method.nets)  # unwrapped modules: what checkpoints hold
         if self.world > 1:
             ids = [self.device.index] if self.device.type == "cuda" else None
