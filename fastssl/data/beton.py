@@ -83,42 +83,72 @@ class _Images:
         return self.src.image(int(i)), int(self.src.labels[i])
 
 
-_SCAN_SRC: LabelledSource | None = None
-
-
-def _scan_one(i):
-    try:
-        img = _SCAN_SRC.image(i)
-        if img.ndim != 3 or img.shape[2] != 3 or min(img.shape[:2]) < 1:
-            return i, f"bad shape {img.shape}"
-        return i, None
-    except FastSSLError as e:
-        return i, str(e)
+def _scan_worker(src: LabelledSource, k: int, n: int, conn) -> None:
+    """Worker ``k`` of ``n``: decode images k, k + n, ... and send (index, problem or None)
+    in batches on its own pipe (nothing shared with the other workers: killing one never
+    leaves a lock held that another waits on)."""
+    worker_init()
+    out = []
+    for i in range(k, len(src), n):
+        try:
+            img = src.image(i)
+            err = None if img.ndim == 3 and img.shape[2] == 3 and min(img.shape[:2]) >= 1 else f"bad shape {img.shape}"
+        except FastSSLError as e:
+            err = str(e)
+        out.append((i, err))
+        if len(out) == 64:
+            conn.send(out)
+            out = []
+    conn.send(out)
+    conn.send(None)  # done
+    conn.close()
 
 
 def scan(src: LabelledSource, workers: int, strict: bool, progress: bool = True) -> tuple[np.ndarray, list[str]]:
-    """Decode every image once; return the readable indices and the problems found."""
+    """Decode every image once, in ``workers`` processes; return the readable indices and the
+    problems found. On any error or stop every worker is killed before this returns."""
+    from multiprocessing.connection import wait
 
-    global _SCAN_SRC
-    _SCAN_SRC = src
+    ctx = mp.get_context("fork")
     bad: list[str] = []
     ok = np.ones(len(src), dtype=bool)
+    procs, conns = [], []
     try:
-        ctx = mp.get_context("fork")
-        with (
-            ctx.Pool(workers, initializer=worker_init) as pool,
-            progress_bar(total=len(src), unit="img", desc="check", enabled=progress) as bar,
-        ):
-            for i, err in pool.imap_unordered(_scan_one, range(len(src)), chunksize=256):
-                bar.update(1)
-                if err:
-                    if strict:
-                        pool.terminate()
-                        raise FastSSLError(f"{err} (`strict`: stopping; without it, bad images are skipped)")
-                    ok[i] = False
-                    bad.append(err)
+        for k in range(max(1, min(workers, len(src)))):
+            r, w = ctx.Pipe(duplex=False)
+            p = ctx.Process(target=_scan_worker, args=(src, k, workers, w), daemon=True)
+            p.start()
+            w.close()
+            procs.append(p)
+            conns.append(r)
+        live = list(conns)
+        with progress_bar(total=len(src), unit="img", desc="check", enabled=progress) as bar:
+            while live:
+                for c in wait(live):
+                    try:
+                        batch = c.recv()
+                    except EOFError:  # a worker died without its end mark
+                        raise FastSSLError("an image check worker died; run again with --workers 1") from None
+                    if batch is None:
+                        live.remove(c)
+                        continue
+                    bar.update(len(batch))
+                    for i, err in batch:
+                        if err:
+                            if strict:
+                                raise FastSSLError(f"{err} (`strict`: stopping; without it, bad images are skipped)")
+                            ok[i] = False
+                            bad.append(err)
+        for p in procs:
+            p.join()
     finally:
-        _SCAN_SRC = None
+        for p in procs:
+            if p.exitcode is None:
+                with contextlib.suppress(OSError, ValueError):
+                    p.kill()
+                p.join()
+        for c in conns:
+            c.close()
     return np.flatnonzero(ok), bad
 
 
