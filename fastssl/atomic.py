@@ -264,7 +264,7 @@ def claim(*dests: str | os.PathLike):
 
 # ------------------------------------------------------------------ reaper
 # A process killed with SIGKILL runs no cleanup. Every temporary output and lock file is
-# registered with a small watcher process (started on first use, in its own session so that
+# registered with a small watcher process (started on first use, detached from the terminal so that
 # Ctrl-C does not reach it) that reads registrations from a pipe; when the pipe closes (this
 # process and every child that inherited the pipe have ended) it removes what is still
 # registered. A completed output is unregistered before its temporary name is renamed.
