@@ -3,10 +3,17 @@
     trainer = Trainer(method, data, cfg, out_dir)
     trainer.fit()                    # or fit() again with cfg.resume=True after an interruption
 
-- Device: ``auto`` takes CUDA when present. AMP: ``auto`` is bf16 on CUDA and fp32 on a CPU
-  without native bf16 (bf16 autocast measured ~14x slower than fp32 on AVX2 cores); ``fp16``
-  adds a GradScaler; ``bf16`` / ``off`` force. Inputs stay channels-last end to end.
-- ``compile``: ``auto`` compiles on CUDA only (a cold compile costs 15-30 s on a CPU).
+- Device: ``auto`` takes CUDA when present. AMP: ``auto`` is bf16 on CUDA and on a CPU with
+  bf16 matrix tiles (AMX-BF16: oneDNN's bf16 convolutions ran 1.8x fp32 there, ``fastssl bench
+  train``), fp32 on other CPUs (AVX512-BF16 alone: bf16 about as fast as fp32); ``fp16`` adds a
+  GradScaler; ``bf16`` / ``off`` force. The choice follows the hardware, never a timing, so a
+  recipe runs the same arithmetic on the same machine every time.
+- ``layout``: ``channels_last`` (default: inputs and weights channels-last end to end) or
+  ``contiguous``.
+- ``compile``: ``auto`` compiles on CUDA only (on the CPU a cold compile cost 50-65 s and the
+  compiled bf16 step ran slower than the eager one, ``fastssl bench train``).
+- The settings picked (device, threads, amp, compile, layout) are one line on stderr as training
+  starts (with progress on) and are kept in every checkpoint (``setup``).
 - DDP: under ``torchrun`` (``WORLD_SIZE`` > 1) the process group is started (nccl on CUDA,
   gloo on CPU) and every network of the method is wrapped; rank 0 writes files.
 - Checkpoints ``ckpt.pt`` every ``ckpt_every`` steps, at each epoch end and at the end,
@@ -41,6 +48,7 @@ from .atomic import ZIP, atomic_output, os_error, run_lock
 from .checks import bad, check_device, check_range, check_sgd
 from .distributed import init_distributed, resolve_device
 from .errors import FastSSLError
+from .machine import cpu_bf16_matmul
 from .progress import bar as progress_bar
 from .signals import deferred
 
@@ -75,6 +83,7 @@ class TrainConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     amp: str = "auto"  # auto | bf16 | fp16 | off
     compile: str = "auto"  # auto | on | off
+    layout: str = "channels_last"  # channels_last | contiguous
     device: str = "auto"
     ckpt_every: int = 1000
     log_every: int = 20
@@ -93,22 +102,32 @@ class TrainConfig:
             bad(f"{where}amp", "must be auto, bf16, fp16 or off", self.amp)
         if self.compile not in ("auto", "on", "off"):
             bad(f"{where}compile", "must be auto, on or off", self.compile)
+        if self.layout not in LAYOUTS:
+            bad(f"{where}layout", "must be channels_last or contiguous", self.layout)
         check_device(f"{where}device", self.device)
         if self.seed < 0:
             bad(f"{where}seed", "must be >= 0", self.seed)
 
 
-def cpu_has_native_bf16() -> bool:
-    cap = torch.backends.cpu.get_cpu_capability()
-    return "AMX" in cap.upper() or "BF16" in cap.upper()
+LAYOUTS = ("channels_last", "contiguous")
+
+
+def pick_amp(amp: str, device: torch.device) -> str:
+    """``auto`` made concrete for ``device`` (bf16, fp16 or off)."""
+    if amp not in ("auto", "bf16", "fp16", "off"):
+        raise FastSSLError(f"amp must be auto, bf16, fp16 or off, got {amp!r}")
+    if amp != "auto":
+        return amp
+    return "bf16" if device.type == "cuda" or cpu_bf16_matmul() else "off"
+
+
+def pick_compile(compile: str, device: torch.device) -> bool:
+    return compile == "on" or (compile == "auto" and device.type == "cuda")
 
 
 def resolve_amp(amp: str, device: torch.device):
     """(autocast dtype or None, use GradScaler)."""
-    if amp not in ("auto", "bf16", "fp16", "off"):
-        raise FastSSLError(f"amp must be auto, bf16, fp16 or off, got {amp!r}")
-    if amp == "auto":
-        amp = "bf16" if device.type == "cuda" or cpu_has_native_bf16() else "off"
+    amp = pick_amp(amp, device)
     if amp == "off":
         return None, False
     if amp == "fp16":
@@ -165,6 +184,7 @@ class _Ctx:
 
     def __init__(self, trainer):
         self.t = trainer
+        self.clock = None  # a callable told "forward", "backward", "optimiser" as each ends (bench)
 
     def autocast(self):
         t = self.t
@@ -176,15 +196,23 @@ class _Ctx:
         t = self.t
         # checked later, in one read (Trainer.check_finite): no host sync per step
         t._pending.append((loss.detach(), t.epoch, t.step, t.global_step))
-        opt = t.optims[name]
+        opt, clock = t.optims[name], self.clock
+        if clock:
+            clock("forward")
         opt.zero_grad(set_to_none=True)
         if t.scaler is not None:
             t.scaler.scale(loss).backward()
+            if clock:
+                clock("backward")
             t.scaler.step(opt)
             t.scaler.update()
         else:
             loss.backward()
+            if clock:
+                clock("backward")
             opt.step()
+        if clock:
+            clock("optimiser")
 
     @property
     def device(self):
@@ -205,7 +233,9 @@ class _Ctx:
 
 # recipe keys whose change keeps a resume exact (the length of the run, how often it logs and
 # saves, where and how fast it runs); any other change is refused unless allowed
-RESUMABLE = frozenset({"epochs", "ckpt_every", "log_every", "workers", "device", "compile", "progress", "resume"})
+RESUMABLE = frozenset(
+    {"epochs", "ckpt_every", "log_every", "workers", "device", "compile", "layout", "progress", "resume"}
+)
 
 
 def flat(d: dict, prefix: str = "") -> dict:
@@ -253,9 +283,12 @@ class Trainer:
         self.rank, self.world = init_distributed(self.device)
         self.amp_dtype, use_scaler = resolve_amp(cfg.amp, self.device)
         self.scaler = torch.amp.GradScaler("cuda") if use_scaler else None
+        self.channels_last = cfg.layout == "channels_last"
         torch.manual_seed(cfg.seed)
         for k, net in method.nets.items():
-            net.to(self.device).to(memory_format=torch.channels_last)
+            net.to(self.device)
+            if self.channels_last:
+                net.to(memory_format=torch.channels_last)
             method.nets[k] = net
         self.optims = {}
         for name, params in method.param_groups().items():
@@ -274,10 +307,19 @@ class Trainer:
             for k, net in method.nets.items():
                 if any(p.requires_grad for p in net.parameters()):
                     method.nets[k] = DDP(net, device_ids=ids)
-        do_compile = cfg.compile == "on" or (cfg.compile == "auto" and self.device.type == "cuda")
-        if do_compile:
+        self.compiled = pick_compile(cfg.compile, self.device)
+        if self.compiled:
             for k, net in method.nets.items():
                 method.nets[k] = torch.compile(net)
+            method.compile_extra(torch.compile)
+        self.setup = {
+            "device": str(self.device),
+            "threads": torch.get_num_threads() if self.device.type == "cpu" else None,
+            "amp": pick_amp(cfg.amp, self.device),
+            "compile": self.compiled,
+            "layout": cfg.layout,
+            "world_size": self.world,
+        }
         self.epoch = self.step = self.global_step = 0
         self._pending: list = []  # (loss on the device, epoch, step, global step) not yet checked
         self.ctx = _Ctx(self)
@@ -300,6 +342,7 @@ class Trainer:
             "method_state": self.method.state_dict(),
             "config": dataclasses.asdict(self.cfg),
             "recipe": self.recipe,
+            "setup": self.setup,
         }
 
     def check_finite(self) -> None:
@@ -363,6 +406,21 @@ class Trainer:
         self.method.load_state_dict(ck.get("method_state", {}), self.ctx)
 
     # ---------------------------------------------------------------- loop
+    def prepare(self, batch):
+        """A batch in the layout the networks run in (the batch contract is channels-last)."""
+        if self.channels_last:
+            return batch
+        x, y = batch
+        return x.contiguous(), y
+
+    def describe_setup(self) -> str:
+        s = self.setup
+        where = f"{s['device']}, {s['threads']} threads" if s["threads"] else s["device"]
+        if s["world_size"] > 1:
+            where += f", {s['world_size']} ranks"
+        amp = {"off": "fp32", "bf16": "bf16 autocast", "fp16": "fp16 autocast"}[s["amp"]]
+        return f"{where}, {amp}, {'compiled' if s['compile'] else 'eager'}, {s['layout'].replace('_', '-')}"
+
     def lr_at(self, epoch: int) -> float:
         o = self.cfg.optim
         return o.lr * o.gamma ** sum(1 for m in o.milestones if epoch >= m)
@@ -462,6 +520,8 @@ class Trainer:
             raise FastSSLError(f"{self.ckpt_path} exists: pass `resume` to continue it, or choose a new `out`")
         else:  # a run that starts from step 0 logs every step again: lines of a killed start go
             self._trim_metrics()
+        if self.cfg.progress and self.rank == 0:
+            print(f"{self.method.name}: {self.describe_setup()}", file=sys.stderr, flush=True)
         for m in self.method.nets.values():
             m.train()
         n_steps = len(self.data)
@@ -500,7 +560,7 @@ class Trainer:
                             self.save()
                             return "interrupted"
                         raise
-                    m = self.method.train_step(batch, self.ctx)
+                    m = self.method.train_step(self.prepare(batch), self.ctx)
                     self.step += 1
                     self.global_step += 1
                     seen += batch[0].shape[0] * self.world

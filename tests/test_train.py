@@ -77,6 +77,28 @@ def test_conv1_kernel_and_stride_change_conv1_alone_and_survive_a_checkpoint():
         load("cpu-mini", ["model.conv1_stride=0"])
 
 
+@pytest.mark.parametrize("k,s,p,side", [(11, 2, 5, 32), (11, 4, 2, 67), (5, 2, 2, 20), (4, 3, 0, 17)])
+def test_a_strided_conv_by_space_to_depth_is_the_plain_conv(k, s, p, side):
+    """The CPU form of a strided conv (space-to-depth, then stride 1) gives the plain conv's
+    output and gradients, for kernels that are and are not multiples of the stride."""
+    from fastssl.models.alexnet import StridedConv
+
+    torch.manual_seed(0)
+    conv = StridedConv(3, 8, k, s, p).double()
+    x = torch.randn(2, 3, side, side, dtype=torch.double, requires_grad=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=False):
+        plain = torch.nn.functional.conv2d(x, conv.weight, conv.bias, s, p)
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # where the CPU form is taken; float64 stays float64
+        ours = conv(x)
+    assert ours.shape == plain.shape
+    assert torch.allclose(ours, plain, atol=1e-12)
+    g = torch.randn_like(plain)
+    ga = torch.autograd.grad(ours, (x, conv.weight, conv.bias), g)
+    gb = torch.autograd.grad(plain, (x, conv.weight, conv.bias), g)
+    for a, b in zip(ga, gb, strict=True):
+        assert torch.allclose(a, b, atol=1e-10)
+
+
 def test_four_rotations_are_the_rotations():
     x = torch.arange(2 * 3 * 4 * 4, dtype=torch.uint8).view(2, 3, 4, 4)
     r, y = four_rotations(x)
