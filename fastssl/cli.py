@@ -207,11 +207,48 @@ def cmd_bench_loader(args) -> int:
         split=args.split,
         epochs=args.epochs,
     )
-    print(format_loader_table(run))
-    if args.json:
-        _write_json(args.json, run)
-        print(f"wrote {args.json}")
+    return _show(format_loader_table(run), run, args.json)
+
+
+def _show(table: str, run: dict, json_path: str | None) -> int:
+    """A bench's table on the terminal, its run as JSON where asked."""
+    print(table)
+    if json_path:
+        _write_json(json_path, run)
+        print(f"wrote {json_path}")
     return 0
+
+
+def _choices(text: str, allowed, flag: str) -> list[str]:
+    out = [x.strip() for x in text.split(",") if x.strip()]
+    for x in out:
+        if x not in allowed:
+            raise FastSSLError(f"{flag} takes {', '.join(allowed)} separated by commas, got {x!r}")
+    if not out:
+        raise FastSSLError(f"{flag} is empty")
+    return out
+
+
+def cmd_bench_train(args) -> int:
+    from .bench_train import METHODS, bench_train, format_train_table
+
+    _check_json(args.json)
+    run = bench_train(
+        args.method or list(METHODS),
+        preset=args.preset,
+        overrides=args.set,
+        image=args.image,
+        data=args.data,
+        device=args.device,
+        threads=args.threads,
+        compiles=_choices(args.compile, ("off", "on"), "--compile"),
+        amps=_choices(args.amp, ("off", "bf16", "fp16"), "--amp") if args.amp else None,
+        layouts=_choices(args.layout, ("channels_last", "contiguous"), "--layout"),
+        resident=not args.no_resident,
+        warmup=args.warmup,
+        steps=args.steps,
+    )
+    return _show(format_train_table(run), run, args.json)
 
 
 def _ints(text: str | None, flag: str = "--seeds"):
@@ -421,6 +458,26 @@ def build_parser() -> argparse.ArgumentParser:
     )
     lb.add_argument("--json", default=None)
     lb.set_defaults(func=cmd_bench_loader)
+    tb = bsub.add_parser(
+        "train", help="training steps/s per method and variant: data wait, forward, backward, optimiser"
+    )
+    tb.add_argument(
+        "--method", action="append", help="rotnet, deepcluster, bigan, supervised or probe (repeatable; default all)"
+    )
+    tb.add_argument("--preset", default="cpu-mini", help="the recipe whose shapes are measured (or a .toml)")
+    tb.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a recipe value")
+    tb.add_argument("--image", default=None, help="source image of the one-image rows (default: built-in)")
+    tb.add_argument("--data", default=None, help="labelled .beton for supervised and probe (default: a synthetic one)")
+    tb.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    tb.add_argument("--threads", type=int, default=None, help="torch threads in every row (default: all cores)")
+    tb.add_argument("--compile", default="off,on", help="off,on (comma-separated)")
+    tb.add_argument("--amp", default=None, help="off,bf16 (and fp16 on CUDA); default: all the device has")
+    tb.add_argument("--layout", default="channels_last,contiguous", help="channels_last,contiguous")
+    tb.add_argument("--no-resident", action="store_true", help="no compute-only rows on data held in memory")
+    tb.add_argument("--warmup", type=int, default=3, help="untimed steps per row (compile happens here)")
+    tb.add_argument("--steps", type=int, default=10, help="timed steps per row")
+    tb.add_argument("--json", default=None)
+    tb.set_defaults(func=cmd_bench_train)
 
     rp = sub.add_parser("repro", help="the paper's table in miniature: random / mono / full METHOD / supervised")
     rp.add_argument(

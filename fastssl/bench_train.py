@@ -1,0 +1,404 @@
+"""``fastssl bench train``: where a training step's time goes, method by method.
+
+For every method (rotnet, deepcluster, bigan, supervised) and the linear probe, and for each
+variant of eager / compiled x fp32 / bf16 (fp16 too on CUDA) x channels-last / contiguous, one
+row: steady-state images/s after warm-up, a step split into data wait, forward, backward and
+optimiser, the data-wait share, peak memory and, compiled, the cold compile seconds.
+
+Each row runs in a fresh process (a cold compile is cold: its own empty inductor cache; peak
+memory is the row's own) with the same threads, through the trainer itself (its AMP,
+layout, compile and DDP wrapping), on the method's real source: the one-image stream for
+RotNet and BiGAN, the one-image fixed dataset for DeepCluster (its clustering is timed once,
+as ``epoch start``), the FFCV ``.beton`` for supervised training and the probes. One more row
+per method repeats the trainer's own choice (``auto``) on a few batches held in memory: the
+compute-only ceiling. On CUDA the compute phases are timed with CUDA events, the data wait on
+the host.
+
+Images/s count what the trainer counts: source images (RotNet's network sees four rotations
+of each).
+"""
+
+from __future__ import annotations
+
+import itertools
+import multiprocessing as mp
+import os
+import resource
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from .errors import FastSSLError
+
+METHODS = ("rotnet", "deepcluster", "bigan", "supervised", "probe")
+PHASES = ("data", "forward", "backward", "optimiser")
+AMPS_CPU, AMPS_CUDA = ("off", "bf16"), ("off", "bf16", "fp16")
+LAYOUT_NAMES = {"channels_last": "cl", "contiguous": "contig"}
+
+
+@dataclass(frozen=True)
+class Row:
+    method: str
+    compile: str  # on | off | auto
+    amp: str  # off | bf16 | fp16 | auto
+    layout: str  # channels_last | contiguous
+    data: str = "source"  # source | resident
+    base: bool = False  # the trainer as it was: eager fp32, conv1 as a plain strided conv
+
+
+def variants(device: str, compiles=("off", "on"), amps=None, layouts=("channels_last", "contiguous")):
+    """Every (compile, amp, layout) the device supports, among those asked for."""
+    import torch
+
+    cuda = torch.device(device).type == "cuda"
+    ok = AMPS_CUDA if cuda else AMPS_CPU
+    amps = [a for a in (amps or ok) if a in ok]
+    return list(itertools.product(compiles, amps, layouts))
+
+
+# --------------------------------------------------------------------------- one row
+class _Clock:
+    """Marks in a step: host time on the CPU; CUDA events for the compute phases on a GPU."""
+
+    def __init__(self, device):
+        import torch
+
+        self.cuda = device.type == "cuda"
+        self.torch = torch
+        self.totals = dict.fromkeys(PHASES, 0.0)
+        self.marks: list = []
+
+    def _now(self):
+        if self.cuda:
+            e = self.torch.cuda.Event(enable_timing=True)
+            e.record()
+            return e
+        return time.perf_counter()
+
+    def start(self):
+        self.marks = [("start", self._now())]
+        self.host0 = time.perf_counter()
+
+    def data_ready(self):
+        self.data_s = time.perf_counter() - self.host0  # the wait is on the host
+        self.marks.append(("data", self._now()))
+
+    def __call__(self, name: str):
+        self.marks.append((name, self._now()))
+
+    def end(self, count: bool) -> float:
+        """Close the step; its phases are added to the totals when ``count``. Returns its time."""
+        self.marks.append(("end", self._now()))
+        if self.cuda:
+            self.marks[-1][1].synchronize()
+            dt = [a[1].elapsed_time(b[1]) / 1e3 for a, b in itertools.pairwise(self.marks)]
+        else:
+            dt = [b[1] - a[1] for a, b in itertools.pairwise(self.marks)]
+        if self.cuda:
+            dt[0] = self.data_s
+        if count:
+            for (name, _), d in zip(self.marks[1:], dt, strict=True):
+                # what follows the last optimiser step (metrics) counts as forward
+                self.totals[name if name in self.totals else "forward"] += d
+        return sum(dt)
+
+
+def _build(row: Row, setup: dict):
+    """(method, data, TrainConfig) for a row, as ``fastssl train`` / ``probe`` builds them."""
+    import torch
+
+    from .config import build_for, load, train_config
+    from .data.adapters import LoaderData
+    from .data.beton import read_info
+    from .data.prepare import fixed_dataset, loader, mono_stream
+
+    rc = load(setup["preset"], setup["overrides"], methods=() if row.method == "probe" else (row.method,))
+    rc["device"], rc["workers"] = setup["device"], setup.get("workers", rc.get("workers"))
+    if row.method == "probe":
+        from .checks import method_model, to_dataclass
+        from .distributed import resolve_device
+        from .models import AlexNet
+        from .probe import ProbeConfig, probe_method, probe_train_config
+
+        pcfg = to_dataclass(ProbeConfig, dict(rc["probe"]), "probe.")
+        dev = resolve_device(rc["device"])
+        nc = len(read_info(setup["data"])["classes"])
+        torch.manual_seed(int(rc["seed"]))
+        trunk = AlexNet(10, **method_model(rc, "rotnet"))
+        method = probe_method(trunk, nc, pcfg, dev)
+        data = LoaderData(loader((setup["data"], None), rc, True, pcfg.batch_size, dev, int(rc["seed"])))
+        cfg = probe_train_config(pcfg, dev, len(data))
+    else:
+        cfg = train_config(rc, row.method, False, False)
+        if row.method == "supervised":
+            nc = len(read_info(setup["data"])["classes"])
+            method = build_for(rc, row.method, nc)
+            data = LoaderData(loader((setup["data"], None), rc, True, cfg.batch_size, cfg.device, cfg.seed))
+        else:
+            method = build_for(rc, row.method)
+            if method.fixed_dataset:
+                data = fixed_dataset(rc, cfg, image=setup["image"], progress=False)
+            else:
+                data = mono_stream(rc, setup["image"], cfg.batch_size, cfg.seed)
+    cfg.compile, cfg.amp, cfg.layout, cfg.progress = row.compile, row.amp, row.layout, False
+    return method, data, cfg
+
+
+def _endless(data):
+    for epoch in itertools.count():
+        data.set_epoch(epoch)
+        yield from data.iter_from(0)
+
+
+def run_row(row: Row, setup: dict) -> dict:
+    """Measure one row in this process: ``setup`` holds preset, overrides, image, data,
+    device, threads, warmup and steps."""
+    import torch
+
+    from .models.alexnet import StridedConv
+    from .train import Trainer
+
+    torch.set_num_threads(int(setup["threads"]))
+    StridedConv.space_to_depth = not row.base
+    method, data, cfg = _build(row, setup)
+    with tempfile.TemporaryDirectory(prefix="fastssl-bench-") as tmp:
+        tr = Trainer(method, data, cfg, Path(tmp))
+        dev = tr.device
+        if dev.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(dev)
+        clock = _Clock(dev)
+        tr.ctx.clock = clock
+        for net in method.nets.values():
+            net.train()
+        t0 = time.perf_counter()
+        method.on_epoch_start(0, tr.ctx)
+        epoch_start = time.perf_counter() - t0
+        batches = _endless(data)
+        if row.data == "resident":
+            held = [next(batches) for _ in range(4)]
+            batches = itertools.cycle(held)
+        warm, steps, n_img = int(setup["warmup"]), int(setup["steps"]), 0
+        t0 = time.perf_counter()
+        step_s = []
+        for i in range(warm + steps):
+            clock.start()
+            batch = tr.prepare(next(batches))
+            clock.data_ready()
+            method.train_step(batch, tr.ctx)
+            s = clock.end(count=i >= warm)
+            if i == warm - 1:
+                warm_s = time.perf_counter() - t0
+            if i >= warm:
+                step_s.append(s)
+                n_img += batch[0].shape[0]
+        tr.check_finite()
+        total = sum(step_s)
+        mean = total / steps
+        out = {
+            **asdict(row),
+            "setup": tr.describe_setup(),
+            "amp": tr.setup["amp"],
+            "compile": "on" if tr.setup["compile"] else "off",
+            "batch": int(batch[0].shape[0]),
+            "images_per_s": round(n_img / total, 1),
+            "ms_per_step": round(1e3 * mean, 1),
+            "ms": {k: round(1e3 * v / steps, 1) for k, v in clock.totals.items()},
+            "data_share": round(clock.totals["data"] / total, 3),
+            "epoch_start_s": round(epoch_start, 2) if epoch_start > 0.05 else None,
+            "warmup_s": round(warm_s, 2),
+            "compile_s": round(max(warm_s - warm * mean, 0.0), 1) if tr.setup["compile"] else None,
+        }
+        if dev.type == "cuda":
+            out["peak_mib"] = round(torch.cuda.max_memory_allocated(dev) / 2**20, 1)
+            out["peak_of"] = "CUDA memory allocated"
+        else:
+            out["peak_mib"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+            out["peak_of"] = "process RSS"
+        return out
+
+
+def _child(row, setup, queue):
+    try:
+        queue.put(run_row(row, setup))
+    except BaseException as e:  # reported in the table, not raised: one broken row must not end the run
+        msg = str(e).splitlines()[0] if str(e) else ""
+        queue.put({**asdict(row), "error": f"{type(e).__name__}: {msg}"[:300]})
+
+
+def _in_process(row: Row, setup: dict, timeout: float) -> dict:
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    with tempfile.TemporaryDirectory(prefix="fastssl-inductor-") as cache:
+        old = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = cache  # a cold compile, not one served from disk
+        try:
+            p = ctx.Process(target=_child, args=(row, setup, queue))
+            p.start()
+        finally:
+            if old is None:
+                del os.environ["TORCHINDUCTOR_CACHE_DIR"]
+            else:
+                os.environ["TORCHINDUCTOR_CACHE_DIR"] = old
+        try:
+            res = queue.get(timeout=timeout)
+        except Exception:
+            res = {**asdict(row), "error": f"no result within {timeout:.0f} s"}
+        finally:
+            p.join(5)
+            if p.is_alive():
+                p.kill()
+                p.join()
+    return res
+
+
+# --------------------------------------------------------------------------- the run
+def synthetic_beton(folder: Path, image, res: int, per_class: int = 256, classes: int = 10) -> Path:
+    """A labelled .beton of ``classes`` x ``per_class`` JPEG crops of ``image`` (when no
+    ``--data`` is given: what the labelled rows read matters, not what it shows)."""
+    import numpy as np
+    from PIL import Image
+
+    from .data.beton import convert
+    from .data.sources import open_source
+    from .image import load_image
+
+    img = load_image(image)
+    rng = np.random.default_rng(0)
+    h, w = img.shape[:2]
+    side = min(h, w, 4 * res)
+    for c in range(classes):
+        d = folder / "images" / f"class{c:02d}"
+        d.mkdir(parents=True)
+        for i in range(per_class):
+            y, x = rng.integers(0, h - side + 1), rng.integers(0, w - side + 1)
+            crop = Image.fromarray(img[y : y + side, x : x + side]).resize((res, res), Image.BILINEAR)
+            crop.save(d / f"{i:04d}.jpg", quality=90)
+    out = folder / "data.beton"
+    convert(open_source(folder / "images"), out, workers=1, progress=False)
+    return out
+
+
+def bench_train(
+    methods=METHODS,
+    *,
+    preset: str = "cpu-mini",
+    overrides=None,
+    image=None,
+    data=None,
+    device: str = "cpu",
+    threads: int | None = None,
+    compiles=("off", "on"),
+    amps=None,
+    layouts=("channels_last", "contiguous"),
+    resident: bool = True,
+    warmup: int = 3,
+    steps: int = 10,
+    timeout: float = 1200.0,
+    log=print,
+) -> dict:
+    """Every row (see the module's text); returns the JSON-ready dict."""
+    from .config import load
+    from .distributed import resolve_device
+    from .machine import describe
+
+    for m in methods:
+        if m not in METHODS:
+            raise FastSSLError(f"unknown method {m!r} for bench train; choose from {', '.join(METHODS)}")
+    if warmup < 1 or steps < 1:
+        raise FastSSLError(f"--warmup and --steps must be >= 1, got {warmup} and {steps}")
+    load(preset, overrides)  # a bad recipe is one line before any process starts
+    dev = str(resolve_device(device))
+    threads = threads or len(os.sched_getaffinity(0))
+    setup = {
+        "preset": preset,
+        "overrides": list(overrides or []),
+        "image": image,
+        "device": dev,
+        "threads": threads,
+        "warmup": warmup,
+        "steps": steps,
+    }
+    rows = [Row(m, "off", "off", "channels_last", base=True) for m in methods]
+    rows += [Row(m, c, a, lay) for m in methods for c, a, lay in variants(dev, compiles, amps, layouts)]
+    if resident:
+        rows += [Row(m, "auto", "auto", "channels_last", "resident") for m in methods]
+    rows.sort(key=lambda r: METHODS.index(r.method))
+    import torch
+
+    torch.set_num_threads(threads)
+    out = {"machine": describe(dev), "preset": preset, "overrides": setup["overrides"], "setup": setup, "rows": []}
+    with tempfile.TemporaryDirectory(prefix="fastssl-bench-data-") as tmp:
+        labelled = any(m in ("supervised", "probe") for m in methods)
+        if labelled and data is None:
+            res = int(load(preset, overrides)["res"])
+            setup["data"] = str(synthetic_beton(Path(tmp), image, res))
+            out["data"] = f"synthetic: 2,560 JPEG crops of the source image at {res} px, 10 classes"
+        elif labelled:
+            if not str(data).endswith(".beton"):
+                raise FastSSLError(f"--data must be a .beton (fastssl data convert makes one), got {data}")
+            setup["data"] = str(data)
+            out["data"] = str(data)
+        for row in rows:
+            r = _in_process(row, setup, timeout)
+            out["rows"].append(r)
+            log(format_row(r))
+    return out
+
+
+# --------------------------------------------------------------------------- output
+HEADER = (
+    f"  {'method':11s} {'data':8s} {'compile':7s} {'amp':4s} {'layout':6s} {'img/s':>8s} {'vs base':>7s} "
+    f"{'ms/step':>8s} {'data':>6s} {'fwd':>6s} {'bwd':>6s} {'optim':>6s} {'wait%':>5s} {'peak MiB':>8s} "
+    f"{'compile s':>9s}"
+)
+
+
+def format_row(r: dict, base: float | None = None) -> str:
+    lay = LAYOUT_NAMES.get(r["layout"], r["layout"])
+    amp = {"off": "fp32"}.get(r["amp"], r["amp"])
+    data = "base" if r.get("base") else r["data"]
+    head = f"  {r['method']:11s} {data:8s} {r['compile']:7s} {amp:4s} {lay:6s}"
+    if "error" in r:
+        return f"{head} failed: {r['error']}"
+    ms = r["ms"]
+    ratio = f"{r['images_per_s'] / base:6.2f}x" if base else "      -"
+    comp = f"{r['compile_s']:9.1f}" if r.get("compile_s") is not None else f"{'-':>9s}"
+    line = (
+        f"{head} {r['images_per_s']:8.1f} {ratio} {r['ms_per_step']:8.1f} {ms['data']:6.1f} {ms['forward']:6.1f} "
+        f"{ms['backward']:6.1f} {ms['optimiser']:6.1f} {100 * r['data_share']:5.1f} {r['peak_mib']:8.0f} {comp}"
+    )
+    if r.get("epoch_start_s"):
+        line += f"  (epoch start {r['epoch_start_s']:.1f} s)"
+    return line
+
+
+def _base(rows: list[dict], method: str) -> float | None:
+    """The base row of a method (eager fp32, plain conv1, on the source)."""
+    for r in rows:
+        if r["method"] == method and r.get("base") and "error" not in r:
+            return r["images_per_s"]
+    return None
+
+
+def format_train_table(run: dict) -> str:
+    m = run["machine"]
+    where = f"{m['cpu']} ({', '.join(m['cpu_flags']) or 'no listed flags'}), {run['setup']['threads']} threads"
+    if "gpu" in m:
+        where = f"{m['gpu']} (CUDA {m['cuda']}, driver {m['gpu_driver']}); host {where}"
+    lines = [
+        f"preset {run['preset']}{' ' + ' '.join(run['overrides']) if run['overrides'] else ''}, torch {m['torch']}",
+        f"machine: {where}",
+        f"steps: {run['setup']['warmup']} warm-up + {run['setup']['steps']} timed per row; times in ms per step",
+    ]
+    if run.get("data"):
+        lines.append(f"labelled data: {run['data']}")
+    lines.append(HEADER)
+    for r in run["rows"]:
+        lines.append(format_row(r, _base(run["rows"], r["method"])))
+    peaks = {r.get("peak_of") for r in run["rows"] if r.get("peak_of")}
+    lines.append(
+        "  base: the trainer before its CPU tuning (eager fp32, conv1 a plain strided conv), on the source; "
+        f"peak: {', '.join(sorted(peaks)) or '-'}"
+    )
+    return "\n".join(lines)
