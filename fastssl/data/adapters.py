@@ -68,8 +68,12 @@ class FixedData:
 
     def all_batches(self, batch_size: int):
         """Every item once, in index order (for features)."""
-        for a in range(0, self.n, batch_size):
-            yield self._to(self._get(torch.arange(a, min(a + batch_size, self.n))))
+        yield from self.range_batches(0, self.n, batch_size)
+
+    def range_batches(self, lo: int, hi: int, batch_size: int):
+        """Items ``lo .. hi - 1`` in index order, ``batch_size`` at a time."""
+        for a in range(lo, hi, batch_size):
+            yield self._to(self._get(torch.arange(a, min(a + batch_size, hi))))
 
     def iter_from(self, step: int):
         if self.order is not None:

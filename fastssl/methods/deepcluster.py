@@ -6,7 +6,9 @@ of the head's last hidden layer, eval mode), PCA to ``pca_dim`` with whitening, 
 normalisation, k-means with ``k`` centroids (Lloyd iterations in torch, on the training
 device); the cluster ids become the labels, the epoch's order samples clusters uniformly (every
 non-empty cluster contributes the same number of draws), and the classifier layer is
-re-initialised (its optimiser state dropped). Under DDP, rank 0 clusters and broadcasts.
+re-initialised (its optimiser state dropped). Under DDP each rank computes the features of its
+own share of the dataset, the PCA is fitted on moments summed over the ranks, rank 0 gathers
+the codes, clusters once and broadcasts the assignment (the same as one process computes).
 
 The data must be a :class:`fastssl.data.adapters.FixedData`: DeepCluster needs index access to a
 fixed set of images (``TensorData``: labelled images held in memory; ``IndexedPatches``: the
@@ -15,6 +17,7 @@ one-image rows' patches, rendered by index, as the paper trains on a fixed datas
 
 from __future__ import annotations
 
+import itertools
 import math
 import time
 from dataclasses import dataclass, field
@@ -24,24 +27,36 @@ import torch
 import torch.nn.functional as F
 
 from ..checks import bad
+from ..distributed import rank_world
 from ..errors import FastSSLError
 from ..models import AlexNet
 from ..seeds import epoch_seed
 from .base import Method, flip_half, random_resized_crop
 
 
-def pca_fit(x: torch.Tensor, dim: int, eps: float = 1e-5) -> tuple[torch.Tensor, torch.Tensor]:
-    """(mean, projection) of PCA whitening to ``min(dim, d)`` dimensions, fitted on the rows of
-    ``x`` (float64 for the eigendecomposition): ``(y - mean) @ projection`` centres, projects on
-    the top principal axes and scales each to unit variance."""
+def moments(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(count, sum of rows, sum of outer products) of the rows of ``x``, in float64: what a PCA
+    needs, and what ranks can add up (all-reduce) to fit one PCA on rows they hold apart."""
     x = x.double()
-    mean = x.mean(0, keepdim=True)
-    xc = x - mean
-    cov = xc.T @ xc / max(len(x) - 1, 1)
+    return torch.tensor(float(len(x)), dtype=torch.float64, device=x.device), x.sum(0), x.T @ x
+
+
+def pca_from_moments(n, s1, s2, dim: int, eps: float = 1e-5) -> tuple[torch.Tensor, torch.Tensor]:
+    """(mean, projection) of PCA whitening to ``min(dim, d)`` dimensions from :func:`moments`:
+    ``(y - mean) @ projection`` centres, projects on the top principal axes and scales each to
+    unit variance."""
+    n = float(n)
+    mean = s1 / n
+    cov = (s2 - n * torch.outer(mean, mean)) / max(n - 1, 1.0)
     evals, evecs = torch.linalg.eigh(cov)  # ascending
-    dim = min(dim, x.shape[1])
+    dim = min(dim, len(s1))
     evals, evecs = evals.flip(0)[:dim], evecs.flip(1)[:, :dim]
-    return mean, evecs / torch.sqrt(evals.clamp_min(0) + eps)
+    return mean.unsqueeze(0), evecs / torch.sqrt(evals.clamp_min(0) + eps)
+
+
+def pca_fit(x: torch.Tensor, dim: int, eps: float = 1e-5) -> tuple[torch.Tensor, torch.Tensor]:
+    """(mean, projection) of PCA whitening fitted on the rows of ``x`` (float64)."""
+    return pca_from_moments(*moments(x), dim, eps)
 
 
 def pca_apply(x: torch.Tensor, mean: torch.Tensor, proj: torch.Tensor) -> torch.Tensor:
@@ -74,6 +89,30 @@ def kmeans_pp(x: torch.Tensor, k: int, generator: torch.Generator) -> torch.Tens
 
 KMEANS_PP_LIMIT = 2**31  # n * k above which the seeds are random points instead of k-means++
 PCA_FIT_ROWS = 100_000  # PCA is fitted on the first rows (patches are in random order), then applied to all
+FEATURE_BATCH = 512  # items per forward pass when computing the features
+
+
+def split_items(lo: int, hi: int, world: int, batch: int = FEATURE_BATCH) -> list[tuple[int, int]]:
+    """Items ``lo .. hi - 1`` in ``world`` consecutive ranges that start on whole batches
+    counted from ``lo``: every rank's batches are batches of the single-process run."""
+    nb = math.ceil((hi - lo) / batch)
+    cuts = [lo + min(hi - lo, batch * (nb * r // world)) for r in range(world + 1)]
+    return list(itertools.pairwise(cuts))
+
+
+def gather_in_order(codes: torch.Tensor, fit_parts, rest_parts, rank: int, world: int) -> torch.Tensor | None:
+    """Every rank's codes (its fitted rows, then its other rows) on rank 0, in item order;
+    ``None`` elsewhere. Padded to one size, as collectives want."""
+    sizes = [(f[1] - f[0]) + (r[1] - r[0]) for f, r in zip(fit_parts, rest_parts, strict=True)]
+    pad = torch.zeros(max(sizes), codes.shape[1], dtype=codes.dtype, device=codes.device)
+    pad[: len(codes)] = codes
+    got = [torch.empty_like(pad) for _ in range(world)] if rank == 0 else None
+    torch.distributed.gather(pad, got, dst=0)
+    if rank != 0:
+        return None
+    fits = [got[r][: fit_parts[r][1] - fit_parts[r][0]] for r in range(world)]
+    rests = [got[r][fit_parts[r][1] - fit_parts[r][0] : sizes[r]] for r in range(world)]
+    return torch.cat(fits + rests)
 
 
 def kmeans_faiss(x: torch.Tensor, k: int, iters: int, seed: int):
@@ -144,7 +183,7 @@ class DeepClusterSettings:
     pca_dim: int = 256  # PCA-whitened feature dimension before k-means
     iters: int = 20  # Lloyd iterations per clustering
     pre_relu: bool = False  # cluster the last hidden layer before its ReLU (the reference's fc7)
-    kmeans: str = "torch"  # torch (on the training device) or faiss (where installed; its PCA too)
+    kmeans: str = "torch"  # torch (on the training device) or faiss (where installed)
     # training images: a random-resized crop with this area range (the reference's
     # RandomResizedCrop and its default range; [1, 1]: none) and a horizontal flip; clustering
     # sees them whole
@@ -187,64 +226,69 @@ class DeepCluster(Method):
         self.targets: torch.Tensor | None = None  # cluster id per image of the dataset
         self.order: torch.Tensor | None = None  # this epoch's index order
 
-    def _codes(self, data, ctx) -> torch.Tensor:
-        """PCA-whitened, L2-normalised features of every item of the fixed dataset, computed
-        batch by batch: the PCA is fitted on the first ``PCA_FIT_ROWS`` items (all of them
-        when fewer), so memory is (items x pca_dim), not (items x feature width)."""
+    def _codes(self, data, ctx) -> torch.Tensor | None:
+        """PCA-whitened, L2-normalised features of every item of the fixed dataset (rank 0;
+        ``None`` on the other ranks). The PCA is fitted on the first ``PCA_FIT_ROWS`` items
+        (all of them when fewer), so memory is (items x pca_dim), not (items x feature width).
+
+        Under DDP each rank computes the features of its own share of the items, whole batches
+        of the single-process run: the fitted rows' moments are summed over the ranks (one PCA
+        for all), each rank projects its rows, and rank 0 gathers the codes in item order."""
+        rank, world = rank_world()
         net = self.trunk()
         was = net.training
         net.eval()
-        hidden = net.head[:-2] if self.pre_relu else net.head[:-1]  # fc7 before / after its ReLU
-        fit, codes, basis = [], [], None
+        fit_n = min(data.n, PCA_FIT_ROWS)
+        fit_parts, rest_parts = split_items(0, fit_n, world), split_items(fit_n, data.n, world)
         with torch.no_grad(), ctx.autocast():
-            for x in data.all_batches(512):
-                f = hidden(net.features(x)).float()
-                if basis is not None:
-                    codes.append(pca_apply(f, *basis))
-                    continue
-                fit.append(f)
-                if sum(len(a) for a in fit) >= PCA_FIT_ROWS:
-                    basis = self._pca(torch.cat(fit))
-                    codes.append(pca_apply(torch.cat(fit), *basis))
-                    fit = []
-        if basis is None:
-            f = torch.cat(fit)
-            codes.append(pca_apply(f, *self._pca(f)))
+            lo, hi = fit_parts[rank]
+            fit = list(self._features_of(data, lo, hi))
+            width = net.head[-1].in_features
+            fit = torch.cat(fit) if fit else torch.zeros(0, width, device=ctx.device)
+            mom = list(moments(fit))
+            if world > 1:
+                for t in mom:
+                    torch.distributed.all_reduce(t)
+            basis = pca_from_moments(*mom, self.pca_dim)
+            if world > 1:  # identical sums give identical bases; rank 0's is taken all the same
+                for t in basis:
+                    torch.distributed.broadcast(t, 0)
+            codes = [pca_apply(fit, *basis)]
+            lo, hi = rest_parts[rank]
+            codes += [pca_apply(f, *basis) for f in self._features_of(data, lo, hi)]
         net.train(was)
-        return F.normalize(torch.cat(codes), dim=1)
+        codes = F.normalize(torch.cat(codes), dim=1)
+        if world == 1:
+            return codes
+        return gather_in_order(codes, fit_parts, rest_parts, rank, world)
 
-    def _pca(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(mean, projection) of the whitening PCA: torch, or faiss's PCAMatrix with the faiss
-        k-means (the same subspace; its scale differs, which the L2 normalisation removes)."""
-        if self.kmeans_with != "faiss":
-            return pca_fit(x, self.pca_dim)
-        import faiss
-
-        d = x.shape[1]
-        pca = faiss.PCAMatrix(d, min(self.pca_dim, d), -0.5)
-        pca.train(np.ascontiguousarray(x.cpu().numpy(), dtype=np.float32))
-        A = torch.from_numpy(faiss.vector_to_array(pca.A).reshape(pca.d_out, d)).double().to(x.device)
-        b = torch.from_numpy(faiss.vector_to_array(pca.b)).double().to(x.device)
-        # faiss computes A y + b; as (y - mean) @ proj: proj = A^T, mean = -b A^+ (A has full row rank)
-        mean = -(b @ torch.linalg.pinv(A).T).unsqueeze(0)
-        return mean, A.T
+    def _features_of(self, data, lo: int, hi: int):
+        net = self.trunk()
+        hidden = net.head[:-2] if self.pre_relu else net.head[:-1]  # fc7 before / after its ReLU
+        for x in data.range_batches(lo, hi, FEATURE_BATCH):
+            yield hidden(net.features(x)).float()
 
     def on_epoch_start(self, epoch: int, ctx) -> None:
         data = ctx.data
         if not hasattr(data, "set_targets"):
             raise FastSSLError("deepcluster needs a fixed dataset with index access (TensorData, IndexedPatches)")
         g = torch.Generator().manual_seed(epoch_seed(self.seed, epoch))
-        dist = torch.distributed.is_available() and torch.distributed.is_initialized()
+        rank, world = rank_world()
         t0 = time.perf_counter()
         x = self._codes(data, ctx)
         t1 = time.perf_counter()
-        if self.kmeans_with == "faiss":
-            assign, loss = kmeans_faiss(x, self.k, self.iters, epoch_seed(self.seed, epoch))
-        else:
-            assign, loss = kmeans(x, self.k, self.iters, g)
-        order = uniform_over_clusters(assign, len(assign), g)
+        loss = 0.0
+        if rank == 0:  # one clustering, on rank 0, for every rank
+            if self.kmeans_with == "faiss":
+                assign, loss = kmeans_faiss(x, self.k, self.iters, epoch_seed(self.seed, epoch))
+            else:
+                assign, loss = kmeans(x, self.k, self.iters, g)
+            order = uniform_over_clusters(assign, len(assign), g)
         t2 = time.perf_counter()
-        if dist:  # one clustering for all ranks: rank 0's
+        if world > 1:
+            if rank != 0:
+                assign = torch.empty(data.n, dtype=torch.int64)
+                order = torch.empty(data.n, dtype=torch.int64)
             assign, order = assign.to(ctx.device), order.to(ctx.device)
             torch.distributed.broadcast(assign, 0)
             torch.distributed.broadcast(order, 0)
@@ -268,6 +312,8 @@ class DeepCluster(Method):
         with torch.no_grad():
             top.weight.copy_(torch.randn(top.weight.shape, generator=g) * 0.01)
             top.bias.zero_()
+            if rank_world()[1] > 1:  # rank 0's draw (only its generator went through k-means)
+                torch.distributed.broadcast(top.weight.data, 0)
         for opt in ctx.optims.values():
             for p in (top.weight, top.bias):
                 opt.state.pop(p, None)  # no momentum carried over from the last clustering
