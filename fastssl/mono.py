@@ -14,6 +14,7 @@ DistributedSampler pads.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import re
@@ -72,8 +73,10 @@ class Renderer:
     under ``torch.compile``; default on CUDA).
 
     ``image`` is one (h, w, 3) uint8 array or a list of them: with several, each patch's source
-    image is sampled with its parameters, one backend instance holds each image's pyramid, and
-    a batch is rendered image by image into one output.
+    image is sampled with its parameters. A backend that takes several images at once (torch,
+    DALI: ``many_images``) holds every pyramid in one atlas and renders a batch from many images
+    in one call; otherwise one backend instance holds each image's pyramid and a batch is
+    rendered image by image into one output.
     """
 
     def __init__(self, image, spec: AugmentSpec, backend: str = "auto", device="cpu", threads=None, compile=None):
@@ -89,12 +92,21 @@ class Renderer:
         self._pool: list[np.ndarray] = []
         cls = backend_class(self.backend)
         self.impls = []
-        for a in images:
-            pyramid = build_pyramid(a, num_levels(a.shape[0], a.shape[1]))
-            try:
-                self.impls.append(cls(pyramid.levels, spec.size, spec.resized, self.device, threads, compile=compile))
-            except UnsupportedInput as e:
-                raise FastSSLError(str(e)) from None
+        pyramids = [build_pyramid(a, num_levels(a.shape[0], a.shape[1])) for a in images]
+        pyramid = pyramids[-1]
+        together = len(images) > 1 and cls.many_images
+        self._first = None  # with one backend for several images: the index of each image's level 0
+        try:
+            if together:
+                levels = [p.levels for p in pyramids]
+                self.impls.append(cls(levels, spec.size, spec.resized, self.device, threads, compile=compile))
+                self._first = np.cumsum([0] + [len(lv) for lv in levels[:-1]]).astype(np.int64)
+            else:
+                for p in pyramids:
+                    self.impls.append(cls(p.levels, spec.size, spec.resized, self.device, threads, compile=compile))
+        except UnsupportedInput as e:
+            raise FastSSLError(str(e)) from None
+        self._num_images = len(images)
         self.impl = self.impls[0]
         self._depths = np.array([num_levels(int(h), int(w)) for h, w in zip(self.heights, self.widths, strict=True)])
         self.pyramid = pyramid if len(images) == 1 else None
@@ -102,7 +114,7 @@ class Renderer:
 
     @property
     def num_images(self) -> int:
-        return len(self.impls)
+        return self._num_images
 
     def params(self, start: int, stop: int, seed: int = 0, epoch: int = 0) -> PatchParams:
         if self.num_images == 1:
@@ -136,6 +148,9 @@ class Renderer:
             out = self._buffer(len(p))
         if self.num_images == 1:
             return self.impl.render(p.for_render(), out=out)
+        if self._first is not None:  # one call: each patch's level counted over all the images
+            rp = p.for_render()
+            return self.impl.render(dataclasses.replace(rp, level=self._first[p.image] + rp.level), out=out)
         for j in np.unique(p.image):  # one render per source image in the batch, into one output
             idx = np.flatnonzero(p.image == j)
             q = p.subset(idx)

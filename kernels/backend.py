@@ -55,6 +55,10 @@ class Backend(abc.ABC):
     # ``auto``: on a device type, the available backend with the lowest rank renders (absent: never)
     auto_rank: dict[str, int] = {}
     profiler = "torch"  # how ``bench augment --profile`` looks inside: "stages" (timed passes) or "torch"
+    # takes several images at once: ``levels`` a list of per-image level lists, their levels
+    # numbered image after image (``RenderParams.level`` then counts over all of them), so a
+    # batch from several images is one render call
+    many_images = False
 
     @classmethod
     def describe(cls) -> str:

@@ -26,7 +26,7 @@ import numpy as np
 
 from .backend import GREY as _W
 from .backend import MEAN_STRIDE, Backend
-from .pyramid import build_atlas
+from .pyramid import atlas_of
 
 
 def to_edge_convention(m: np.ndarray) -> np.ndarray:
@@ -259,6 +259,7 @@ class DaliBackend(Backend):
 
     name = "dali"
     auto_rank = {"cuda": 0}  # auto: first on a GPU
+    many_images = True
 
     @classmethod
     def unavailable(cls, device_type: str) -> str | None:
@@ -276,7 +277,7 @@ class DaliBackend(Backend):
         super().__init__(levels, size, resized, device, threads)
         self.device = torch.device(device)
         self.threads = int(threads or len(os.sched_getaffinity(0)))
-        self.atlas = build_atlas(levels)
+        self.atlas, self.first = atlas_of(levels)
         if self.device.type == "cuda":  # the pyramid stays resident on the GPU
             self.atlas.image = torch.from_numpy(self.atlas.image).to(self.device)
         self._pipe = None

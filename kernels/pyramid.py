@@ -75,6 +75,32 @@ def build_atlas(levels: list) -> Atlas:
     return Atlas(image, np.array(origin, np.int64), np.array(shape, np.int64))
 
 
+def atlas_of(levels: list) -> tuple[Atlas, np.ndarray]:
+    """The atlas of one image's levels, or of several images' (a list of level lists): each
+    image's own atlas, placed on shelves of a roughly square sheet (so that atlas coordinates
+    keep their precision), its levels numbered after the previous image's. Returns the atlas
+    and the index of each image's level 0 (``[0]`` for one image)."""
+    if not isinstance(levels[0], list):
+        return build_atlas(levels), np.zeros(1, np.int64)
+    parts = [build_atlas(lv) for lv in levels]
+    sizes = np.array([a.image.shape[:2] for a in parts], np.int64)  # (h, w) each
+    width = max(int(sizes[:, 1].max()), int(np.ceil(np.sqrt((sizes[:, 0] * sizes[:, 1]).sum()))))
+    places, x, y, shelf = [], 0, 0, 0
+    for h, w in sizes:
+        if x + w > width:  # the next shelf
+            x, y, shelf = 0, y + shelf, 0
+        places.append((x, y))
+        x, shelf = x + int(w), max(shelf, int(h))
+    image = np.zeros((y + shelf, width, 3), np.uint8)
+    for a, (px, py) in zip(parts, places, strict=True):
+        h, w = a.image.shape[:2]
+        image[py : py + h, px : px + w] = a.image
+    origin = np.concatenate([a.origin + np.array(pl, np.int64) for a, pl in zip(parts, places, strict=True)])
+    shape = np.concatenate([a.shape for a in parts])
+    first = np.cumsum([0] + [len(lv) for lv in levels[:-1]]).astype(np.int64)
+    return Atlas(image, origin, shape), first
+
+
 @dataclass
 class TexelPyramid:
     """The levels for the Numba kernel: each level inside a one-texel border that repeats its

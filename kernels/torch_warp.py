@@ -15,11 +15,12 @@ import torch.nn.functional as F
 
 from .backend import GREY as _W
 from .backend import MEAN_STRIDE, Backend
-from .pyramid import build_atlas
+from .pyramid import atlas_of
 
 
 class TorchPyramid:
-    """The pyramid as one float32 (1, 3, H, W) atlas on one device.
+    """The pyramid as one float32 (1, 3, H, W) atlas on one device (of several images: each
+    image's atlas on shelves of one sheet, ``first[i]`` the index of image i's level 0).
 
     Level 0 sits at the left, the smaller levels stacked in a column to its right, each with a
     one-texel border replicating its edge. Sampling a level at coordinates clamped to its own
@@ -29,7 +30,7 @@ class TorchPyramid:
 
     def __init__(self, levels, device):
         self.device = torch.device(device)
-        at = build_atlas(levels)
+        at, self.first = atlas_of(levels)
         height, width = at.image.shape[:2]
         self.atlas = torch.from_numpy(at.image).to(self.device).permute(2, 0, 1).unsqueeze(0).float().contiguous()
         self.origin = torch.tensor(at.origin, dtype=torch.float64, device=self.device)
@@ -168,6 +169,7 @@ class TorchBackend(Backend):
 
     name = "torch"
     auto_rank = {"cpu": 1, "cuda": 1}  # auto: where the first is unavailable
+    many_images = True
 
     def __init__(self, levels, size, resized, device, threads=None, compile=None, **options):
         super().__init__(levels, size, resized, device, threads)

@@ -82,3 +82,46 @@ def test_the_cli_offers_the_registered_backends(registered, tmp_path, capsys):
     args = ["mono", "export", "--n", 8, "--size", 16, "--spec", "jitter_p=0", "--backend", registered]
     assert main([str(a) for a in [*args, "--out", out, "--quiet"]]) == 0
     assert np.load(out).shape == (8, 16, 16, 3)
+
+
+@pytest.mark.parametrize("backend", ["torch", "dali"])
+def test_a_batch_from_several_images_is_one_render_call(backend, photo, monkeypatch):
+    """torch and DALI hold every image's pyramid in one atlas: a batch drawn from several images
+    is one render call, and agrees to 1 LSB with rendering it image by image."""
+    if backend_available(backend, torch.device("cpu")):
+        pytest.skip(backend_available(backend, torch.device("cpu")))
+    imgs = [photo[:200, :300], np.ascontiguousarray(photo[40:297, 10:200]), photo[:320, :320], photo[:90, :130]]
+    spec = AugmentSpec(size=32)
+    together = Renderer(imgs, spec, backend)
+    assert len(together.impls) == 1 and together.num_images == 4
+    calls = []
+    real = together.impl.render
+    monkeypatch.setattr(together.impl, "render", lambda p, out=None: calls.append(p.n) or real(p, out))
+    p = together.params(0, 96, seed=3)
+    assert len(set(p.image.tolist())) == 4
+    a = together.render_nhwc(p)
+    assert calls == [96]
+    monkeypatch.setattr(kernels.backend_class(backend), "many_images", False)
+    apart = Renderer(imgs, spec, backend)
+    assert len(apart.impls) == 4
+    b = apart.render_nhwc(p)
+    assert a.shape == b.shape == (96, 32, 32, 3)
+    assert np.abs(a.astype(int) - b.astype(int)).max() <= 1
+
+
+def test_the_atlas_of_several_images_keeps_each_level_where_it_says():
+    from fastssl.kernels.pyramid import atlas_of, build_pyramid
+
+    rng = np.random.default_rng(0)
+    pyrs = [
+        build_pyramid(rng.integers(0, 256, (h, w, 3), dtype=np.uint8), 3) for h, w in [(40, 60), (33, 17), (64, 64)]
+    ]
+    at, first = atlas_of([p.levels for p in pyrs])
+    assert first.tolist() == [0, 3, 6] and len(at.origin) == 9
+    h, w = at.image.shape[:2]
+    assert max(h, w) < 2 * min(h, w) + 70  # roughly square, not a strip
+    for i, p in enumerate(pyrs):
+        for lv, level in enumerate(p.levels):
+            (x, y), (lw, lh) = at.origin[first[i] + lv], at.shape[first[i] + lv]
+            assert (lw, lh) == (level.shape[1], level.shape[0])
+            assert np.array_equal(at.image[y : y + lh, x : x + lw], level)
