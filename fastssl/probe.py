@@ -112,6 +112,10 @@ class ProbeMethod(Method):
         self.frozen = frozen
         self.nets["probes"] = probes
         self.trunk_digest = trunk_digest
+        self._taps = frozen.taps
+
+    def compile_extra(self, compile_fn) -> None:
+        self._taps = compile_fn(self.frozen.taps)
 
     def trunk(self) -> AlexNet:
         return self.frozen
@@ -124,7 +128,7 @@ class ProbeMethod(Method):
     def train_step(self, batch, ctx) -> dict:
         x, y = batch
         with torch.no_grad(), ctx.autocast():
-            taps = self.frozen.taps(x)
+            taps = self._taps(x)
         with ctx.autocast():
             outs = self.nets["probes"](taps)
         loss = sum(nn.functional.cross_entropy(o.float(), y) for o in outs)

@@ -54,6 +54,10 @@ class Method:
     def on_epoch_start(self, epoch: int, ctx) -> None:
         pass
 
+    def compile_extra(self, compile_fn) -> None:
+        """Compile, with ``compile_fn``, what the step runs beyond ``nets`` (which the trainer
+        compiles itself): e.g. the probes' frozen trunk."""
+
     def state_dict(self) -> dict:
         """What the method needs, beyond its networks, to resume mid-epoch (tensors only)."""
         return {}
