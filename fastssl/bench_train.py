@@ -9,8 +9,9 @@ Each row runs in a fresh process (a cold compile is cold: its own empty inductor
 memory is the row's own) with the same threads, through the trainer itself (its AMP,
 layout, compile and DDP wrapping), on the method's real source: the one-image stream for
 RotNet and BiGAN, the one-image fixed dataset for DeepCluster (its clustering is timed once,
-as ``epoch start``), the FFCV ``.beton`` for supervised training and the probes. One more row
-per method repeats the trainer's own choice (``auto``) on a few batches held in memory: the
+as ``epoch start``), the FFCV ``.beton`` for supervised training and the probes. With the
+trainer's own choice (``auto``), the pretext methods have one more row on the ``.beton`` (the
+full-data rows of ``repro``) and every method one on a few batches held in memory: the
 compute-only ceiling. On CUDA the compute phases are timed with CUDA events, the data wait on
 the host.
 
@@ -32,6 +33,7 @@ from pathlib import Path
 from .errors import FastSSLError
 
 METHODS = ("rotnet", "deepcluster", "bigan", "supervised", "probe")
+PRETEXT = ("rotnet", "deepcluster", "bigan")
 PHASES = ("data", "forward", "backward", "optimiser")
 AMPS_CPU, AMPS_CUDA = ("off", "bf16"), ("off", "bf16", "fp16")
 LAYOUT_NAMES = {"channels_last": "cl", "contiguous": "contig"}
@@ -43,7 +45,7 @@ class Row:
     compile: str  # on | off | auto
     amp: str  # off | bf16 | fp16 | auto
     layout: str  # channels_last | contiguous
-    data: str = "source"  # source | resident
+    data: str = "source"  # source | labelled (a pretext method on the .beton: a full-data row) | resident
     base: bool = False  # the trainer as it was: eager fp32, conv1 as a plain strided conv
 
 
@@ -137,8 +139,12 @@ def _build(row: Row, setup: dict):
             data = LoaderData(loader((setup["data"], None), rc, True, cfg.batch_size, cfg.device, cfg.seed))
         else:
             method = build_for(rc, row.method)
+            labelled = (setup["data"], None) if row.data == "labelled" else None
             if method.fixed_dataset:
-                data = fixed_dataset(rc, cfg, image=setup["image"], progress=False)
+                kw = {"data": labelled} if labelled else {"image": setup["image"]}
+                data = fixed_dataset(rc, cfg, progress=False, **kw)
+            elif labelled:
+                data = LoaderData(loader(labelled, rc, True, cfg.batch_size, cfg.device, cfg.seed), use_labels=False)
             else:
                 data = mono_stream(rc, setup["image"], cfg.batch_size, cfg.seed)
     cfg.compile, cfg.amp, cfg.layout, cfg.progress = row.compile, row.amp, row.layout, False
@@ -294,6 +300,7 @@ def bench_train(
     resident: bool = True,
     warmup: int = 3,
     steps: int = 10,
+    rounds: int = 1,
     timeout: float = 1200.0,
     log=print,
 ) -> dict:
@@ -305,8 +312,8 @@ def bench_train(
     for m in methods:
         if m not in METHODS:
             raise FastSSLError(f"unknown method {m!r} for bench train; choose from {', '.join(METHODS)}")
-    if warmup < 1 or steps < 1:
-        raise FastSSLError(f"--warmup and --steps must be >= 1, got {warmup} and {steps}")
+    if warmup < 1 or steps < 1 or rounds < 1:
+        raise FastSSLError(f"--warmup, --steps and --rounds must be >= 1, got {warmup}, {steps} and {rounds}")
     load(preset, overrides)  # a bad recipe is one line before any process starts
     dev = str(resolve_device(device))
     threads = threads or len(os.sched_getaffinity(0))
@@ -318,9 +325,11 @@ def bench_train(
         "threads": threads,
         "warmup": warmup,
         "steps": steps,
+        "rounds": rounds,
     }
     rows = [Row(m, "off", "off", "channels_last", base=True) for m in methods]
     rows += [Row(m, c, a, lay) for m in methods for c, a, lay in variants(dev, compiles, amps, layouts)]
+    rows += [Row(m, "auto", "auto", "channels_last", "labelled") for m in methods if m in PRETEXT]
     if resident:
         rows += [Row(m, "auto", "auto", "channels_last", "resident") for m in methods]
     rows.sort(key=lambda r: METHODS.index(r.method))
@@ -329,21 +338,35 @@ def bench_train(
     torch.set_num_threads(threads)
     out = {"machine": describe(dev), "preset": preset, "overrides": setup["overrides"], "setup": setup, "rows": []}
     with tempfile.TemporaryDirectory(prefix="fastssl-bench-data-") as tmp:
-        labelled = any(m in ("supervised", "probe") for m in methods)
-        if labelled and data is None:
+        if data is None:  # every method has a row on labelled data
             res = int(load(preset, overrides)["res"])
             setup["data"] = str(synthetic_beton(Path(tmp), image, res))
             out["data"] = f"synthetic: 2,560 JPEG crops of the source image at {res} px, 10 classes"
-        elif labelled:
+        else:
             if not str(data).endswith(".beton"):
                 raise FastSSLError(f"--data must be a .beton (fastssl data convert makes one), got {data}")
             setup["data"] = str(data)
             out["data"] = str(data)
-        for row in rows:
-            r = _in_process(row, setup, timeout)
-            out["rows"].append(r)
-            log(format_row(r))
+        runs: dict[Row, list] = {row: [] for row in rows}
+        for k in range(rounds):  # round-robin: a slow minute of a shared machine hits every row alike
+            if rounds > 1:
+                log(f"round {k + 1} of {rounds}")
+            for row in rows:
+                runs[row].append(_in_process(row, setup, timeout))
+                log(format_row(runs[row][-1]))
+        out["rows"] = [_median(rs) for rs in runs.values()]
     return out
+
+
+def _median(results: list[dict]) -> dict:
+    """The run with the median images/s of a row's rounds, with every round's figure."""
+    ok = sorted((r for r in results if "error" not in r), key=lambda r: r["images_per_s"])
+    if not ok:
+        return results[0]
+    mid = dict(ok[(len(ok) - 1) // 2])
+    if len(results) > 1:
+        mid["rounds"] = [r["images_per_s"] for r in ok]
+    return mid
 
 
 # --------------------------------------------------------------------------- output
@@ -389,7 +412,9 @@ def format_train_table(run: dict) -> str:
     lines = [
         f"preset {run['preset']}{' ' + ' '.join(run['overrides']) if run['overrides'] else ''}, torch {m['torch']}",
         f"machine: {where}",
-        f"steps: {run['setup']['warmup']} warm-up + {run['setup']['steps']} timed per row; times in ms per step",
+        f"steps: {run['setup']['warmup']} warm-up + {run['setup']['steps']} timed per row"
+        + (f", median of {run['setup']['rounds']} rounds" if run["setup"].get("rounds", 1) > 1 else "")
+        + "; times in ms per step",
     ]
     if run.get("data"):
         lines.append(f"labelled data: {run['data']}")

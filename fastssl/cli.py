@@ -247,6 +247,7 @@ def cmd_bench_train(args) -> int:
         resident=not args.no_resident,
         warmup=args.warmup,
         steps=args.steps,
+        rounds=args.rounds,
     )
     return _show(format_train_table(run), run, args.json)
 
@@ -476,6 +477,9 @@ def build_parser() -> argparse.ArgumentParser:
     tb.add_argument("--no-resident", action="store_true", help="no compute-only rows on data held in memory")
     tb.add_argument("--warmup", type=int, default=3, help="untimed steps per row (compile happens here)")
     tb.add_argument("--steps", type=int, default=10, help="timed steps per row")
+    tb.add_argument(
+        "--rounds", type=int, default=1, help="measure every row this many times, round-robin; report the median"
+    )
     tb.add_argument("--json", default=None)
     tb.set_defaults(func=cmd_bench_train)
 

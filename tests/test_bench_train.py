@@ -57,12 +57,21 @@ def test_deepcluster_rows_time_their_clustering_apart():
 
 @pytest.mark.slow
 @pytest.mark.skipif(not ffcv_available(), reason="FFCV is optional (pip install '.[ffcv]')")
-def test_the_probe_and_supervised_rows_read_a_beton(tmp_path):
+def test_the_probe_supervised_and_full_data_rows_read_a_beton(tmp_path):
     from fastssl.bench_train import synthetic_beton
 
     beton = synthetic_beton(tmp_path, None, 32, per_class=8, classes=4)
-    for name, batch in (("probe", 16), ("supervised", 8)):
-        _check_row(run_row(Row(name, "off", "off", "channels_last"), _setup(data=str(beton))), batch)
+    for name, batch, data in (("probe", 16, "source"), ("supervised", 8, "source"), ("rotnet", 8, "labelled")):
+        _check_row(run_row(Row(name, "off", "off", "channels_last", data), _setup(data=str(beton))), batch)
+
+
+def test_rounds_report_the_median_run_of_a_row():
+    from fastssl.bench_train import _median
+
+    runs = [{"images_per_s": v, "k": i} for i, v in enumerate([30.0, 10.0, 20.0])]
+    m = _median(runs + [{"error": "x"}])
+    assert m["images_per_s"] == 20.0 and m["k"] == 2 and m["rounds"] == [10.0, 20.0, 30.0]
+    assert _median([{"error": "x"}]) == {"error": "x"}
 
 
 def test_the_variants_are_those_the_device_supports():
@@ -110,7 +119,8 @@ def test_the_table_names_the_machine_and_compares_with_the_base_row():
         (["--method", "simclr"], "unknown method 'simclr'"),
         (["--compile", "maybe"], "--compile takes off, on"),
         (["--amp", "fp8"], "--amp takes off, bf16, fp16"),
-        (["--steps", "0"], "--warmup and --steps must be >= 1"),
+        (["--steps", "0"], "--warmup, --steps and --rounds must be >= 1"),
+        (["--rounds", "0"], "--warmup, --steps and --rounds must be >= 1"),
         (["--set", "train.batch_size=0"], "batch_size"),
         (["--data", "x.tar", "--method", "probe"], "--data must be a .beton"),
     ],
