@@ -198,6 +198,7 @@ def run_row(row: Row, setup: dict) -> dict:
             if i >= warm:
                 step_s.append(s)
                 n_img += batch[0].shape[0]
+        top = _profile(method, tr, batches, int(setup.get("profile", 0))) if setup.get("profile") else None
         tr.check_finite()
         total = sum(step_s)
         mean = total / steps
@@ -215,6 +216,8 @@ def run_row(row: Row, setup: dict) -> dict:
             "warmup_s": round(warm_s, 2),
             "compile_s": round(max(warm_s - warm * mean, 0.0), 1) if tr.setup["compile"] else None,
         }
+        if top is not None:
+            out["top_ops"] = top
         if dev.type == "cuda":
             out["peak_mib"] = round(torch.cuda.max_memory_allocated(dev) / 2**20, 1)
             out["peak_of"] = "CUDA memory allocated"
@@ -222,6 +225,34 @@ def run_row(row: Row, setup: dict) -> dict:
             out["peak_mib"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
             out["peak_of"] = "process RSS"
         return out
+
+
+def _profile(method, tr, batches, top: int, steps: int = 3) -> list[dict]:
+    """torch.profiler over a few more steps: the ``top`` ops by their own time, each with its
+    share of all ops' time (CPU time; CUDA time on a GPU)."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    cuda = tr.device.type == "cuda"
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    tr.ctx.clock = None
+    with profile(activities=acts) as prof:
+        for _ in range(steps):
+            method.train_step(tr.prepare(next(batches)), tr.ctx)
+        if cuda:
+            torch.cuda.synchronize(tr.device)
+    key = "self_device_time_total" if cuda else "self_cpu_time_total"
+    events = prof.key_averages()
+    total = sum(getattr(e, key, 0) for e in events) or 1
+    best = sorted(events, key=lambda e: getattr(e, key, 0), reverse=True)[:top]
+    return [
+        {
+            "op": e.key,
+            "share": round(getattr(e, key, 0) / total, 3),
+            "ms_per_step": round(getattr(e, key, 0) / 1e3 / steps, 2),
+        }
+        for e in best
+    ]
 
 
 def _child(row, setup, queue):
@@ -301,6 +332,7 @@ def bench_train(
     warmup: int = 3,
     steps: int = 10,
     rounds: int = 1,
+    profile: int = 0,
     timeout: float = 1200.0,
     log=print,
 ) -> dict:
@@ -326,6 +358,7 @@ def bench_train(
         "warmup": warmup,
         "steps": steps,
         "rounds": rounds,
+        "profile": profile,
     }
     rows = [Row(m, "off", "off", "channels_last", base=True) for m in methods]
     rows += [Row(m, c, a, lay) for m in methods for c, a, lay in variants(dev, compiles, amps, layouts)]
@@ -421,6 +454,8 @@ def format_train_table(run: dict) -> str:
     lines.append(HEADER)
     for r in run["rows"]:
         lines.append(format_row(r, _base(run["rows"], r["method"])))
+        for op in r.get("top_ops", []):
+            lines.append(f"      {op['share']:6.1%}  {op['ms_per_step']:8.2f} ms  {op['op']}")
     peaks = {r.get("peak_of") for r in run["rows"] if r.get("peak_of")}
     lines.append(
         "  base: the trainer before its CPU tuning (eager fp32, conv1 a plain strided conv), on the source; "

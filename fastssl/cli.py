@@ -248,6 +248,7 @@ def cmd_bench_train(args) -> int:
         warmup=args.warmup,
         steps=args.steps,
         rounds=args.rounds,
+        profile=args.profile,
     )
     return _show(format_train_table(run), run, args.json)
 
@@ -477,6 +478,9 @@ def build_parser() -> argparse.ArgumentParser:
     tb.add_argument("--no-resident", action="store_true", help="no compute-only rows on data held in memory")
     tb.add_argument("--warmup", type=int, default=3, help="untimed steps per row (compile happens here)")
     tb.add_argument("--steps", type=int, default=10, help="timed steps per row")
+    tb.add_argument(
+        "--profile", type=int, default=0, metavar="N", help="also list each row's N most costly ops (torch.profiler)"
+    )
     tb.add_argument(
         "--rounds", type=int, default=1, help="measure every row this many times, round-robin; report the median"
     )

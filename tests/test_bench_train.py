@@ -38,8 +38,11 @@ def _check_row(r, batch):
 @pytest.mark.slow
 @pytest.mark.parametrize("base", [False, True])
 def test_a_rotnet_row_splits_its_step_and_counts_source_images(base):
-    r = run_row(Row("rotnet", "off", "bf16" if not base else "off", "channels_last", base=base), _setup())
+    r = run_row(Row("rotnet", "off", "bf16" if not base else "off", "channels_last", base=base), _setup(profile=4))
     _check_row(r, 8)
+    ops = r["top_ops"]
+    assert len(ops) == 4 and all(0 < o["share"] <= 1 for o in ops) and sum(o["share"] for o in ops) <= 1.001
+    assert [o["share"] for o in ops] == sorted((o["share"] for o in ops), reverse=True)
     assert r["amp"] == ("off" if base else "bf16") and r["compile"] == "off" and r["compile_s"] is None
     assert r["setup"].startswith("cpu, 1 threads")
 
