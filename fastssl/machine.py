@@ -43,7 +43,7 @@ def cpu_model() -> str:
 def cpu_bf16_matmul() -> bool:
     """Whether the CPU multiplies bf16 matrices in hardware tiles (Intel AMX-BF16), where oneDNN's
     bf16 convolutions run well ahead of fp32 (``fastssl bench train`` shows by how much). With
-    AVX512-BF16 alone, bf16 is only converted faster and measured about as fast as fp32."""
+    AVX512-BF16 alone the CPU only converts faster, and bf16 was not found faster than fp32."""
     return "amx_bf16" in cpu_flags()
 
 

@@ -4,13 +4,13 @@
     trainer.fit()                    # or fit() again with cfg.resume=True after an interruption
 
 - Device: ``auto`` takes CUDA when present. AMP: ``auto`` is bf16 on CUDA and on a CPU with
-  bf16 matrix tiles (AMX-BF16: oneDNN's bf16 convolutions ran 1.8x fp32 there, ``fastssl bench
+  bf16 matrix tiles (AMX-BF16: the bf16 step ran 1.2-1.6x the fp32 one there, ``fastssl bench
   train``), fp32 on other CPUs (AVX512-BF16 alone: bf16 about as fast as fp32); ``fp16`` adds a
   GradScaler; ``bf16`` / ``off`` force. The choice follows the hardware, never a timing, so a
   recipe runs the same arithmetic on the same machine every time.
 - ``layout``: ``channels_last`` (default: inputs and weights channels-last end to end) or
   ``contiguous``.
-- ``compile``: ``auto`` compiles on CUDA only (on the CPU a cold compile cost 50-65 s and the
+- ``compile``: ``auto`` compiles on CUDA only (on the CPU a cold compile cost about 60 s and the
   compiled bf16 step ran slower than the eager one, ``fastssl bench train``).
 - The settings picked (device, threads, amp, compile, layout) are one line on stderr as training
   starts (with progress on) and are kept in every checkpoint (``setup``).

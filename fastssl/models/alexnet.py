@@ -97,8 +97,8 @@ class StridedConv(nn.Conv2d):
     same products, but a form oneDNN runs well. conv1 is the case: 3 input channels under an
     11x11 kernel at stride 2, whose weight gradient oneDNN computes several times slower than
     its forward; rearranged, 12 channels under 6x6 at stride 1. Taken under bf16 autocast only,
-    where it was measured faster (``fastssl bench train``: the bf16 step on AMX 10-15% faster;
-    in fp32 it was slower). Same parameters and checkpoints as ``nn.Conv2d``; CUDA runs the
+    where it was measured faster (the bf16 RotNet step on a CPU with AMX; in fp32 it was
+    slower). Same parameters and checkpoints as ``nn.Conv2d``; CUDA runs the
     plain convolution, and so does the CPU with ``StridedConv.space_to_depth = False`` (the
     bench's baseline)."""
 
