@@ -95,10 +95,9 @@ class _Clock:
         if self.cuda:
             self.marks[-1][1].synchronize()
             dt = [a[1].elapsed_time(b[1]) / 1e3 for a, b in itertools.pairwise(self.marks)]
+            dt[0] = self.data_s
         else:
             dt = [b[1] - a[1] for a, b in itertools.pairwise(self.marks)]
-        if self.cuda:
-            dt[0] = self.data_s
         if count:
             for (name, _), d in zip(self.marks[1:], dt, strict=True):
                 # what follows the last optimiser step (metrics) counts as forward
