@@ -276,6 +276,7 @@ def cmd_repro(args) -> int:
         overrides=args.set,
         seeds=_ints(args.seeds),
         n_images=_ints(args.n_images, "--n-images"),
+        n_images_from=args.n_images_from,
         ablation=args.ablation,
         smoke=args.smoke,
         progress=not args.quiet,
@@ -504,6 +505,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--n-images",
         default=None,
         help="also train on the first N training images of --data, e.g. 10,1000 (rows deka-M, kilo-M)",
+    )
+    rp.add_argument(
+        "--n-images-from",
+        default=None,
+        metavar="PHOTOS",
+        help="draw the --n-images rows from this folder or archive of photos instead (class folders ignored)",
     )
     rp.add_argument(
         "--ablation", action="store_true", help="also the rows without scale, rotation/shear or colour jitter"

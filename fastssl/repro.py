@@ -70,12 +70,15 @@ def train_row(
     image=None,
     spec=None,
     allow_changes: bool = False,
+    sources: str | None = None,
 ):
 
     cfg = train_config(rc, method_name, progress, resume=True)
     run = out / row
     ck = run / "ckpt.pt"
     recipe = run_recipe(rc, method_name, spec, mono=isinstance(data, MonoData))
+    if sources:
+        recipe["sources"] = sources
     if ck.exists():  # a row of an earlier run: only reused (or resumed) with the same network
         state = load_checkpoint(ck)
         arch, epoch, was = state["arch"], state["epoch"], state.get("recipe")
@@ -125,6 +128,7 @@ def repro(
     overrides=None,
     seeds=None,
     n_images=None,
+    n_images_from=None,
     ablation: bool = False,
     smoke: bool = False,
     progress: bool = True,
@@ -134,8 +138,9 @@ def repro(
 
     Rows: ``random``; ``mono-M`` on ``image`` (several images: named by their count);
     with ``ablation``, ``mono-M-no-scale`` / ``-no-rotation`` / ``-no-colour``; for each N of
-    ``n_images``, M on the first N training images of ``data`` (``deka-M`` for 10, ``kilo-M``
-    for 1000, else ``n<N>-M``); ``full-M``; ``supervised``."""
+    ``n_images``, M on the first N training images of ``data``, or of the photos of
+    ``n_images_from`` (``deka-M`` for 10, ``kilo-M`` for 1000, else ``n<N>-M``); ``full-M``;
+    ``supervised``."""
 
     if data is None:
         raise FastSSLError("`data` is required: a labelled train source (folder, .tar.gz, or cifar10)")
@@ -149,16 +154,20 @@ def repro(
         raise FastSSLError(f"`seeds` must be distinct integers >= 0, got {seeds}")
     if n_images and (any(n < 1 for n in n_images) or len(set(n_images)) != len(n_images)):
         raise FastSSLError(f"`n_images` must be distinct counts >= 1, got {n_images}")
+    if n_images_from is not None and not n_images:
+        raise FastSSLError("`n_images_from` names the photos of the N-image rows: give the counts with `n_images` too")
     with run_folder(out) as out:
-        return _repro(rc, preset, method, image, data, eval_data, out, progress, seeds, n_images or [], ablation)
+        rows = (n_images or [], n_images_from, ablation)
+        return _repro(rc, preset, method, image, data, eval_data, out, progress, seeds, rows)
 
 
-def _repro(rc, preset, method, image, data, eval_data, out: Path, progress, seeds, n_images, ablation) -> dict:
+def _repro(rc, preset, method, image, data, eval_data, out: Path, progress, seeds, rows) -> dict:
+    n_images, photos, ablation = rows
     t_start = time.perf_counter()
     # everything that can refuse the run is checked before the first file is written
     mono_kw = {k: v for k, v in rc["mono"].items() if k != "epoch_length"}
     images_for(image, AugmentSpec(**mono_kw))
-    sources = source_images(data, eval_data, rc, n_images)
+    sources = source_images(data, eval_data, rc, n_images, photos)
     train_data, val_data, classes = prepare_labelled(rc, data, eval_data, out, progress)
     write_json(
         out / "config.json",
@@ -167,11 +176,12 @@ def _repro(rc, preset, method, image, data, eval_data, out: Path, progress, seed
             "image": str(image),
             "data": str(data),
             "eval_data": str(eval_data) if eval_data else None,
+            "n_images_from": str(photos) if photos else None,
             "seeds": seeds,
             "recipe": rc,
         },
     )
-    extra = (sources, ablation)
+    extra = (sources, ablation, Path(str(photos)).name if photos else None)
     for seed in seeds:
         rcs = copy.deepcopy(rc)
         rcs["seed"] = seed
@@ -201,27 +211,29 @@ ABLATION = {  # the paper's augmentation ablation: each row drops one part of th
 }
 
 
-def _image_rows(method: str, image, source_images: dict, ablation: bool) -> list[tuple]:
-    """(row name, images, spec changes) of every row trained on source images."""
+def _image_rows(method: str, image, source_images: dict, ablation: bool, photos: str | None) -> list[tuple]:
+    """(row name, images, spec changes, sources) of every row trained on source images;
+    ``sources`` names the photos of an N-image row drawn from ``photos`` (recorded in the
+    row's recipe, so that a row of other sources is never reused for it)."""
 
     n = len(image) if isinstance(image, (list, tuple)) else 1
-    rows = [(f"{row_prefix(n)}-{method}", image, None)]
+    rows = [(f"{row_prefix(n)}-{method}", image, None, None)]
     if ablation:
-        rows += [(f"{row_prefix(n)}-{method}-{name}", image, spec) for name, spec in ABLATION.items()]
+        rows += [(f"{row_prefix(n)}-{method}-{name}", image, spec, None) for name, spec in ABLATION.items()]
     for k, images in source_images.items():
-        rows.append((f"{row_prefix(k)}-{method}", images, None))
+        rows.append((f"{row_prefix(k)}-{method}", images, None, photos and f"{photos}: {k} photos"))
     return rows
 
 
 def _rows_of_one_seed(rc, method, image, train_data, val_data, nc: int, out: Path, progress: bool, extra) -> None:
-    source_images, ablation = extra
+    source_images, ablation, photos = extra
     out.mkdir(exist_ok=True)
     device = rc["device"]
     bs, seed = int(rc[method]["batch_size"]), int(rc["seed"])
     ckpts = {}
-    for row, images, spec in _image_rows(method, image, source_images, ablation):
+    for row, images, spec, sources in _image_rows(method, image, source_images, ablation, photos):
         stream = mono_stream(rc, images, bs, seed, spec)
-        ckpts[row] = train_row(row, rc, method, stream, out, nc, progress, image=images, spec=spec)
+        ckpts[row] = train_row(row, rc, method, stream, out, nc, progress, image=images, spec=spec, sources=sources)
     rc_full = rc
     if rc.get("smoke") and "settings" in rc[method]:  # a smoke run's labelled set may be smaller than asked
         rc_full = copy.deepcopy(rc)

@@ -108,6 +108,42 @@ def test_repro_trains_the_n_image_and_ablation_rows(tmp_path, capsys):
     assert "median short side 20 px" in capsys.readouterr().out
     assert main([*args, "--n-images", "100"]) == 2  # more than the 24 training images
 
+    # the N-image rows from a folder of full-size photos instead of the labelled images
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for i in range(3):
+        Image.fromarray(rng.integers(0, 256, (48 + 8 * i, 64, 3), dtype=np.uint8)).save(photos / f"{i}.png")
+    capsys.readouterr()
+    # the n2 row of this --out came from the labelled images: not reused for photos, refused
+    assert main([*args, "--n-images", "2", "--n-images-from", str(photos)]) == 2
+    assert "another recipe (sources None there" in capsys.readouterr().err
+    args[args.index(str(out))] = str(tmp_path / "run-photos")
+    assert main([*args, "--n-images", "2", "--n-images-from", str(photos)]) == 0
+    assert "median short side" not in capsys.readouterr().out  # 48-64 px photos, 16 px patches
+    cfg = json.loads((tmp_path / "run-photos" / "config.json").read_text())
+    assert cfg["n_images_from"] == str(photos)
+    assert "n2-rotnet" in json.loads((tmp_path / "run-photos" / "probes.json").read_text())["rows"]
+
+
+def test_n_image_photos_are_drawn_from_the_photo_folder(tmp_path):
+    from PIL import Image
+
+    from fastssl.config import load
+    from fastssl.data.prepare import source_images
+    from fastssl.errors import FastSSLError
+
+    shapes = [(40 + i, 50, 3) for i in range(5)]
+    for i, sh in enumerate(shapes):
+        Image.fromarray(np.full(sh, 40 * i, np.uint8)).save(tmp_path / f"{i}.png")
+    rc = load(str(Path(__file__).parent / "data" / "tiny.toml"), None, methods=("rotnet", "supervised"))
+    got = source_images(None, None, rc, [2, 5], photos=tmp_path)
+    assert sorted(a.shape for a in got[5]) == sorted(shapes)  # every photo, at full size
+    assert all(any(np.array_equal(a, b) for b in got[5]) for a in got[2])  # the 2 are among the 5
+    assert source_images(None, None, rc, [2], photos=tmp_path)[2][0].shape == got[2][0].shape  # fixed order
+    with pytest.raises(FastSSLError, match="exceeds the 5 photos"):
+        source_images(None, None, rc, [6], photos=tmp_path)
+    assert main(["repro", "--data", str(tmp_path), "--n-images-from", str(tmp_path)]) == 2  # counts missing
+
 
 def test_precomputed_depths_give_the_same_parameters():
     from fastssl.spec import num_levels

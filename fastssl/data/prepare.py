@@ -14,6 +14,7 @@ import torch
 from ..config import loader_workers
 from ..distributed import resolve_device
 from ..errors import FastSSLError
+from ..image import IMAGE_EXTS, read_regular
 from ..mono import MonoSource
 from ..progress import bar as progress_bar
 from ..progress import log
@@ -21,7 +22,7 @@ from ..spec import AugmentSpec
 from .adapters import IndexedPatches, MonoData, TensorData
 from .beton import convert, read_info
 from .loaders import Loader, ffcv_available
-from .sources import split_indices, train_val_sources
+from .sources import decode_rgb, open_source, split_indices, train_val_sources
 
 
 def prepare_labelled(rc: dict, data, eval_data, out: Path, progress: bool):
@@ -144,25 +145,43 @@ def train_images(train_data) -> int:
     return len(data)
 
 
-def source_images(data, eval_data, rc: dict, counts) -> dict[int, list]:
+def source_images(data, eval_data, rc: dict, counts, photos=None) -> dict[int, list]:
     """For each count N: the first N images, in a fixed pseudo-random order (seed 0, so spread
-    over the classes), of the labelled training images (the held-out validation part excluded;
-    they stay in every other row's data too)."""
+    over the classes), of ``photos`` (a folder or archive of photos, class folders ignored: the
+    paper draws its N images from full-size photos) or, without it, of the labelled training
+    images (the held-out validation part excluded; they stay in every other row's data too)."""
 
     if not counts:
         return {}
-    src, vsrc = train_val_sources(data, eval_data)
-    idx = np.arange(len(src)) if vsrc is not None else split_indices(src.labels, int(rc["val_per_class"]))[0]
+    if photos is not None:
+        n, image = photo_source(photos)
+        idx, where = np.arange(n), f"the {n} photos of {photos}"
+    else:
+        src, vsrc = train_val_sources(data, eval_data)
+        idx = np.arange(len(src)) if vsrc is not None else split_indices(src.labels, int(rc["val_per_class"]))[0]
+        where, image = f"the {len(idx)} training images of {data}", src.image
     if max(counts) > len(idx):
-        raise FastSSLError(f"`n_images` {max(counts)} exceeds the {len(idx)} training images of {data}")
+        raise FastSSLError(f"`n_images` {max(counts)} exceeds {where}")
     order = idx[np.random.default_rng(0).permutation(len(idx))]
-    out = {n: [src.image(int(i)) for i in order[:n]] for n in sorted(counts)}
+    out = {n: [image(int(i)) for i in order[:n]] for n in sorted(counts)}
     short = int(np.median([min(a.shape[:2]) for a in out[max(counts)]]))
     crop, size = float(rc["mono"].get("initial_crop") or 1.0), int(rc["mono"]["size"])
     if crop * short < size:
         log(
             f"the N-image rows' sources are small (median short side {short} px): their initial crop "
             f"({crop:g} of it) is below the patch size {size}, so every patch is an enlargement; the "
-            "paper draws them from full-size photos"
+            "paper draws them from full-size photos (`n_images_from`)"
         )
     return out
+
+
+def photo_source(photos):
+    """(count, image(i)) of a collection of photos: a folder of image files (in name order), or
+    any labelled source (class folders, an archive), its labels ignored."""
+
+    p = Path(str(photos))
+    files = sorted(f for f in p.iterdir() if f.suffix.lower() in IMAGE_EXTS) if p.is_dir() else []
+    if files:
+        return len(files), lambda i: decode_rgb(read_regular(files[i]), files[i].name)
+    src = open_source(p)
+    return len(src), src.image
