@@ -242,6 +242,40 @@ def test_convert_info_and_ffcv_loader_match_the_fallback(tmp_path, capsys):
     assert sorted(torch.cat([b for _, b in got]).tolist()) == sorted(src.labels.tolist())
 
 
+def _epoch_of(loader, epoch):
+    loader.set_epoch(epoch)
+    xs, ys = zip(*[(x.clone(), y.clone()) for x, y in loader], strict=True)
+    return torch.cat(xs), torch.cat(ys)
+
+
+@needs_ffcv
+def test_ffcv_crops_and_flips_follow_seed_epoch_and_sample(tmp_path):
+    folder = make_folder(tmp_path / "imgs", per_class=8, size=(28, 36))
+    dst = tmp_path / "d.beton"
+    assert main(["data", "convert", str(folder), str(dst), "--quiet", "--workers", "1"]) == 0
+
+    def make(seed=3, batch_size=8, workers=1):
+        return Loader(str(dst), batch_size=batch_size, train=True, res=12, workers=workers, seed=seed, scale=(0.2, 1))
+
+    a = _epoch_of(make(), 1)
+    # another loader with other batches and decoding threads: the same pixels (per sample draws)
+    other = make(batch_size=6, workers=2)
+    e2, e1 = _epoch_of(other, 2), _epoch_of(other, 1)  # an epoch is the same whatever came before
+    assert torch.equal(e1[0], a[0]) and torch.equal(e1[1], a[1])
+    assert not torch.equal(e2[0], a[0])
+    assert not torch.equal(_epoch_of(make(seed=4), 1)[0], a[0])  # the seed matters
+    # the flips: the whole image as the crop, so each sample is its image or its mirror image
+    full = Loader(str(dst), batch_size=24, train=True, res=12, workers=1, seed=5, scale=(1, 1), ratio=(36 / 28,) * 2)
+    first = {bytes(x.contiguous().numpy()) for x in _epoch_of(full, 0)[0]}
+    flipped = 0
+    for e in range(1, 11):
+        for x in _epoch_of(full, e)[0]:
+            same, mirror = bytes(x.contiguous().numpy()) in first, bytes(x.flip(2).contiguous().numpy()) in first
+            assert same or mirror
+            flipped += not same
+    assert 70 <= flipped <= 170  # of 240: each flip relative to epoch 0 is a fair coin
+
+
 @needs_ffcv
 def test_convert_skips_corrupt_images_or_fails_with_strict(tmp_path, capsys):
     folder = make_folder(tmp_path / "imgs")

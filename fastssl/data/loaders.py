@@ -3,7 +3,8 @@ images ``uint8`` (B, 3, res, res) in channels-last memory on the target device a
 ``int64`` (B,) on the same device.
 
 - FFCV (a ``.beton``): the crop (random-resized or centre) and the flip run inside FFCV's
-  compiled decoder; batches land on the device without a float copy. ``distributed=True``
+  compiled decoder, drawn from ``(seed, epoch, sample)`` (:mod:`.ffcv_ops`); batches land on
+  the device without a float copy. ``distributed=True``
   shards by ``torch.distributed`` rank (run under torchrun).
 - PyTorch fallback (a folder / archive / CIFAR source, or when FFCV is not installed): a
   ``DataLoader`` with PIL decoding and the same crop and flip, ``workers`` processes.
@@ -180,17 +181,21 @@ class Loader:
     # ------------------------------------------------------------------ FFCV
     def _build_ffcv(self, path, train, res, crop_ratio, scale, ratio, distributed, seed, drop_last, indices):
         from ffcv.fields.basics import IntDecoder
-        from ffcv.fields.rgb_image import CenterCropRGBImageDecoder, RandomResizedCropRGBImageDecoder
+        from ffcv.fields.rgb_image import CenterCropRGBImageDecoder
         from ffcv.loader import Loader as FFCVLoader
         from ffcv.loader import OrderOption
-        from ffcv.transforms import RandomHorizontalFlip, Squeeze, ToDevice, ToTensor, ToTorchImage
+        from ffcv.transforms import Squeeze, ToDevice, ToTensor, ToTorchImage
+
+        from .ffcv_ops import SeededResizedCrop
 
         # schema, truncation, records and class index, with clear errors; every block's checksum
         # for files up to 2 GiB (once per process), the header's, metadata's and table's above
         read_info(path, verify="auto")
         nb = self.device.type == "cuda"
-        if train:
-            image = [RandomResizedCropRGBImageDecoder((res, res), scale=scale, ratio=ratio), RandomHorizontalFlip()]
+        self._crop = None
+        if train:  # crops and flips follow (seed, epoch, sample): a run is repeatable
+            self._crop = SeededResizedCrop((res, res), scale, ratio, seed)
+            image = [self._crop]
         else:
             image = [CenterCropRGBImageDecoder((res, res), ratio=crop_ratio)]
         image += [ToTensor(), ToDevice(self.device, non_blocking=nb), ToTorchImage(channels_last=True)]
@@ -233,10 +238,12 @@ class Loader:
         self._epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
-        """Order and crops of ``epoch``: the same for the same (seed, epoch), so a resumed run
-        sees the batches it would have seen (FFCV's crops come from its own RNG, though)."""
+        """Order, crops and flips of ``epoch``: the same for the same (seed, epoch), so a resumed
+        run sees the batches it would have seen and a run repeated gives the same numbers."""
         if self._ffcv is not None:
             self._ffcv.next_epoch = epoch  # FFCV's shuffle is a function of (seed, epoch)
+            if self._crop is not None:
+                self._crop.set_epoch(epoch)
             return
         self._epoch = epoch
         self._ds.epoch = epoch
