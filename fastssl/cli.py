@@ -285,6 +285,20 @@ def cmd_repro(args) -> int:
     return 0
 
 
+def _train_sets(args) -> list[str]:
+    """``--set`` with ``--model`` and ``--teacher`` as the recipe keys they stand for."""
+    sets = list(args.set or [])
+    if args.model is not None:
+        if args.method not in ("supervised", "distill"):
+            raise FastSSLError(f"--model picks the network of supervised or distill; {args.method} trains AlexNet")
+        sets.append(f"{args.method}.settings.model={args.model}")
+    if args.teacher is not None:
+        if args.method != "distill":
+            raise FastSSLError(f"--teacher is for --method distill, not {args.method}")
+        sets.append(f"distill.settings.teacher={args.teacher}")
+    return sets
+
+
 def cmd_train(args) -> int:
     from .commands import train_one
 
@@ -294,7 +308,7 @@ def cmd_train(args) -> int:
         image=_images(args.image),
         data=args.data,
         out=args.out,
-        overrides=args.set,
+        overrides=_train_sets(args),
         resume=args.resume,
         allow_changes=args.allow_changes,
         progress=not args.quiet,
@@ -319,6 +333,14 @@ def cmd_probe(args) -> int:
         progress=not args.quiet,
     )
     print(json.dumps(res["top1"]))
+    return 0
+
+
+def cmd_score(args) -> int:
+    from .commands import score_one
+
+    res = score_one(args.ckpt, preset=args.preset, data=args.data, held_out=args.held_out, overrides=args.set)
+    print(json.dumps(res))
     return 0
 
 
@@ -534,9 +556,20 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="with --resume: continue with a changed recipe (the change is logged; the resume is not exact)",
     )
+    tr.add_argument(
+        "--model", default=None, help="supervised / distill: the network (wrn-16-4, wrn-40-4, resnet-small, resnet18)"
+    )
+    tr.add_argument("--teacher", default=None, help="distill: the teacher's training checkpoint")
     tr.add_argument("--set", action="append", metavar="KEY=VALUE")
     tr.add_argument("--quiet", action="store_true")
     tr.set_defaults(func=cmd_train)
+    sc = sub.add_parser("score", help="top-1 of a classifier checkpoint (supervised, distill) on labelled images")
+    sc.add_argument("ckpt")
+    sc.add_argument("--data", required=True, help="labelled source: folder, .tar/.tar.gz, .beton or cifar10-test")
+    sc.add_argument("--held-out", action="store_true", help="only the held-out part (the last val_per_class a class)")
+    sc.add_argument("--preset", default="cpu-mini")
+    sc.add_argument("--set", action="append", metavar="KEY=VALUE")
+    sc.set_defaults(func=cmd_score)
     pr = sub.add_parser("probe", help="linear probes conv1..conv5 of a checkpoint")
     pr.add_argument("ckpt")
     pr.add_argument("--data", required=True, help="labelled train source")

@@ -1,4 +1,5 @@
-"""``fastssl train`` and ``fastssl probe``: one method on one stream, the probes of one checkpoint."""
+"""``fastssl train``, ``probe`` and ``score``: one method on one stream, the probes of one
+checkpoint, the top-1 of a classifier."""
 
 from __future__ import annotations
 
@@ -12,11 +13,11 @@ from .config import build_for, load, run_recipe, to_dataclass, train_config
 from .data.adapters import LoaderData
 from .data.beton import read_info
 from .data.prepare import fixed_dataset, loader, mono_stream, prepare_labelled
-from .data.sources import open_source
+from .data.sources import open_source, split_indices
 from .distributed import init_distributed, resolve_device, shutdown_distributed
 from .errors import FastSSLError
 from .methods import get_method
-from .pretrained import load_trunk
+from .pretrained import load_network, load_trunk
 from .probe import ProbeConfig, train_probes, weights_digest
 from .train import Trainer, load_checkpoint
 
@@ -97,3 +98,38 @@ def probe_one(ckpt, *, preset="cpu-mini", data, eval_data=None, out, overrides=N
         tr = loader(train_data, rc, True, pcfg.batch_size, rc["device"], int(rc["seed"]))
         va = loader(val_data, rc, False, pcfg.batch_size, rc["device"], int(rc["seed"]), ten_crop=pcfg.ten_crop)
         return train_probes(trunk, tr, va, len(classes), pcfg, out_dir=out)
+
+
+@torch.no_grad()
+def classifier_top1(net, batches, device) -> tuple[float, int]:
+    """(top-1 %, images) of ``net`` on ``batches`` of ``(images, labels)``, in eval mode."""
+    net = net.to(device).to(memory_format=torch.channels_last).eval()
+    correct = total = 0
+    for x, y in batches:
+        correct += int((net(x).argmax(1) == y).sum())
+        total += int(y.shape[0])
+    if total == 0:
+        raise FastSSLError("no labelled images to score")
+    return round(100.0 * correct / total, 2), total
+
+
+def score_one(ckpt, *, preset="cpu-mini", data, held_out=False, overrides=None) -> dict:
+    """``fastssl score``: top-1 of a checkpoint's classifier on every image of ``data`` (or on
+    its held-out part: the last ``val_per_class`` images of each class, as repro holds out),
+    centre crops at the recipe's ``res``."""
+
+    rc = load(preset, overrides)
+    net = load_network(ckpt)
+    if str(data).endswith(".beton"):
+        if held_out:
+            raise FastSSLError("a .beton holds no held-out part: give its source, or score the whole .beton")
+        spec, n_classes = (str(data), None), len(read_info(data)["classes"])
+    else:
+        src = open_source(data)
+        idx = split_indices(src.labels, int(rc["val_per_class"]))[1] if held_out else None
+        spec, n_classes = (src, idx), len(src.classes)
+    if n_classes != net.config["num_classes"]:
+        raise FastSSLError(f"{ckpt} classifies {net.config['num_classes']} classes, {data} has {n_classes}")
+    device = resolve_device(rc["device"])
+    top1, n = classifier_top1(net, loader(spec, rc, False, 256, device, int(rc["seed"]), shard=False), device)
+    return {"top1": top1, "images": n, "model": net.config}

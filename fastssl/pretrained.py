@@ -17,22 +17,35 @@ import torch
 
 from .atomic import ZIP, check_destination
 from .errors import FastSSLError
-from .models import MODELS, AlexNet
+from .models import MODELS, AlexNet, model_key
 from .train import atomic_save, load_checkpoint
 
 PRETRAINED_FORMAT = "fastssl-pretrained-1"
 
 
-def load_trunk(path: str | os.PathLike) -> AlexNet:
-    """The AlexNet of a fastssl training checkpoint (any method), weights loaded."""
+def load_network(path: str | os.PathLike) -> torch.nn.Module:
+    """The trained network of a fastssl training checkpoint (any method, any registered
+    model), weights loaded."""
     ck = load_checkpoint(path)
     if "model" not in ck["nets"]:
-        raise FastSSLError(f"{path} holds no AlexNet trunk (networks: {', '.join(ck['nets'])})")
+        raise FastSSLError(f"{path} holds no trained network (networks: {', '.join(ck['nets'])})")
+    arch = dict(ck["arch"])
+    key = arch.pop("model", "alexnet")
+    if key not in MODELS:
+        raise FastSSLError(f"{path} holds a {key!r} network; known: {', '.join(MODELS)}")
     try:
-        model = AlexNet(**ck["arch"])
+        model = MODELS[key](**arch)
         model.load_state_dict(ck["nets"]["model"])
     except (TypeError, RuntimeError) as e:
         raise FastSSLError(f"{path} is a checkpoint of another architecture: {str(e).splitlines()[0]}") from None
+    return model
+
+
+def load_trunk(path: str | os.PathLike) -> AlexNet:
+    """The AlexNet of a fastssl training checkpoint (any method), weights loaded."""
+    model = load_network(path)
+    if not isinstance(model, AlexNet):
+        raise FastSSLError(f"{path} holds a {model_key(model)} network, not an AlexNet trunk with probe taps")
     return model
 
 
@@ -42,10 +55,10 @@ def export_pretrained(ckpt: str | os.PathLike, out: str | os.PathLike, overwrite
 
     check_destination(out, overwrite=overwrite, replace=ZIP, what="output")
     ck = load_checkpoint(ckpt)
-    trunk = load_trunk(ckpt)
+    trunk = load_network(ckpt)
     info = {
         "format": PRETRAINED_FORMAT,
-        "model": "alexnet",
+        "model": model_key(trunk),
         "config": dict(trunk.config),
         "method": ck.get("method"),
         "epoch": ck.get("epoch"),
@@ -74,5 +87,5 @@ def load_pretrained(path: str | os.PathLike, device="cpu") -> torch.nn.Module:
         except (TypeError, RuntimeError) as e:
             raise FastSSLError(f"{p} does not match its model's config: {str(e).splitlines()[0]}") from None
     else:
-        net = load_trunk(p)  # a training checkpoint (checked there)
+        net = load_network(p)  # a training checkpoint (checked there)
     return net.to(device).eval()

@@ -87,7 +87,8 @@ def train_row(
         if diff:
             said = ", ".join(f"{k} {a!r} there, {b!r} now" for k, (a, b) in diff.items())
             raise FastSSLError(f"{run} was trained with another network ({said}): use another --out")
-        changed = recipe_changes(was, recipe) if was is not None and not allow_changes else {}
+        defaults = METHODS[method_name].recipe_defaults()
+        changed = recipe_changes(was, recipe, defaults) if was is not None and not allow_changes else {}
         if changed:
             said = ", ".join(f"{k} {a!r} there, {b!r} now" for k, (a, b) in list(changed.items())[:4])
             raise FastSSLError(f"{run} was trained with another recipe ({said}): use another --out")

@@ -249,14 +249,18 @@ def flat(d: dict, prefix: str = "") -> dict:
     return out
 
 
-def recipe_changes(old: dict, new: dict) -> dict:
+def recipe_changes(old: dict, new: dict, defaults: dict | None = None) -> dict:
     """``{key: [old, new]}`` for every key of two recorded recipes that differs and matters
-    for an exact resume."""
-    a, b = flat(old), flat(new)
+    for an exact resume. A key the old recipe lacks and the new one holds at its value in
+    ``defaults`` (nested as the recipe) is no change: a later version added it, with the
+    behaviour the old run had."""
+    a, b, d = flat(old), flat(new), flat(defaults or {})
     return {
         k: [a.get(k), b.get(k)]
         for k in sorted({*a, *b})
-        if a.get(k) != b.get(k) and k.rpartition(".")[2] not in RESUMABLE
+        if a.get(k) != b.get(k)
+        and k.rpartition(".")[2] not in RESUMABLE
+        and not (k not in a and k in d and b[k] == d[k])
     }
 
 
@@ -383,7 +387,7 @@ class Trainer:
                 "use a new --out folder or the same recipe"
             )
         if self.recipe is not None and ck.get("recipe") is not None:
-            changed = recipe_changes(ck["recipe"], self.recipe)
+            changed = recipe_changes(ck["recipe"], self.recipe, self.method.recipe_defaults())
             if changed and not self.allow_changes:
                 said = ", ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in list(changed.items())[:4])
                 more = f" and {len(changed) - 4} more" if len(changed) > 4 else ""

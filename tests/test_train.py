@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from streams import Interrupt
 
 from fastssl import AugmentSpec, FastSSLError, MonoSource
 from fastssl.cli import main
@@ -166,31 +167,11 @@ def test_a_few_supervised_steps_learn_a_toy_problem(tmp_path):
     assert np.mean([r["acc"] for r in lines[-4:]]) > 0.9
 
 
-class _Interrupt:
-    """Wraps a data stream and raises KeyboardInterrupt before the batch at global step ``at``."""
-
-    def __init__(self, data, at):
-        self.data, self.at, self.seen = data, at, 0
-
-    def __len__(self):
-        return len(self.data)
-
-    def set_epoch(self, e):
-        self.data.set_epoch(e)
-
-    def iter_from(self, step):
-        for b in self.data.iter_from(step):
-            if self.seen == self.at:
-                raise KeyboardInterrupt
-            self.seen += 1
-            yield b
-
-
 def test_resume_after_ctrl_c_gives_the_same_weights_as_one_run(tmp_path):
     torch.manual_seed(0)
     Trainer(build_method("rotnet", MODEL), _mono(), _cfg(), tmp_path / "a").fit()
     torch.manual_seed(0)
-    t = Trainer(build_method("rotnet", MODEL), _Interrupt(_mono(), at=5), _cfg(), tmp_path / "b")
+    t = Trainer(build_method("rotnet", MODEL), Interrupt(_mono(), at=5), _cfg(), tmp_path / "b")
     assert t.fit() == "interrupted"
     assert load_checkpoint(tmp_path / "b" / "ckpt.pt")["global_step"] == 5
     torch.manual_seed(123)  # resuming restores weights, optimiser, position and RNG: the seed here is irrelevant

@@ -20,6 +20,7 @@ from ..errors import FastSSLError
 from .base import Method, flip_half
 from .bigan import BiGAN
 from .deepcluster import DeepCluster
+from .distill import Distill
 from .rotnet import RotNet
 from .supervised import Supervised
 
@@ -29,6 +30,7 @@ METHODS: dict[str, type[Method]] = {
     "deepcluster": DeepCluster,
     "bigan": BiGAN,
     "supervised": Supervised,
+    "distill": Distill,
 }
 
 __all__ = ["METHODS", "Method", "build_method", "flip_half", "pretext_methods"]

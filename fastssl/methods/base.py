@@ -7,6 +7,9 @@ import math
 import torch
 from torch import nn
 
+from ..checks import as_dict
+from ..models import model_key
+
 
 class Method:
     """What a method declares (read by ``train``, ``repro`` and the recipes) and does."""
@@ -32,6 +35,12 @@ class Method:
     def settings_for_items(cls, settings: dict | None, n_items: int) -> dict | None:
         """``settings`` adapted to a fixed dataset of only ``n_items`` (a smoke run's)."""
         return settings
+
+    @classmethod
+    def recipe_defaults(cls) -> dict:
+        """The method's settings at their defaults, nested as a recipe records them (a setting
+        added in a later version, at its default, does not stop an older run's resume)."""
+        return {} if cls.Settings is None else {cls.name: {"settings": as_dict(cls.Settings())}}
 
     def batch_labels(self) -> int:
         """How many distinct labels its batches carry (0: it reads no labels)."""
@@ -69,7 +78,11 @@ class Method:
         raise NotImplementedError
 
     def arch(self) -> dict:
-        return self.trunk().config
+        """The trained network's config, as checkpoints record it (``model``: its class in
+        :data:`~fastssl.models.MODELS`, left out for AlexNet)."""
+        net = self.trunk()
+        key = model_key(net)
+        return dict(net.config) if key == "alexnet" else {"model": key, **net.config}
 
     def classify_step(self, x: torch.Tensor, y: torch.Tensor, ctx) -> dict:
         """The step of a method that classifies (RotNet's rotations, DeepCluster's clusters,

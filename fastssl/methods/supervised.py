@@ -1,21 +1,39 @@
-"""Full supervision: cross-entropy on the labels of a labelled source (the paper's upper row)."""
+"""Full supervision: cross-entropy on the labels of a labelled source (the paper's upper row,
+and the teachers of distillation: ``model`` picks the network, AlexNet by default)."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
+from ..checks import bad
 from ..errors import FastSSLError
-from ..models import AlexNet
+from ..models import NAMED, AlexNet, build_model
 from .base import Method
+
+
+@dataclass
+class SupervisedSettings:
+    model: str = "alexnet"  # the recipe's AlexNet ([model]), or a named network (`train --model`)
+
+    def check(self, where: str = "") -> None:
+        if self.model != "alexnet" and self.model not in NAMED:
+            bad(f"{where}model", f"must be alexnet or one of {', '.join(NAMED)}", self.model)
 
 
 class Supervised(Method):
     name = "supervised"
     needs_labels = True
+    Settings = SupervisedSettings
 
     pretext = False
 
-    def __init__(self, model_kw: dict, settings=None, *, num_classes: int, seed: int = 0):
+    def __init__(self, model_kw: dict, settings: SupervisedSettings | None = None, *, num_classes: int, seed: int = 0):
         super().__init__()
-        self.nets["model"] = AlexNet(num_classes, **model_kw)
+        name = (settings or SupervisedSettings()).model
+        if name == "alexnet":
+            self.nets["model"] = AlexNet(num_classes, **model_kw)
+        else:
+            self.nets["model"] = build_model(name, num_classes)
         self.num_classes = int(num_classes)
 
     def batch_labels(self) -> int:

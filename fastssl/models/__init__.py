@@ -1,11 +1,43 @@
-"""The networks: AlexNet (the paper's trunk, with its small-input variant) and BiGAN's parts.
+"""The networks: AlexNet (the paper's trunk, with its small-input variant), BiGAN's parts, and
+the residual classifiers of distillation (wide-ResNets, ResNets).
 
-:data:`MODELS` names the trunks a pretrained file may hold; a new trunk is its own file and one
-line there (it takes its ``config`` dict as keywords and exposes it as ``.config``).
+:data:`MODELS` names the network classes a checkpoint or pretrained file may hold; a new one
+is its own file and one line there (it takes its ``config`` dict as keywords and exposes it
+as ``.config``). :data:`NAMED` gives the named shapes ``--model`` accepts (``wrn-16-4``,
+``resnet18``, ...); :func:`build_model` makes either.
 """
 
+from torch import nn
+
+from ..errors import FastSSLError
 from .alexnet import AlexNet, fold_bn
+from .resnet import NAMED, ResNet, WideResNet  # NAMED: name -> (MODELS key, keywords)
 
-MODELS = {"alexnet": AlexNet}  # name -> class
+MODELS = {"alexnet": AlexNet, "wrn": WideResNet, "resnet": ResNet}  # name -> class
 
-__all__ = ["MODELS", "AlexNet", "fold_bn"]
+
+def model_names() -> list[str]:
+    return [*NAMED, *MODELS]
+
+
+def build_model(name: str, num_classes: int, **kw) -> nn.Module:
+    """The network ``name`` (a named shape of :data:`NAMED`, or a class of :data:`MODELS` with
+    ``kw`` its keywords) with a ``num_classes``-way output."""
+    if name in NAMED:
+        key, shape = NAMED[name]
+        return MODELS[key](num_classes, **{**shape, **kw})
+    if name in MODELS:
+        return MODELS[name](num_classes, **kw)
+    raise FastSSLError(f"unknown model {name!r}; choose one of {', '.join(model_names())}")
+
+
+def model_key(net: nn.Module) -> str:
+    """The :data:`MODELS` name of ``net``'s class."""
+    net = getattr(net, "module", net)
+    for key, cls in MODELS.items():
+        if type(net) is cls:
+            return key
+    raise FastSSLError(f"{type(net).__name__} is not a registered model")
+
+
+__all__ = ["MODELS", "NAMED", "AlexNet", "ResNet", "WideResNet", "build_model", "fold_bn", "model_key", "model_names"]
