@@ -266,8 +266,9 @@ def _ints(text: str | None, flag: str = "--seeds"):
 def cmd_repro(args) -> int:
     from .repro import repro
 
+    distill = args.method == "distill"
     repro(
-        args.preset,
+        args.preset or ("cpu-mini-distill" if distill else "cpu-mini"),
         image=_images(args.image),
         data=args.data,
         eval_data=args.eval_data,
@@ -281,7 +282,7 @@ def cmd_repro(args) -> int:
         smoke=args.smoke,
         progress=not args.quiet,
     )
-    print(f"wrote {Path(args.out) / 'probes.json'}, table.md, probes.png")
+    print(f"wrote {Path(args.out) / ('scores.json' if distill else 'probes.json')}, with its table and figure")
     return 0
 
 
@@ -374,6 +375,15 @@ def cmd_pretrained(args) -> int:
 def cmd_report(args) -> int:
     from .report import report
 
+    if any(Path(args.out).glob("seed-*/scores/*.json")):  # a distill run's rows
+        from .repro_distill import distill_report
+
+        seeds = _ints(args.seeds) or sorted(
+            int(p.name[5:]) for p in Path(args.out).glob("seed-*") if p.name[5:].isdigit()
+        )
+        distill_report(args.out, seeds, preset=args.preset)
+        print(f"wrote {Path(args.out) / 'scores.json'}, scores.md, scores.png")
+        return 0
     report(args.out, _ints(args.seeds), preset=args.preset)
     print(f"wrote {Path(args.out) / 'probes.json'}, table.md, probes.png")
     return 0
@@ -512,7 +522,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     rp = sub.add_parser("repro", help="the paper's table in miniature: random / mono / full METHOD / supervised")
     rp.add_argument(
-        "--preset", default="cpu-mini", help="cpu-mini (2 CPU cores: RotNet ~10 min a seed), paper (GPUs), or a .toml"
+        "--preset",
+        default=None,
+        help="cpu-mini (2 CPU cores: RotNet ~10 min a seed), paper (GPUs), or a .toml; distill: cpu-mini-distill",
     )
     rp.add_argument(
         "--image", action="append", help="the source image (repeat, or a folder, for several; default: built-in)"
@@ -520,7 +532,11 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--data", required=True, help="labelled train source: folder, .tar/.tar.gz, or cifar10")
     rp.add_argument("--eval-data", default=None, help="labelled source to score on (default: held-out part of --data)")
     rp.add_argument("--out", default="runs/repro")
-    rp.add_argument("--method", default="rotnet", help=f"{' | '.join(PRETEXT)} (the mono and full rows)")
+    rp.add_argument(
+        "--method",
+        default="rotnet",
+        help=f"{' | '.join(PRETEXT)} (the mono and full rows), or distill (teacher, students from image, data, noise)",
+    )
     rp.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a recipe value, e.g. probe.epochs=2")
     rp.add_argument("--seeds", default=None, help="train and probe every row for each seed, e.g. 0,1,2 (mean ± std)")
     rp.add_argument(

@@ -23,6 +23,7 @@ from .methods import pretext_methods
 from .models import AlexNet
 from .mono import MonoSource
 from .probe import ProbeConfig, probe_method, probe_train_config
+from .repro_distill import SOURCES, check_teacher
 from .spec import AugmentSpec
 from .train import Trainer
 
@@ -74,11 +75,13 @@ def plan(
 ) -> dict:
     """The stages of ``fastssl repro --preset PRESET --method METHOD`` with their estimated cost."""
 
-    if method not in pretext_methods():
-        raise FastSSLError(f"`method` {method}: choose one of {', '.join(pretext_methods())}")
+    if method not in (*pretext_methods(), "distill"):
+        raise FastSSLError(f"`method` {method}: choose one of {', '.join(pretext_methods())} or distill")
     if steps < 1:
         raise FastSSLError(f"`steps` must be >= 1, got {steps}")
     rc = load(preset, overrides, methods=(method, "supervised"))
+    if method == "distill":
+        check_teacher(rc)
     if device is not None:
         rc["device"] = device
     dev = resolve_device(rc["device"])
@@ -104,10 +107,18 @@ def plan(
             print(f"  {name:28s} {n_steps:9d} steps x {sps:8.3f} s = {n_steps * sps / 60:9.1f} min", flush=True)
 
     with tempfile.TemporaryDirectory() as tmp:
-        for row, name in ((f"mono-{method}", method), (f"full-{method}", method), ("supervised", "supervised")):
+        if method == "distill":  # repro_distill's rows: the teacher, then three students
+            rows = [("teacher", "supervised", False), *((f"student-{s}", "distill", s != "full") for s in SOURCES)]
+        else:
+            rows = [
+                (f"mono-{method}", method, True),
+                (f"full-{method}", method, False),
+                ("supervised", "supervised", False),
+            ]
+        for row, name, mono in rows:
             cfg = train_config(rc, name, False, False)
             cfg.device = str(dev)
-            n_items = n_mono if row.startswith("mono") else n_train
+            n_items = n_mono if mono else n_train
             per_epoch = n_items // cfg.batch_size
             if cfg.steps_per_epoch:
                 per_epoch = min(per_epoch, cfg.steps_per_epoch)
@@ -122,7 +133,7 @@ def plan(
                 def labels(k=k, bs=bs):
                     return torch.randint(0, k, (bs,), device=dev)
 
-            if row.startswith("mono"):
+            if mono:
                 src = MonoSource(None, AugmentSpec(**mono_kw), batch_size=bs, epoch_length=10**9, device=dev)
                 it = iter(range(10**9))
 
@@ -145,6 +156,12 @@ def plan(
             sps_c = m.epoch_start_seconds(t.ctx, n_items, res)  # DeepCluster: features and k-means
             if sps_c:
                 add(f"{row} {m.epoch_start_name}", cfg.epochs, cfg.epochs * n_items, sps_c, {"data": "estimated"})
+            if row == "teacher":  # the students time their steps with this (untrained) teacher
+                t.ckpt_path.parent.mkdir(parents=True, exist_ok=True)
+                t.save()
+                rc["distill"]["settings"]["teacher"] = str(t.ckpt_path)
+        if method == "distill":  # students are scored, not probed
+            return _result(preset, method, dev, steps, stages)
         # probes: one run per row (random, the method's two, supervised)
         pcfg = to_dataclass(ProbeConfig, dict(rc["probe"]), "probe.")
         pm = probe_method(AlexNet(10, **rc["model"]), 1000 if res >= 128 else 10, pcfg, dev)
@@ -168,6 +185,10 @@ def plan(
             sps,
             {"data": "resident batches (loading not timed)"},
         )
+    return _result(preset, method, dev, steps, stages)
+
+
+def _result(preset, method, dev, steps, stages) -> dict:
     total = round(sum(s["estimated_seconds"] for s in stages), 1)
     return {
         "preset": preset,

@@ -86,6 +86,27 @@ def bar_figure(
         plt.close(fig)
 
 
+def bar_chart(values: dict, std: dict, path, title: str = "", ylabel: str = "top-1 (%)") -> None:
+    """One bar per row with its std; ``path`` is a temporary the caller renames."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(1.6 + 1.1 * len(values), 3.6))
+    names = list(values)
+    ax.bar(range(len(names)), [values[n] for n in names], yerr=[std[n] for n in names], capsize=3)
+    ax.set_xticks(range(len(names)), names, rotation=20, ha="right")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    try:
+        _save_figure(fig, path)
+    finally:
+        plt.close(fig)
+
+
 def _save_figure(fig, path) -> None:
     fig.savefig(path, dpi=100, format="png")
 
@@ -102,7 +123,7 @@ def report(out, seeds=None, **info) -> dict:
     result = summary(out, seeds)
     if not result["rows"]:
         raise FastSSLError(f"no probe results in {out} for seeds {seeds}")
-    smoke = bool(info.pop("smoke", False)) or _was_smoke(out)
+    smoke = bool(info.pop("smoke", False)) or was_smoke(out)
     result.update(info)
     if smoke:
         result["smoke"] = True
@@ -112,19 +133,26 @@ def report(out, seeds=None, **info) -> dict:
     if len(seeds) > 1:
         title += f", mean +/- std over {len(seeds)} seeds"
     std = result["std"] if len(seeds) > 1 else None
-    with (
-        atomic_output(out / "probes.json", replace=JSON) as tj,
-        atomic_output(out / "table.md") as tt,
-        atomic_output(out / "probes.png", replace=PNG) as tp,
-    ):
-        tj.write_text(json.dumps(result, indent=1))
-        tt.write_text(table)
-        bar_figure(result["rows"], tp, title=title, std=std, atomic=False)
-    print(table)
+    draw = lambda tmp: bar_figure(result["rows"], tmp, title=title, std=std, atomic=False)  # noqa: E731
+    write_summary(out, ("probes.json", "table.md", "probes.png"), result, table, draw)
     return result
 
 
-def _was_smoke(out: Path) -> bool:
+def write_summary(out: Path, names: tuple[str, str, str], result: dict, table: str, draw) -> None:
+    """A summary's JSON, Markdown table and figure (``draw(path)``) under ``out``, replaced
+    together or not at all; the table printed."""
+    with (
+        atomic_output(out / names[0], replace=JSON) as tj,
+        atomic_output(out / names[1]) as tt,
+        atomic_output(out / names[2], replace=PNG) as tp,
+    ):
+        tj.write_text(json.dumps(result, indent=1))
+        tt.write_text(table)
+        draw(tp)
+    print(table)
+
+
+def was_smoke(out: Path) -> bool:
     try:
         return bool(json.loads((out / "config.json").read_text())["recipe"].get("smoke"))
     except (OSError, ValueError, KeyError, TypeError, AttributeError):

@@ -31,9 +31,8 @@ from pathlib import Path
 import torch
 
 from .atomic import run_folder
-from .config import build_for, load, method_model, model_changes, run_recipe, to_dataclass, train_config
-from .data.adapters import LoaderData, MonoData
-from .data.prepare import fixed_dataset, loader, mono_stream, prepare_labelled, source_images, train_images
+from .config import load, method_model, model_changes, to_dataclass
+from .data.prepare import loader, mono_stream, prepare_labelled, source_images, train_images
 from .errors import FastSSLError
 from .methods import METHODS, pretext_methods
 from .models import AlexNet
@@ -42,8 +41,9 @@ from .pretrained import load_trunk
 from .probe import ProbeConfig, train_probes
 from .progress import log
 from .report import report, write_json
+from .repro_distill import repro_distill
+from .rows import smoke_recipe, train_row
 from .spec import AugmentSpec
-from .train import Trainer, load_checkpoint, recipe_changes
 
 
 def random_rows(rc: dict, method: str) -> dict[str, dict]:
@@ -57,65 +57,6 @@ def random_rows(rc: dict, method: str) -> dict[str, dict]:
         tag = "-".join(k if v is True else f"{k}{v}" for k, v in changes.items())
         rows[f"random-{tag}"] = dict(method_model(rc, method))
     return rows
-
-
-def train_row(
-    row: str,
-    rc: dict,
-    method_name: str,
-    data,
-    out: Path,
-    num_classes,
-    progress: bool,
-    image=None,
-    spec=None,
-    allow_changes: bool = False,
-    sources: str | None = None,
-):
-
-    cfg = train_config(rc, method_name, progress, resume=True)
-    run = out / row
-    ck = run / "ckpt.pt"
-    recipe = run_recipe(rc, method_name, spec, mono=isinstance(data, MonoData))
-    if sources:
-        recipe["sources"] = sources
-    if ck.exists():  # a row of an earlier run: only reused (or resumed) with the same network
-        state = load_checkpoint(ck)
-        arch, epoch, was = state["arch"], state["epoch"], state.get("recipe")
-        del state  # not held through training: a resumed run loads its weights itself
-        diff = {k: (arch[k], v) for k, v in method_model(rc, method_name).items() if k in arch and arch[k] != v}
-        if diff:
-            said = ", ".join(f"{k} {a!r} there, {b!r} now" for k, (a, b) in diff.items())
-            raise FastSSLError(f"{run} was trained with another network ({said}): use another --out")
-        defaults = METHODS[method_name].recipe_defaults()
-        changed = recipe_changes(was, recipe, defaults) if was is not None and not allow_changes else {}
-        if changed:
-            said = ", ".join(f"{k} {a!r} there, {b!r} now" for k, (a, b) in list(changed.items())[:4])
-            raise FastSSLError(f"{run} was trained with another recipe ({said}): use another --out")
-        if epoch >= cfg.epochs:
-            log(f"{row}: already trained ({ck})")
-            return ck
-    torch.manual_seed(cfg.seed)
-    method = build_for(rc, method_name, num_classes)
-    if method.fixed_dataset:
-        mono = isinstance(data, MonoData)
-        stream = fixed_dataset(
-            rc, cfg, image=image if mono else None, data=None if mono else data, spec=spec, progress=progress
-        )
-    elif isinstance(data, MonoData):
-        stream = data
-    else:
-        stream = LoaderData(
-            loader(data, rc, True, cfg.batch_size, cfg.device, cfg.seed), use_labels=method.needs_labels
-        )
-    steps = min(len(stream), cfg.steps_per_epoch or len(stream))
-    log(f"{row}: training {method_name}, {cfg.epochs} epochs of {steps} steps of {cfg.batch_size}")
-    t0 = time.perf_counter()
-    status = Trainer(method, stream, cfg, run, recipe=recipe, allow_changes=allow_changes).fit()
-    if status == "interrupted":
-        raise KeyboardInterrupt
-    log(f"{row}: done in {time.perf_counter() - t0:.0f} s")
-    return ck
 
 
 def repro(
@@ -143,10 +84,15 @@ def repro(
     ``n_images_from`` (``deka-M`` for 10, ``kilo-M`` for 1000, else ``n<N>-M``); ``full-M``;
     ``supervised``."""
 
+    if method == "distill":  # the follow-up's rows: teacher, students from one image, the data, noise
+        if n_images or n_images_from or ablation:
+            raise FastSSLError("`n_images` and `ablation` are rows of the pretext methods, not of distill")
+        kw = dict(image=image, data=data, eval_data=eval_data, out=out, overrides=overrides, seeds=seeds)
+        return repro_distill(preset, **kw, smoke=smoke, progress=progress)
     if data is None:
         raise FastSSLError("`data` is required: a labelled train source (folder, .tar.gz, or cifar10)")
     if method not in pretext_methods():
-        raise FastSSLError(f"`method` {method}: choose one of {', '.join(pretext_methods())}")
+        raise FastSSLError(f"`method` {method}: choose one of {', '.join(pretext_methods())} or distill")
     rc = load(preset, overrides, methods=(method, "supervised"))
     if smoke:
         smoke_recipe(rc, method)
@@ -191,20 +137,6 @@ def _repro(rc, preset, method, image, data, eval_data, out: Path, progress, seed
     result = report(out, seeds, preset=preset)  # no timings in it: the same run gives the same bytes
     log(f"repro: finished in {time.perf_counter() - t_start:.0f} s")
     return result
-
-
-SMOKE_STEPS = 2
-
-
-def smoke_recipe(rc: dict, method: str) -> None:
-    """``rc`` cut to a few steps of every stage at unchanged shapes (in place)."""
-
-    for name in METHODS:
-        rc[name].update(epochs=1, steps_per_epoch=SMOKE_STEPS, log_every=1)
-    rc["probe"].update(epochs=1, steps_per_epoch=SMOKE_STEPS)
-    need = max(int(rc[method]["batch_size"]) * SMOKE_STEPS, METHODS[method].min_items(rc[method].get("settings")))
-    rc["mono"]["epoch_length"] = min(int(rc["mono"]["epoch_length"]), need)
-    rc["smoke"] = True
 
 
 ABLATION = {  # the paper's augmentation ablation: each row drops one part of the chain

@@ -134,14 +134,7 @@ def test_a_short_distillation_moves_the_student_towards_the_teacher(tmp_path, ca
     """Teacher: supervised resnet-small on a colour-coded labelled set; student: patches of one
     photo only. Its agreement with the teacher on the labelled images goes up."""
     rng = np.random.default_rng(0)
-    root = tmp_path / "imgs"
-    for k, c in enumerate("abc"):
-        (root / c).mkdir(parents=True)
-        for i in range(12):
-            a = np.zeros((16, 16, 3), np.uint8)
-            a[..., k] = 200
-            a = np.clip(a + rng.normal(0, 25, a.shape), 0, 255).astype(np.uint8)
-            Image.fromarray(a).save(root / c / f"{i:03d}.png")
+    root = _colour_classes(tmp_path / "imgs")
     base = ["train", "--preset", TINY, "--quiet", "--set", "loader=pytorch"]
     assert main([*base, "--method", "supervised", "--model", "resnet-small", "--data", str(root), "--out",
                  str(tmp_path / "t"), "--set", "supervised.epochs=6"]) == 0  # fmt: skip
@@ -212,3 +205,41 @@ def test_bad_distill_and_score_arguments_are_one_line(tmp_path, capsys):
         (root / c).mkdir(parents=True)
         Image.fromarray(np.zeros((16, 16, 3), np.uint8)).save(root / c / "0.png")
     one_line(*run(["score", ck, "--data", root, "--preset", TINY], capsys), "classifies 3 classes")
+
+
+def _colour_classes(root: Path, per_class=12, side=16, seed=0) -> Path:
+    rng = np.random.default_rng(seed)
+    for k, c in enumerate("abc"):
+        (root / c).mkdir(parents=True)
+        for i in range(per_class):
+            a = np.zeros((side, side, 3), np.uint8)
+            a[..., k] = 200
+            Image.fromarray(np.clip(a + rng.normal(0, 25, a.shape), 0, 255).astype(np.uint8)).save(
+                root / c / f"{i}.png"
+            )
+    return root
+
+
+@pytest.mark.slow
+def test_repro_distill_trains_and_scores_its_four_rows(tmp_path, capsys):
+    from fastssl.repro_distill import ROWS
+
+    root = _colour_classes(tmp_path / "imgs")
+    out = tmp_path / "run"
+    args = ["repro", "--method", "distill", "--preset", TINY, "--data", root, "--out", out, "--quiet"]
+    args += ["--set", "supervised.settings.model=resnet-small", "--set", "distill.settings.model=resnet-small"]
+    assert main([str(a) for a in args]) == 0
+    res = json.loads((out / "scores.json").read_text())
+    assert list(res["rows"]) == list(ROWS)
+    assert all(0 <= r["mean"] <= 100 for r in res["rows"].values())
+    assert "of_teacher" in res["rows"]["student-mono"] and "of_teacher" not in res["rows"]["teacher"]
+    assert "| student-noise |" in (out / "scores.md").read_text() and (out / "scores.png").stat().st_size > 0
+    for row in ROWS[1:]:  # every student learnt from that seed's teacher
+        ck = load_checkpoint(out / "seed-0" / row / "ckpt.pt")
+        assert ck["recipe"]["distill"]["settings"]["teacher"] == str(out / "seed-0" / "teacher" / "ckpt.pt")
+    capsys.readouterr()
+    assert main([str(a) for a in args]) == 0  # again: every row reused, the same summary
+    said = capsys.readouterr().out
+    assert "teacher: already trained" in said and "score student-noise: done already" in said
+    assert json.loads((out / "scores.json").read_text()) == res
+    assert main([str(a) for a in [*args, "--n-images", "10"]]) == 2

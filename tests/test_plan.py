@@ -32,3 +32,14 @@ def test_plan_lists_every_stage_with_steps_from_the_recipe_and_a_total(tmp_path,
         assert s["seconds_per_step"] > 0 and s["peak_memory_bytes"] > 0
         assert abs(s["estimated_seconds"] - s["steps"] * s["seconds_per_step"]) <= 0.05 + 0.01 * s["estimated_seconds"]
     assert abs(res["total_estimated_seconds"] - sum(s["estimated_seconds"] for s in res["stages"])) < 0.5
+
+
+def test_plan_of_distill_times_the_teacher_and_three_students(tmp_path):
+    out = tmp_path / "plan.json"
+    args = ["plan", "--preset", TINY, "--method", "distill", "--steps", "1", "--train-images", "480", "--json"]
+    assert main([*args, str(out), "--set", "supervised.settings.model=resnet-small"]) == 0
+    st = {s["name"]: s for s in json.loads(out.read_text())["stages"]}
+    assert list(st) == ["teacher", "student-mono", "student-full", "student-noise"]
+    assert st["teacher"]["steps"] == 2 * (480 // 8)  # supervised: batch 8
+    assert st["student-mono"]["steps"] == 2 * (64 // 16) and st["student-full"]["steps"] == 2 * (480 // 16)
+    assert main(["plan", "--preset", TINY, "--method", "distill"]) == 2  # the teacher is AlexNet: refused

@@ -475,7 +475,7 @@ def test_repro_refuses_to_reuse_a_row_trained_with_another_network(tmp_path):
     # a folder of an earlier run holds mono-deepcluster trained on RGB; the recipe now gives
     # DeepCluster Sobel input: reusing (or resuming) that row would mix two networks in a table
     from fastssl.config import load
-    from fastssl.repro import train_row
+    from fastssl.rows import train_row
     from fastssl.train import CKPT_FORMAT
 
     rc = load(str(Path(__file__).parent / "data" / "tiny.toml"), ["deepcluster.model.sobel=true"])

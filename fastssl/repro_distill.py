@@ -1,0 +1,164 @@
+"""``fastssl repro --method distill``: the follow-up's table (Asano & Saeed, ICLR 2023) in one
+command: how much of a teacher's classifier a student learns from the patches of one image.
+
+Rows, per seed, each scored as a classifier (top-1 %) on the held-out validation split (or
+``--eval-data``):
+
+- ``teacher``: ``supervised`` on the labelled train split, with the network of
+  ``[supervised.settings] model`` (the preset's teacher, e.g. ``wrn-40-4``);
+- ``student-mono``: ``distill`` on patches of ``image`` only (the follow-up's result);
+- ``student-full``: ``distill`` on the labelled training images, labels unread (the upper
+  bound: the teacher's own training distribution);
+- ``student-noise``: ``distill`` on patches of an image of uniform random pixels (the control:
+  colour and contrast everywhere, but no natural image's edges, textures or objects; a flat
+  image would be a weaker control, its patches nearly constant).
+
+Layout as ``repro``'s: ``OUT/data/``, ``OUT/seed-S/<row>/`` (checkpoints and metrics),
+``OUT/seed-S/scores/<row>.json``; the summary ``OUT/scores.json``, ``OUT/scores.md`` and
+``OUT/scores.png``, mean ± std over the seeds, with each student's share of its teacher.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+from .atomic import run_folder
+from .commands import classifier_top1
+from .config import load
+from .data.prepare import loader, mono_stream, prepare_labelled
+from .distributed import resolve_device
+from .errors import FastSSLError
+from .mono import images_for
+from .pretrained import load_network
+from .progress import log
+from .report import bar_chart, was_smoke, write_json, write_summary
+from .rows import smoke_recipe, train_row
+from .spec import AugmentSpec
+
+NOISE_SIDE = 512  # the control image: NOISE_SIDE x NOISE_SIDE uniform random pixels (seed 0)
+SOURCES = ("mono", "full", "noise")  # what each student learns from
+ROWS = ("teacher", *(f"student-{s}" for s in SOURCES))
+
+
+def noise_image(side: int = NOISE_SIDE) -> np.ndarray:
+    return np.random.default_rng(0).integers(0, 256, (side, side, 3), dtype=np.uint8)
+
+
+def check_teacher(rc: dict) -> None:
+    """The teacher is the recipe's supervised network: refuse the AlexNet trunk there."""
+    if rc["supervised"]["settings"]["model"] == "alexnet":
+        raise FastSSLError("the teacher is [supervised.settings] model: set a classifier, e.g. wrn-40-4")
+
+
+def repro_distill(
+    preset: str = "cpu-mini-distill",
+    *,
+    image=None,
+    data=None,
+    eval_data=None,
+    out="runs/distill",
+    overrides=None,
+    seeds=None,
+    smoke: bool = False,
+    progress: bool = True,
+) -> dict:
+    """The four rows for each of ``seeds``, then the summary of every finished row of ``out``."""
+
+    if data is None:
+        raise FastSSLError("`data` is required: a labelled train source (folder, .tar.gz, or cifar10)")
+    rc = load(preset, overrides, methods=("distill", "supervised"))
+    check_teacher(rc)
+    if smoke:
+        smoke_recipe(rc, "distill")
+    seeds = [int(rc["seed"])] if seeds is None else [int(s) for s in seeds]
+    if not seeds or any(s < 0 for s in seeds) or len(set(seeds)) != len(seeds):
+        raise FastSSLError(f"`seeds` must be distinct integers >= 0, got {seeds}")
+    mono_kw = {k: v for k, v in rc["mono"].items() if k != "epoch_length"}
+    images_for(image, AugmentSpec(**mono_kw))  # refused before anything is written
+    with run_folder(out) as out:
+        t0 = time.perf_counter()
+        train_data, val_data, classes = prepare_labelled(rc, data, eval_data, out, progress)
+        write_json(
+            out / "config.json",
+            {"preset": preset, "image": str(image), "data": str(data), "seeds": seeds, "recipe": rc},
+        )
+        for seed in seeds:
+            rcs = copy.deepcopy(rc)
+            rcs["seed"] = seed
+            log(f"seed {seed}")
+            _one_seed(rcs, image, train_data, val_data, len(classes), out / f"seed-{seed}", progress)
+        result = distill_report(out, seeds, preset=preset)
+        log(f"repro: finished in {time.perf_counter() - t0:.0f} s")
+        return result
+
+
+def _one_seed(rc, image, train_data, val_data, nc: int, out: Path, progress: bool) -> None:
+    out.mkdir(exist_ok=True)
+    seed, bs = int(rc["seed"]), int(rc["distill"]["batch_size"])
+    ckpts = {"teacher": train_row("teacher", rc, "supervised", train_data, out, nc, progress)}
+    rcd = copy.deepcopy(rc)
+    rcd["distill"]["settings"]["teacher"] = str(ckpts["teacher"])
+    sources = {
+        "student-mono": mono_stream(rcd, image, bs, seed),
+        "student-full": train_data,
+        "student-noise": mono_stream(rcd, noise_image(), bs, seed),
+    }
+    for row, data in sources.items():
+        ckpts[row] = train_row(row, rcd, "distill", data, out, nc, progress)
+    sdir = out / "scores"
+    sdir.mkdir(exist_ok=True)
+    device = resolve_device(rc["device"])
+    for row, ck in ckpts.items():
+        sp = sdir / f"{row}.json"
+        if sp.exists():
+            log(f"score {row}: done already {json.loads(sp.read_text())['top1']}")
+            continue
+        va = loader(val_data, rc, False, 256, device, seed, shard=False)
+        top1, n = classifier_top1(load_network(ck), va, device)
+        write_json(sp, {"top1": top1, "images": n})
+        log(f"score {row}: top-1 {top1} on {n} held-out images")
+
+
+def distill_report(out, seeds, **info) -> dict:
+    """(Re)write ``OUT/scores.json``, ``scores.md`` and ``scores.png`` from the scores of
+    ``seeds``: each row's mean and std, and each student's mean as a share of the teacher's."""
+
+    out = Path(out)
+    per_seed: dict[str, dict] = {}
+    for seed in seeds:
+        for sp in sorted((out / f"seed-{seed}" / "scores").glob("*.json")):
+            per_seed.setdefault(sp.stem, {})[str(seed)] = json.loads(sp.read_text())["top1"]
+    if not per_seed:
+        raise FastSSLError(f"no scores in {out} for seeds {seeds}")
+    order = [r for r in ROWS if r in per_seed] + sorted(set(per_seed) - set(ROWS))
+    rows = {}
+    for r in order:
+        v = np.array(list(per_seed[r].values()), dtype=float)
+        rows[r] = {"mean": round(float(v.mean()), 2), "std": round(float(v.std(ddof=1)) if len(v) > 1 else 0.0, 2)}
+        rows[r]["n"] = len(v)
+    teacher = rows.get("teacher", {}).get("mean")
+    for r in rows:
+        if teacher and r != "teacher":
+            rows[r]["of_teacher"] = round(100.0 * rows[r]["mean"] / teacher, 1)
+    smoke = was_smoke(out)
+    result = {"rows": rows, "per_seed": per_seed, "seeds": list(seeds), **info, **({"smoke": True} if smoke else {})}
+    lines = ["**SMOKE RUN**: every stage ran a few steps only; these numbers are not results.\n"] if smoke else []
+    lines += [
+        f"| top-1 % on held-out images, {len(seeds)} seed{'s' if len(seeds) > 1 else ''} | top-1 | of the teacher |",
+        "| --- | --- | --- |",
+    ]
+    for r, v in rows.items():
+        cell = f"{v['mean']:.1f} ± {v['std']:.1f}" if v["n"] > 1 else f"{v['mean']:.1f}"
+        share = f"{v['of_teacher']:.1f} %" if "of_teacher" in v else "-"
+        lines.append(f"| {r} | {cell} | {share} |")
+    table = "\n".join(lines) + "\n"
+    title = ("SMOKE RUN (a few steps, not results): " if smoke else "") + "distillation from one image"
+    means, stds = ({r: v[k] for r, v in rows.items()} for k in ("mean", "std"))
+    draw = lambda tmp: bar_chart(means, stds, tmp, title)  # noqa: E731
+    write_summary(out, ("scores.json", "scores.md", "scores.png"), result, table, draw)
+    return result

@@ -1,0 +1,90 @@
+"""Rows of a repro run: one training run each, reused when complete, resumed when not, and
+refused when its folder holds another network or recipe; and the smoke run's recipe."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import torch
+
+from .config import build_for, method_model, run_recipe, train_config
+from .data.adapters import LoaderData, MonoData
+from .data.prepare import fixed_dataset, loader
+from .errors import FastSSLError
+from .methods import METHODS
+from .progress import log
+from .train import Trainer, load_checkpoint, recipe_changes
+
+
+def train_row(
+    row: str,
+    rc: dict,
+    method_name: str,
+    data,
+    out: Path,
+    num_classes,
+    progress: bool,
+    image=None,
+    spec=None,
+    allow_changes: bool = False,
+    sources: str | None = None,
+):
+
+    cfg = train_config(rc, method_name, progress, resume=True)
+    run = out / row
+    ck = run / "ckpt.pt"
+    recipe = run_recipe(rc, method_name, spec, mono=isinstance(data, MonoData))
+    if sources:
+        recipe["sources"] = sources
+    if ck.exists():  # a row of an earlier run: only reused (or resumed) with the same network
+        state = load_checkpoint(ck)
+        arch, epoch, was = state["arch"], state["epoch"], state.get("recipe")
+        del state  # not held through training: a resumed run loads its weights itself
+        diff = {k: (arch[k], v) for k, v in method_model(rc, method_name).items() if k in arch and arch[k] != v}
+        if diff:
+            said = ", ".join(f"{k} {a!r} there, {b!r} now" for k, (a, b) in diff.items())
+            raise FastSSLError(f"{run} was trained with another network ({said}): use another --out")
+        defaults = METHODS[method_name].recipe_defaults()
+        changed = recipe_changes(was, recipe, defaults) if was is not None and not allow_changes else {}
+        if changed:
+            said = ", ".join(f"{k} {a!r} there, {b!r} now" for k, (a, b) in list(changed.items())[:4])
+            raise FastSSLError(f"{run} was trained with another recipe ({said}): use another --out")
+        if epoch >= cfg.epochs:
+            log(f"{row}: already trained ({ck})")
+            return ck
+    torch.manual_seed(cfg.seed)
+    method = build_for(rc, method_name, num_classes)
+    if method.fixed_dataset:
+        mono = isinstance(data, MonoData)
+        stream = fixed_dataset(
+            rc, cfg, image=image if mono else None, data=None if mono else data, spec=spec, progress=progress
+        )
+    elif isinstance(data, MonoData):
+        stream = data
+    else:
+        stream = LoaderData(
+            loader(data, rc, True, cfg.batch_size, cfg.device, cfg.seed), use_labels=method.needs_labels
+        )
+    steps = min(len(stream), cfg.steps_per_epoch or len(stream))
+    log(f"{row}: training {method_name}, {cfg.epochs} epochs of {steps} steps of {cfg.batch_size}")
+    t0 = time.perf_counter()
+    status = Trainer(method, stream, cfg, run, recipe=recipe, allow_changes=allow_changes).fit()
+    if status == "interrupted":
+        raise KeyboardInterrupt
+    log(f"{row}: done in {time.perf_counter() - t0:.0f} s")
+    return ck
+
+
+SMOKE_STEPS = 2
+
+
+def smoke_recipe(rc: dict, method: str) -> None:
+    """``rc`` cut to a few steps of every stage at unchanged shapes (in place)."""
+
+    for name in METHODS:
+        rc[name].update(epochs=1, steps_per_epoch=SMOKE_STEPS, log_every=1)
+    rc["probe"].update(epochs=1, steps_per_epoch=SMOKE_STEPS)
+    need = max(int(rc[method]["batch_size"]) * SMOKE_STEPS, METHODS[method].min_items(rc[method].get("settings")))
+    rc["mono"]["epoch_length"] = min(int(rc["mono"]["epoch_length"]), need)
+    rc["smoke"] = True
