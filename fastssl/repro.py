@@ -11,7 +11,8 @@ datasets: the first ``[mono] epoch_length`` patches of the image(s), indexed and
 needed, and the train split decoded once at ``res`` (centre crops) and held in memory; RotNet
 and BiGAN stream.
 Columns: linear-probe top-1 of conv1..conv5 on the held-out validation split (or
-``--eval-data``, or the ``val/`` split of an ImageNet root).
+``--eval-data``, or the ``val/`` split of an ImageNet root). ``--method distill`` runs the
+follow-up's rows instead (:mod:`fastssl.repro_distill`).
 
 Layout: ``OUT/data/`` (the ``.beton`` files), ``OUT/seed-S/<row>/`` (each training run's
 checkpoint and metrics), ``OUT/seed-S/probes/<row>.json``; the summary ``OUT/probes.json``,

@@ -19,7 +19,7 @@ from fastssl.probe import ProbeConfig, probe_method
 from fastssl.train import TrainConfig, Trainer
 
 MODEL = dict(small=True, input_res=16, width=0.1, fc_width=32)
-METHODS = ("rotnet", "deepcluster", "bigan", "supervised", "probe")
+METHODS = ("rotnet", "deepcluster", "bigan", "supervised", "distill", "probe")
 
 
 class Labelled:
@@ -54,6 +54,13 @@ def _trainer(name, tmp_path, amp="off"):
         from fastssl.models import AlexNet
 
         method = probe_method(AlexNet(4, **MODEL), 4, ProbeConfig(target=64), torch.device("cpu"))
+        data = Labelled()
+    elif name == "distill":  # a resnet-small student of an (untrained) resnet-small teacher
+        teacher = build_method("supervised", {}, 4, {"model": "resnet-small"})
+        t = Trainer(teacher, Labelled(1), TrainConfig(epochs=1, batch_size=16, device="cpu"), tmp_path / "teacher")
+        t.ckpt_path.parent.mkdir(parents=True)
+        t.save()
+        method = build_method(name, {}, method_kw=dict(teacher=str(t.ckpt_path), model="resnet-small"))
         data = Labelled()
     elif name == "deepcluster":
         method = build_method(name, MODEL, method_kw=dict(k=4, pca_dim=4, iters=3, crop_scale=[1.0, 1.0]))

@@ -32,8 +32,9 @@ def build_model(name: str, num_classes: int, **kw) -> nn.Module:
 
 
 def model_key(net: nn.Module) -> str:
-    """The :data:`MODELS` name of ``net``'s class."""
-    net = getattr(net, "module", net)
+    """The :data:`MODELS` name of ``net``'s class (through DDP's and torch.compile's wrappers)."""
+    while hasattr(net, "module") or hasattr(net, "_orig_mod"):
+        net = getattr(net, "module", None) or net._orig_mod
     for key, cls in MODELS.items():
         if type(net) is cls:
             return key
