@@ -373,15 +373,12 @@ def cmd_pretrained(args) -> int:
 
 
 def cmd_report(args) -> int:
-    from .report import report
+    from .report import report, seeds_in
 
     if any(Path(args.out).glob("seed-*/scores/*.json")):  # a distill run's rows
         from .repro_distill import distill_report
 
-        seeds = _ints(args.seeds) or sorted(
-            int(p.name[5:]) for p in Path(args.out).glob("seed-*") if p.name[5:].isdigit()
-        )
-        distill_report(args.out, seeds, preset=args.preset)
+        distill_report(args.out, _ints(args.seeds) or seeds_in(args.out), preset=args.preset)
         print(f"wrote {Path(args.out) / 'scores.json'}, scores.md, scores.png")
         return 0
     report(args.out, _ints(args.seeds), preset=args.preset)

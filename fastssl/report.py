@@ -13,6 +13,13 @@ from .errors import FastSSLError
 from .methods import pretext_methods
 from .models.alexnet import LAYERS
 
+SMOKE_LINE = "**SMOKE RUN**: every stage ran a few steps only; these numbers are not results.\n"
+
+
+def seeds_in(out: Path) -> list[int]:
+    """The seeds of a repro folder: its ``seed-S`` subfolders."""
+    return sorted(int(p.name[5:]) for p in Path(out).glob("seed-*") if p.name[5:].isdigit())
+
 
 def write_json(path: str | os.PathLike, obj, **kw) -> None:
     """``obj`` as JSON through a temporary file (``kw``: :func:`~fastssl.atomic.atomic_output`'s)."""
@@ -34,7 +41,7 @@ def markdown_table(
     head = title if n <= 1 else f"{title}, mean ± std over {n} seeds"
     lines = [f"| {head} | " + " | ".join(LAYERS) + " |", "| --- |" + " --- |" * len(LAYERS)]
     if smoke:
-        lines.insert(0, "**SMOKE RUN**: every stage ran a few steps only; these numbers are not results.\n")
+        lines.insert(0, SMOKE_LINE)
     for name, r in rows.items():
         have = (counts or {}).get(name, n)
         label = name if have >= n else f"{name} ({have} seed{'s' if have > 1 else ''})"
@@ -119,7 +126,7 @@ def report(out, seeds=None, **info) -> dict:
 
     out = Path(out)
     if seeds is None:
-        seeds = sorted(int(p.name[5:]) for p in out.glob("seed-*") if p.name[5:].isdigit())
+        seeds = seeds_in(out)
     result = summary(out, seeds)
     if not result["rows"]:
         raise FastSSLError(f"no probe results in {out} for seeds {seeds}")

@@ -37,14 +37,12 @@ from .data.prepare import loader, mono_stream, prepare_labelled, source_images, 
 from .errors import FastSSLError
 from .methods import METHODS, pretext_methods
 from .models import AlexNet
-from .mono import images_for
 from .pretrained import load_trunk
 from .probe import ProbeConfig, train_probes
 from .progress import log
 from .report import report, write_json
 from .repro_distill import repro_distill
-from .rows import smoke_recipe, train_row
-from .spec import AugmentSpec
+from .rows import check_run, smoke_recipe, train_row
 
 
 def random_rows(rc: dict, method: str) -> dict[str, dict]:
@@ -97,9 +95,7 @@ def repro(
     rc = load(preset, overrides, methods=(method, "supervised"))
     if smoke:
         smoke_recipe(rc, method)
-    seeds = [int(rc["seed"])] if seeds is None else [int(s) for s in seeds]
-    if not seeds or any(s < 0 for s in seeds) or len(set(seeds)) != len(seeds):
-        raise FastSSLError(f"`seeds` must be distinct integers >= 0, got {seeds}")
+    seeds = check_run(rc, seeds, image)
     if n_images and (any(n < 1 for n in n_images) or len(set(n_images)) != len(n_images)):
         raise FastSSLError(f"`n_images` must be distinct counts >= 1, got {n_images}")
     if n_images_from is not None and not n_images:
@@ -113,8 +109,6 @@ def _repro(rc, preset, method, image, data, eval_data, out: Path, progress, seed
     n_images, photos, ablation = rows
     t_start = time.perf_counter()
     # everything that can refuse the run is checked before the first file is written
-    mono_kw = {k: v for k, v in rc["mono"].items() if k != "epoch_length"}
-    images_for(image, AugmentSpec(**mono_kw))
     sources = source_images(data, eval_data, rc, n_images, photos)
     train_data, val_data, classes = prepare_labelled(rc, data, eval_data, out, progress)
     write_json(

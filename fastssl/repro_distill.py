@@ -33,12 +33,10 @@ from .config import load
 from .data.prepare import loader, mono_stream, prepare_labelled
 from .distributed import resolve_device
 from .errors import FastSSLError
-from .mono import images_for
 from .pretrained import load_network
 from .progress import log
-from .report import bar_chart, was_smoke, write_json, write_summary
-from .rows import smoke_recipe, train_row
-from .spec import AugmentSpec
+from .report import SMOKE_LINE, bar_chart, was_smoke, write_json, write_summary
+from .rows import check_run, smoke_recipe, train_row
 
 NOISE_SIDE = 512  # the control image: NOISE_SIDE x NOISE_SIDE uniform random pixels (seed 0)
 SOURCES = ("mono", "full", "noise")  # what each student learns from
@@ -75,11 +73,7 @@ def repro_distill(
     check_teacher(rc)
     if smoke:
         smoke_recipe(rc, "distill")
-    seeds = [int(rc["seed"])] if seeds is None else [int(s) for s in seeds]
-    if not seeds or any(s < 0 for s in seeds) or len(set(seeds)) != len(seeds):
-        raise FastSSLError(f"`seeds` must be distinct integers >= 0, got {seeds}")
-    mono_kw = {k: v for k, v in rc["mono"].items() if k != "epoch_length"}
-    images_for(image, AugmentSpec(**mono_kw))  # refused before anything is written
+    seeds = check_run(rc, seeds, image)  # before anything is written
     with run_folder(out) as out:
         t0 = time.perf_counter()
         train_data, val_data, classes = prepare_labelled(rc, data, eval_data, out, progress)
@@ -113,12 +107,14 @@ def _one_seed(rc, image, train_data, val_data, nc: int, out: Path, progress: boo
     sdir = out / "scores"
     sdir.mkdir(exist_ok=True)
     device = resolve_device(rc["device"])
+    va = None  # built once, for the first row still to score
     for row, ck in ckpts.items():
         sp = sdir / f"{row}.json"
         if sp.exists():
             log(f"score {row}: done already {json.loads(sp.read_text())['top1']}")
             continue
-        va = loader(val_data, rc, False, 256, device, seed, shard=False)
+        if va is None:
+            va = loader(val_data, rc, False, 256, device, seed, shard=False)
         top1, n = classifier_top1(load_network(ck), va, device)
         write_json(sp, {"top1": top1, "images": n})
         log(f"score {row}: top-1 {top1} on {n} held-out images")
@@ -147,7 +143,7 @@ def distill_report(out, seeds, **info) -> dict:
             rows[r]["of_teacher"] = round(100.0 * rows[r]["mean"] / teacher, 1)
     smoke = was_smoke(out)
     result = {"rows": rows, "per_seed": per_seed, "seeds": list(seeds), **info, **({"smoke": True} if smoke else {})}
-    lines = ["**SMOKE RUN**: every stage ran a few steps only; these numbers are not results.\n"] if smoke else []
+    lines = [SMOKE_LINE] if smoke else []
     lines += [
         f"| top-1 % on held-out images, {len(seeds)} seed{'s' if len(seeds) > 1 else ''} | top-1 | of the teacher |",
         "| --- | --- | --- |",

@@ -13,8 +13,20 @@ from .data.adapters import LoaderData, MonoData
 from .data.prepare import fixed_dataset, loader
 from .errors import FastSSLError
 from .methods import METHODS
+from .mono import images_for
 from .progress import log
+from .spec import AugmentSpec
 from .train import Trainer, load_checkpoint, recipe_changes
+
+
+def check_run(rc: dict, seeds, image) -> list[int]:
+    """The seeds of a run (default: the recipe's), refused unless distinct and >= 0, and the
+    source image refused unless it fits the recipe's [mono] chain: before anything is written."""
+    seeds = [int(rc["seed"])] if seeds is None else [int(s) for s in seeds]
+    if not seeds or any(s < 0 for s in seeds) or len(set(seeds)) != len(seeds):
+        raise FastSSLError(f"`seeds` must be distinct integers >= 0, got {seeds}")
+    images_for(image, AugmentSpec(**{k: v for k, v in rc["mono"].items() if k != "epoch_length"}))
+    return seeds
 
 
 def train_row(
