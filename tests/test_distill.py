@@ -190,6 +190,24 @@ def test_distill_resumes_bit_exactly(tmp_path):
         assert torch.equal(a[k], b[k]), k
 
 
+@pytest.mark.slow
+def test_distill_under_torchrun_trains_one_student_on_two_ranks(tmp_path):
+    """Two gloo ranks share one student (DDP); the frozen teacher is no part of its gradient."""
+    from clihelp import torchrun
+
+    ck = _teacher(tmp_path)
+    out = tmp_path / "ddp"
+    torchrun(["train", "--method", "distill", "--teacher", ck, "--model", "resnet-small", "--preset", TINY,
+              "--out", out, "--quiet"])  # fmt: skip
+    got = load_checkpoint(out / "ckpt.pt")
+    # 64 patches per epoch, batch 16, 2 ranks: 2 steps per rank per epoch, 2 epochs
+    assert got["method"] == "distill" and got["global_step"] == 4 and got["epoch"] == 2
+    assert set(got["nets"]) == {"model"}  # the teacher is not saved with the student
+    steps = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    steps = [x for x in steps if "loss" in x]
+    assert steps and all(np.isfinite(x["loss"]) for x in steps)
+
+
 def test_bad_distill_and_score_arguments_are_one_line(tmp_path, capsys):
     from clihelp import one_line, run
 
