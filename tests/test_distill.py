@@ -42,6 +42,16 @@ def test_named_networks_build_classify_and_rebuild_from_their_config():
     assert 2.7e6 < n < 2.8e6  # WRN-16-4 of the wide-ResNet paper: 2.7M
 
 
+def test_an_alexnet_student_or_teacher_takes_the_recipes_model_section(tmp_path):
+    ck = _teacher(tmp_path)
+    kw = {"small": True, "input_res": 16, "width": 0.1, "fc_width": 32}
+    for name, settings, classes in (("distill", {"teacher": str(ck)}, None), ("supervised", {}, 3)):
+        m = build_method(name, kw, classes, {**settings, "model": "alexnet"})
+        assert model_key(m.nets["model"]) == "alexnet" and m.nets["model"].config["fc_width"] == 32
+        m = build_method(name, kw, classes, {**settings, "model": "resnet-small"})
+        assert model_key(m.nets["model"]) == "resnet"  # a named network keeps its own shape
+
+
 def test_kl_of_identical_logits_is_zero_and_grows_apart():
     t = torch.randn(5, 10)
     assert distill_loss(t, t.clone(), 8.0).item() == 0.0

@@ -22,14 +22,14 @@ import torch.nn.functional as F
 
 from ..checks import bad, check_range
 from ..errors import FastSSLError
-from ..models import NAMED, build_model
+from ..models import NAMED, classifier
 from .base import Method, flip_half
 
 
 @dataclass
 class DistillSettings:
     teacher: str = ""  # the teacher's training checkpoint (required; `train --teacher`)
-    model: str = "wrn-16-4"  # the student, a named network (`train --model`)
+    model: str = "wrn-16-4"  # the student: a named network (`train --model`), or the recipe's AlexNet
     temperature: float = 8.0  # of both softmaxes
     cutmix: float = 1.0  # probability that a batch gets a CutMix box
     cutmix_alpha: float = 1.0  # the kept area is Beta(alpha, alpha)
@@ -37,8 +37,8 @@ class DistillSettings:
     flip: bool = True  # mirror a random half of each batch
 
     def check(self, where: str = "") -> None:
-        if self.model not in NAMED:
-            bad(f"{where}model", f"must be one of {', '.join(NAMED)}", self.model)
+        if self.model != "alexnet" and self.model not in NAMED:
+            bad(f"{where}model", f"must be alexnet or one of {', '.join(NAMED)}", self.model)
         if not self.temperature > 0:
             bad(f"{where}temperature", "must be > 0", self.temperature)
         check_range(f"{where}cutmix", self.cutmix, 0, 1)
@@ -117,7 +117,7 @@ class Distill(Method):
             raise FastSSLError(
                 f"the teacher {st.teacher} has {self.num_classes} classes, the labelled source {num_classes}"
             )
-        self.nets["model"] = build_model(st.model, self.num_classes)
+        self.nets["model"] = classifier(st.model, self.num_classes, model_kw)
         self._placed = None
 
     def compile_extra(self, compile_fn) -> None:

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from ..checks import bad
 from ..errors import FastSSLError
-from ..models import NAMED, AlexNet, build_model
+from ..models import NAMED, classifier
 from .base import Method
 
 
@@ -29,11 +29,7 @@ class Supervised(Method):
 
     def __init__(self, model_kw: dict, settings: SupervisedSettings | None = None, *, num_classes: int, seed: int = 0):
         super().__init__()
-        name = (settings or SupervisedSettings()).model
-        if name == "alexnet":
-            self.nets["model"] = AlexNet(num_classes, **model_kw)
-        else:
-            self.nets["model"] = build_model(name, num_classes)
+        self.nets["model"] = classifier((settings or SupervisedSettings()).model, num_classes, model_kw)
         self.num_classes = int(num_classes)
 
     def batch_labels(self) -> int:

@@ -31,6 +31,12 @@ def build_model(name: str, num_classes: int, **kw) -> nn.Module:
     raise FastSSLError(f"unknown model {name!r}; choose one of {', '.join(model_names())}")
 
 
+def classifier(name: str, num_classes: int, alexnet_kw: dict) -> nn.Module:
+    """The classifier a method trains: AlexNet shaped by the run's ``[model]`` keywords
+    (``alexnet_kw``), or a named network of its own fixed shape."""
+    return build_model(name, num_classes, **(alexnet_kw if name == "alexnet" else {}))
+
+
 def model_key(net: nn.Module) -> str:
     """The :data:`MODELS` name of ``net``'s class (through DDP's and torch.compile's wrappers)."""
     while hasattr(net, "module") or hasattr(net, "_orig_mod"):
@@ -41,4 +47,15 @@ def model_key(net: nn.Module) -> str:
     raise FastSSLError(f"{type(net).__name__} is not a registered model")
 
 
-__all__ = ["MODELS", "NAMED", "AlexNet", "ResNet", "WideResNet", "build_model", "fold_bn", "model_key", "model_names"]
+__all__ = [
+    "MODELS",
+    "NAMED",
+    "AlexNet",
+    "ResNet",
+    "WideResNet",
+    "build_model",
+    "classifier",
+    "fold_bn",
+    "model_key",
+    "model_names",
+]
