@@ -232,9 +232,10 @@ class _Ctx:
 
 
 # recipe keys whose change keeps a resume exact (the length of the run, how often it logs and
-# saves, where and how fast it runs); any other change is refused unless allowed
+# saves, where and how fast it runs, where a file lies that the recipe records by content as
+# well: distill's teacher); any other change is refused unless allowed
 RESUMABLE = frozenset(
-    {"epochs", "ckpt_every", "log_every", "workers", "device", "compile", "layout", "progress", "resume"}
+    {"epochs", "ckpt_every", "log_every", "workers", "device", "compile", "layout", "progress", "resume", "teacher"}
 )
 
 

@@ -131,7 +131,7 @@ def test_distill_needs_a_teacher_and_the_same_classes(tmp_path):
     with pytest.raises(FastSSLError, match="3 classes"):
         build_method("distill", {}, 10, {"teacher": str(ck)})
     with pytest.raises(FastSSLError, match="model"):
-        DistillSettings(model="alexnet").check("distill.settings.")
+        DistillSettings(model="vgg").check("distill.settings.")
 
 
 def _agreement(student, teacher, x) -> float:
@@ -216,6 +216,29 @@ def test_distill_under_torchrun_trains_one_student_on_two_ranks(tmp_path):
     steps = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     steps = [x for x in steps if "loss" in x]
     assert steps and all(np.isfinite(x["loss"]) for x in steps)
+
+
+def test_a_student_resumes_with_its_teacher_moved_but_not_with_another(tmp_path, capsys):
+    from clihelp import one_line, run
+
+    ck = _teacher(tmp_path)
+    base = ["train", "--method", "distill", "--model", "resnet-small", "--preset", TINY, "--quiet"]
+    out = tmp_path / "s"
+    assert main([*map(str, base), "--teacher", str(ck), "--out", str(out), "--set", "distill.epochs=1"]) == 0
+    moved = tmp_path / "moved.pt"
+    moved.write_bytes(ck.read_bytes())
+    assert main([*map(str, base), "--teacher", str(moved), "--out", str(out), "--resume"]) == 0
+    assert load_checkpoint(out / "ckpt.pt")["epoch"] == 2  # the same teacher, from another path
+    other = _teacher(tmp_path / "b", classes=3)
+    with torch.no_grad():  # the same shape, other weights
+        net = load_checkpoint(other)
+        net["nets"]["model"]["fc.bias"] += 1
+        torch.save(net, other)
+    capsys.readouterr()
+    one_line(
+        *run([*base, "--teacher", other, "--out", out, "--resume", "--set", "distill.epochs=3"], capsys),
+        "teacher_sha256",
+    )
 
 
 def test_bad_distill_and_score_arguments_are_one_line(tmp_path, capsys):

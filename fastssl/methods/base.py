@@ -37,6 +37,12 @@ class Method:
         return settings
 
     @classmethod
+    def recipe_inputs(cls, settings: dict | None) -> dict:
+        """What a run records of the files its ``settings`` name, by content (e.g. a digest),
+        so that a resume is refused when one changed and taken when one merely moved."""
+        return {}
+
+    @classmethod
     def recipe_defaults(cls) -> dict:
         """The method's settings at their defaults, nested as a recipe records them (a setting
         added in a later version, at its default, does not stop an older run's resume)."""

@@ -14,7 +14,9 @@ student when the run compiles. The student is scored as a classifier (``fastssl 
 
 from __future__ import annotations
 
+import hashlib
 import math
+import os
 from dataclasses import dataclass
 
 import torch
@@ -119,6 +121,16 @@ class Distill(Method):
             )
         self.nets["model"] = classifier(st.model, self.num_classes, model_kw)
         self._placed = None
+
+    @classmethod
+    def recipe_inputs(cls, settings: dict | None) -> dict:
+        """The teacher by the SHA-256 of its checkpoint file: the student's resume needs the
+        same teacher, wherever its file now lies."""
+        path = (settings or {}).get("teacher")
+        if not path or not os.path.isfile(path):
+            return {}  # no teacher, or none there: building the method says so
+        with open(path, "rb") as f:
+            return {"teacher_sha256": hashlib.file_digest(f, "sha256").hexdigest()}
 
     def compile_extra(self, compile_fn) -> None:
         self._teacher_fwd = compile_fn(self.teacher)
