@@ -170,19 +170,31 @@ def summary(out: Path, seeds: list[int]) -> dict:
     """Every finished probe row under ``out`` for ``seeds``: mean and std (over the seeds that
     have the row) of each cell, the per-seed values and the seed count per row."""
 
-    per_seed: dict[str, dict] = {}
-    for seed in seeds:
-        for rp in sorted((out / f"seed-{seed}" / "probes").glob("*.json")):
-            per_seed.setdefault(rp.stem, {})[str(seed)] = json.loads(rp.read_text())["top1"]
+    per_seed = scores_per_seed(out, seeds, "probes")
     rows, std, count = {}, {}, {}
     for name in row_order(per_seed):
-        vals = per_seed[name]
-        a = np.array([[v[k] for k in LAYERS] for v in vals.values()])
-        rows[name] = {k: round(float(x), 2) for k, x in zip(LAYERS, a.mean(0), strict=True)}
-        sd = a.std(0, ddof=1) if len(a) > 1 else np.zeros(len(LAYERS))
-        std[name] = {k: round(float(x), 2) for k, x in zip(LAYERS, sd, strict=True)}
-        count[name] = len(a)
+        mean, sd = mean_std([[v[k] for k in LAYERS] for v in per_seed[name].values()])
+        rows[name] = dict(zip(LAYERS, mean, strict=True))
+        std[name] = dict(zip(LAYERS, sd, strict=True))
+        count[name] = len(per_seed[name])
     return {"rows": rows, "std": std, "seeds": seeds, "n": count, "per_seed": {r: per_seed[r] for r in rows}}
+
+
+def scores_per_seed(out: Path, seeds, folder: str) -> dict[str, dict]:
+    """``{row: {seed: top1}}`` from every ``OUT/seed-S/FOLDER/<row>.json`` of ``seeds``."""
+    per_seed: dict[str, dict] = {}
+    for seed in seeds:
+        for rp in sorted((Path(out) / f"seed-{seed}" / folder).glob("*.json")):
+            per_seed.setdefault(rp.stem, {})[str(seed)] = json.loads(rp.read_text())["top1"]
+    return per_seed
+
+
+def mean_std(values) -> tuple[list[float], list[float]]:
+    """The mean and sample std (0 for one seed) over the first axis of ``values`` (one entry
+    per seed, each a list of cells), rounded to 0.01."""
+    a = np.asarray(values, dtype=float)
+    sd = a.std(0, ddof=1) if len(a) > 1 else np.zeros(a.shape[1:])
+    return [round(float(x), 2) for x in a.mean(0)], [round(float(x), 2) for x in sd]
 
 
 def row_order(names) -> list[str]:

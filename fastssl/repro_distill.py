@@ -35,7 +35,7 @@ from .distributed import resolve_device
 from .errors import FastSSLError
 from .pretrained import load_network
 from .progress import log
-from .report import SMOKE_LINE, bar_chart, was_smoke, write_json, write_summary
+from .report import SMOKE_LINE, bar_chart, mean_std, scores_per_seed, was_smoke, write_json, write_summary
 from .rows import check_run, smoke_recipe, train_row
 
 NOISE_SIDE = 512  # the control image: NOISE_SIDE x NOISE_SIDE uniform random pixels (seed 0)
@@ -125,18 +125,14 @@ def distill_report(out, seeds, **info) -> dict:
     ``seeds``: each row's mean and std, and each student's mean as a share of the teacher's."""
 
     out = Path(out)
-    per_seed: dict[str, dict] = {}
-    for seed in seeds:
-        for sp in sorted((out / f"seed-{seed}" / "scores").glob("*.json")):
-            per_seed.setdefault(sp.stem, {})[str(seed)] = json.loads(sp.read_text())["top1"]
+    per_seed = scores_per_seed(out, seeds, "scores")
     if not per_seed:
         raise FastSSLError(f"no scores in {out} for seeds {seeds}")
     order = [r for r in ROWS if r in per_seed] + sorted(set(per_seed) - set(ROWS))
     rows = {}
     for r in order:
-        v = np.array(list(per_seed[r].values()), dtype=float)
-        rows[r] = {"mean": round(float(v.mean()), 2), "std": round(float(v.std(ddof=1)) if len(v) > 1 else 0.0, 2)}
-        rows[r]["n"] = len(v)
+        (mean,), (std,) = mean_std([[v] for v in per_seed[r].values()])
+        rows[r] = {"mean": mean, "std": std, "n": len(per_seed[r])}
     teacher = rows.get("teacher", {}).get("mean")
     for r in rows:
         if teacher and r != "teacher":
