@@ -1,6 +1,6 @@
 """``fastssl bench train``: where a training step's time goes, method by method.
 
-For every method (rotnet, deepcluster, bigan, supervised) and the linear probe, and for each
+For every method (rotnet, deepcluster, bigan, supervised, distill) and the linear probe, and for each
 variant of eager / compiled x fp32 / bf16 (fp16 too on CUDA) x channels-last / contiguous, one
 row: steady-state images/s after warm-up, a step split into data wait, forward, backward and
 optimiser, the data-wait share, peak memory and, compiled, the cold compile seconds.
@@ -9,11 +9,12 @@ Each row runs in a fresh process (a cold compile is cold: its own empty inductor
 memory is the row's own) with the same threads, through the trainer itself (its AMP,
 layout, compile and DDP wrapping), on the method's real source: the one-image stream for
 RotNet and BiGAN, the one-image fixed dataset for DeepCluster (its clustering is timed once,
-as ``epoch start``), the FFCV ``.beton`` for supervised training and the probes. With the
-trainer's own choice (``auto``), the pretext methods have one more row on the ``.beton`` (the
-full-data rows of ``repro``) and every method one on a few batches held in memory: the
-compute-only ceiling. On CUDA the compute phases are timed with CUDA events, the data wait on
-the host.
+as ``epoch start``), the FFCV ``.beton`` for supervised training and the probes; distill's student on the
+one-image stream, labelled by an untrained teacher of the recipe's network (its step costs what
+a trained one's does). With the trainer's own choice (``auto``), the pretext methods and distill
+have one more row on the ``.beton`` (the full-data rows of ``repro``) and every method one on a
+few batches held in memory: the compute-only ceiling. On CUDA the compute phases are timed with
+CUDA events, the data wait on the host.
 
 Images/s count what the trainer counts: source images (RotNet's network sees four rotations
 of each).
@@ -32,8 +33,9 @@ from pathlib import Path
 
 from .errors import FastSSLError
 
-METHODS = ("rotnet", "deepcluster", "bigan", "supervised", "probe")
-PRETEXT = ("rotnet", "deepcluster", "bigan")
+METHODS = ("rotnet", "deepcluster", "bigan", "supervised", "distill", "probe")
+FROM_SOURCE = ("rotnet", "deepcluster", "bigan", "distill")  # a one-image row and a labelled-data row
+DEFAULT = ("rotnet", "deepcluster", "bigan", "supervised", "probe")  # distill on asking: its preset is its own
 PHASES = ("data", "forward", "backward", "optimiser")
 AMPS_CPU, AMPS_CUDA = ("off", "bf16"), ("off", "bf16", "fp16")
 LAYOUT_NAMES = {"channels_last": "cl", "contiguous": "contig"}
@@ -105,8 +107,9 @@ class _Clock:
         return sum(dt)
 
 
-def _build(row: Row, setup: dict):
-    """(method, data, TrainConfig) for a row, as ``fastssl train`` / ``probe`` builds them."""
+def _build(row: Row, setup: dict, tmp: Path):
+    """(method, data, TrainConfig) for a row, as ``fastssl train`` / ``probe`` builds them
+    (``tmp``: a folder for distill's teacher)."""
     import torch
 
     from .config import build_for, load, train_config
@@ -114,8 +117,11 @@ def _build(row: Row, setup: dict):
     from .data.beton import read_info
     from .data.prepare import fixed_dataset, loader, mono_stream
 
-    rc = load(setup["preset"], setup["overrides"], methods=() if row.method == "probe" else (row.method,))
+    methods = {"probe": (), "distill": ("distill", "supervised")}.get(row.method, (row.method,))
+    rc = load(setup["preset"], setup["overrides"], methods=methods)
     rc["device"], rc["workers"] = setup["device"], setup.get("workers", rc.get("workers"))
+    if row.method == "distill":
+        _untrained_teacher(rc, len(read_info(setup["data"])["classes"]), tmp / "teacher")
     if row.method == "probe":
         from .checks import method_model, to_dataclass
         from .distributed import resolve_device
@@ -150,6 +156,28 @@ def _build(row: Row, setup: dict):
     return method, data, cfg
 
 
+def _untrained_teacher(rc: dict, num_classes: int, folder: Path) -> None:
+    """Save the recipe's teacher network at its initialisation as the students' teacher."""
+    import torch
+
+    from .config import build_for, train_config
+    from .repro_distill import check_teacher
+    from .train import Trainer
+
+    check_teacher(rc)
+
+    class _NoData:  # the teacher is only saved
+        def __len__(self):
+            return 1
+
+    torch.manual_seed(0)
+    folder.mkdir(parents=True)
+    cfg = train_config(rc, "supervised", False, False)
+    t = Trainer(build_for(rc, "supervised", num_classes), _NoData(), cfg, folder)
+    t.save()
+    rc["distill"]["settings"]["teacher"] = str(t.ckpt_path)
+
+
 def _endless(data):
     for epoch in itertools.count():
         data.set_epoch(epoch)
@@ -166,9 +194,9 @@ def run_row(row: Row, setup: dict) -> dict:
 
     torch.set_num_threads(int(setup["threads"]))
     StridedConv.space_to_depth = not row.base
-    method, data, cfg = _build(row, setup)
     with tempfile.TemporaryDirectory(prefix="fastssl-bench-") as tmp:
-        tr = Trainer(method, data, cfg, Path(tmp))
+        method, data, cfg = _build(row, setup, Path(tmp))
+        tr = Trainer(method, data, cfg, Path(tmp) / "run")
         dev = tr.device
         if dev.type == "cuda":
             torch.cuda.reset_peak_memory_stats(dev)
@@ -316,7 +344,7 @@ def synthetic_beton(folder: Path, image, res: int, per_class: int = 256, classes
 
 
 def bench_train(
-    methods=METHODS,
+    methods=DEFAULT,
     *,
     preset: str = "cpu-mini",
     overrides=None,
@@ -361,7 +389,7 @@ def bench_train(
     }
     rows = [Row(m, "off", "off", "channels_last", base=True) for m in methods]
     rows += [Row(m, c, a, lay) for m in methods for c, a, lay in variants(dev, compiles, amps, layouts)]
-    rows += [Row(m, "auto", "auto", "channels_last", "labelled") for m in methods if m in PRETEXT]
+    rows += [Row(m, "auto", "auto", "channels_last", "labelled") for m in methods if m in FROM_SOURCE]
     if resident:
         rows += [Row(m, "auto", "auto", "channels_last", "resident") for m in methods]
     rows.sort(key=lambda r: METHODS.index(r.method))

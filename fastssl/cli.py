@@ -230,11 +230,11 @@ def _choices(text: str, allowed, flag: str) -> list[str]:
 
 
 def cmd_bench_train(args) -> int:
-    from .bench_train import METHODS, bench_train, format_train_table
+    from .bench_train import DEFAULT, bench_train, format_train_table
 
     _check_json(args.json)
     run = bench_train(
-        args.method or list(METHODS),
+        args.method or list(DEFAULT),
         preset=args.preset,
         overrides=args.set,
         image=args.image,
@@ -494,7 +494,10 @@ def build_parser() -> argparse.ArgumentParser:
         "train", help="training steps/s per method and variant: data wait, forward, backward, optimiser"
     )
     tb.add_argument(
-        "--method", action="append", help="rotnet, deepcluster, bigan, supervised or probe (repeatable; default all)"
+        "--method",
+        action="append",
+        help="rotnet, deepcluster, bigan, supervised, probe (default: these five) or distill (with "
+        "--preset cpu-mini-distill); repeatable",
     )
     tb.add_argument("--preset", default="cpu-mini", help="the recipe whose shapes are measured (or a .toml)")
     tb.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a recipe value")

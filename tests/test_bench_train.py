@@ -66,6 +66,11 @@ def test_the_probe_supervised_and_full_data_rows_read_a_beton(tmp_path):
     beton = synthetic_beton(tmp_path, None, 32, per_class=8, classes=4)
     for name, batch, data in (("probe", 16, "source"), ("supervised", 8, "source"), ("rotnet", 8, "labelled")):
         _check_row(run_row(Row(name, "off", "off", "channels_last", data), _setup(data=str(beton))), batch)
+    # distill: the student's step with an untrained teacher of the recipe's network, on both sources
+    small = ["distill.batch_size=8", "supervised.settings.model=resnet-small", "distill.settings.model=resnet-small"]
+    for data in ("source", "labelled"):
+        row = Row("distill", "off", "off", "channels_last", data)
+        _check_row(run_row(row, _setup(data=str(beton), overrides=TINY + small)), 8)
 
 
 def test_rounds_report_the_median_run_of_a_row():
