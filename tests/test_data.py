@@ -445,6 +445,31 @@ def test_importing_ffcv_leaves_thread_counts_alone():
     assert (torch.get_num_threads(), numba.get_num_threads()) == before
 
 
+@needs_ffcv
+def test_an_ffcv_loader_leaves_the_training_threads_alone(tmp_path):
+    """FFCV's loader sets the process's torch and Numba threads to its worker count when built
+    and at every epoch: one worker made a training step single-threaded."""
+    import numba
+
+    folder = make_folder(tmp_path / "imgs", per_class=4, size=(20, 20))
+    dst = tmp_path / "d.beton"
+    assert main(["data", "convert", str(folder), str(dst), "--quiet", "--workers", "1"]) == 0
+    old = torch.get_num_threads(), numba.get_num_threads()
+    torch.set_num_threads(2)
+    numba.set_num_threads(min(2, numba.config.NUMBA_NUM_THREADS))
+    before = torch.get_num_threads(), numba.get_num_threads()
+    try:
+        loader = Loader(str(dst), batch_size=4, train=True, res=12, workers=1, seed=0)
+        assert (torch.get_num_threads(), numba.get_num_threads()) == before
+        for epoch in range(2):
+            loader.set_epoch(epoch)
+            assert len(list(loader)) == len(loader)
+            assert (torch.get_num_threads(), numba.get_num_threads()) == before
+    finally:
+        torch.set_num_threads(old[0])
+        numba.set_num_threads(old[1])
+
+
 def test_workers_zero_loads_in_this_process(tmp_path):
     import multiprocessing
 

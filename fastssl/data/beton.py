@@ -43,20 +43,29 @@ SMART_THRESHOLD = 32 * 1024  # smart mode: raw below 32 KiB of pixels (CIFAR), J
 FFCV_INSTALL = "apt-get install -y pkg-config libopencv-dev libturbojpeg0-dev, then pip install 'fastssl[ffcv]'"
 
 
-def import_ffcv() -> bool:
-    """Import FFCV without its side effect on threads: importing ``ffcv.pipeline.compiler`` sets
-    torch's and Numba's thread counts to 1 for the whole process (FFCV 1.0.2), which silently
-    made every later training step single-threaded. The counts are restored."""
+@contextlib.contextmanager
+def keep_threads():
+    """torch's and Numba's thread counts as they were after the block: FFCV 1.0.2 sets both for
+    the whole process on import (to 1) and in its loader's constructor (to the loader's worker
+    count), which silently made every later training step run on that many threads."""
 
     n_torch, n_numba = torch.get_num_threads(), numba.get_num_threads()
     try:
-        import ffcv  # noqa: F401
-        import ffcv.pipeline.compiler  # noqa: F401
-    except ImportError:
-        return False
+        yield
     finally:
         torch.set_num_threads(n_torch)
         numba.set_num_threads(n_numba)
+
+
+def import_ffcv() -> bool:
+    """Import FFCV without its side effect on threads (:func:`keep_threads`)."""
+
+    with keep_threads():
+        try:
+            import ffcv  # noqa: F401
+            import ffcv.pipeline.compiler  # noqa: F401
+        except ImportError:
+            return False
     return True
 
 

@@ -28,7 +28,7 @@ from PIL import Image
 
 from ..errors import FastSSLError
 from ..seeds import epoch_seed
-from .beton import FFCV_INSTALL, import_ffcv, read_info
+from .beton import FFCV_INSTALL, import_ffcv, keep_threads, read_info
 from .sources import LabelledSource, open_source
 
 
@@ -200,18 +200,19 @@ class Loader:
             image = [CenterCropRGBImageDecoder((res, res), ratio=crop_ratio)]
         image += [ToTensor(), ToDevice(self.device, non_blocking=nb), ToTorchImage(channels_last=True)]
         label = [IntDecoder(), ToTensor(), Squeeze(1), ToDevice(self.device, non_blocking=nb)]
-        self._ffcv = FFCVLoader(
-            path,
-            batch_size=self.batch_size,
-            num_workers=max(1, min(self.workers, len(os.sched_getaffinity(0)))),  # threads: at most the cores
-            order=OrderOption.RANDOM if train else OrderOption.SEQUENTIAL,
-            distributed=distributed,
-            seed=seed,
-            drop_last=drop_last,
-            indices=None if indices is None else np.asarray(indices),
-            pipelines={"image": image, "label": label},
-            os_cache=True,
-        )
+        with keep_threads():  # FFCV's constructor sets the process's thread counts to its workers'
+            self._ffcv = FFCVLoader(
+                path,
+                batch_size=self.batch_size,
+                num_workers=max(1, min(self.workers, len(os.sched_getaffinity(0)))),  # threads: at most the cores
+                order=OrderOption.RANDOM if train else OrderOption.SEQUENTIAL,
+                distributed=distributed,
+                seed=seed,
+                drop_last=drop_last,
+                indices=None if indices is None else np.asarray(indices),
+                pipelines={"image": image, "label": label},
+                os_cache=True,
+            )
         self._dl = None
 
     # --------------------------------------------------------------- PyTorch
@@ -256,7 +257,9 @@ class Loader:
 
     def __iter__(self):
         if self._ffcv is not None:
-            for x, y in self._ffcv:
+            with keep_threads():  # FFCV's iter() sets the process's thread counts again
+                batches = iter(self._ffcv)
+            for x, y in batches:
                 yield (ten_crop(x, self.res) if self.ten else x), y
             return
         nb = self.device.type == "cuda"
