@@ -32,6 +32,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import math
 import os
 import shutil
 import sys
@@ -65,10 +66,16 @@ class OptimConfig:
     milestones: list[int] = field(default_factory=lambda: [15, 30, 45])  # epochs where lr *= gamma
     gamma: float = 0.1
     betas: list[float] = field(default_factory=lambda: [0.5, 0.999])
+    # step: lr *= gamma at each milestone; cosine: lr * (1 + cos(pi * epoch / epochs)) / 2 an
+    # epoch, down to near 0 in the last (milestones and gamma unused; a longer `epochs` on
+    # resume stretches what is left of the curve)
+    schedule: str = "step"
 
     def check(self, where: str = "") -> None:
         if self.name not in ("sgd", "adam"):
             bad(f"{where}name", "must be sgd or adam", self.name)
+        if self.schedule not in ("step", "cosine"):
+            bad(f"{where}schedule", "must be step or cosine", self.schedule)
         check_sgd(where, self)
         if len(self.betas) != 2:
             bad(f"{where}betas", "must be two numbers", self.betas)
@@ -428,6 +435,8 @@ class Trainer:
 
     def lr_at(self, epoch: int) -> float:
         o = self.cfg.optim
+        if o.schedule == "cosine":
+            return o.lr * (1 + math.cos(math.pi * epoch / self.cfg.epochs)) / 2
         return o.lr * o.gamma ** sum(1 for m in o.milestones if epoch >= m)
 
     def log(self, rec: dict) -> None:

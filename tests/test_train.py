@@ -435,6 +435,17 @@ def test_logged_metrics_are_means_over_the_steps_since_the_last_line(tmp_path):
     assert all(x["one"] == 1.0 for x in lines), lines
 
 
+def test_cosine_schedule_falls_from_lr_to_near_zero_over_the_epochs(tmp_path):
+    from fastssl.train import OptimConfig
+
+    cfg = _cfg(epochs=4, log_every=4, optim=OptimConfig(lr=0.2, schedule="cosine", milestones=[1]))
+    Trainer(build_method("rotnet", MODEL), _mono(n=64), cfg, tmp_path).fit()
+    lrs = [json.loads(x)["lr"] for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert lrs == pytest.approx([0.2, 0.2 * (1 + 2**-0.5) / 2, 0.1, 0.2 * (1 - 2**-0.5) / 2])  # milestones unused
+    with pytest.raises(FastSSLError, match="schedule must be step or cosine"):
+        OptimConfig(schedule="linear").check()
+
+
 def test_report_rewrites_the_summary_from_the_probe_files(tmp_path, capsys):
     probes = tmp_path / "seed-3" / "probes"
     probes.mkdir(parents=True)
