@@ -45,9 +45,10 @@ FFCV_INSTALL = "apt-get install -y pkg-config libopencv-dev libturbojpeg0-dev, t
 
 @contextlib.contextmanager
 def keep_threads():
-    """torch's and Numba's thread counts as they were after the block: FFCV 1.0.2 sets both for
-    the whole process on import (to 1) and in its loader's constructor (to the loader's worker
-    count), which silently made every later training step run on that many threads."""
+    """torch's and Numba's thread counts put back, after the block, to what they were before it:
+    FFCV 1.0.2 sets both for the whole process on import (to 1), and in its loader's constructor
+    and every ``iter()`` (to the loader's worker count), which silently made every later
+    training step run on that many threads."""
 
     n_torch, n_numba = torch.get_num_threads(), numba.get_num_threads()
     try:
