@@ -157,3 +157,27 @@ def test_bounded_codes_lie_in_the_prior_interval(code, bare_ctx):
     assert code_half.abs().max() < 1
     if code == "uniform":
         assert abs(float(code_half.std()) - 3**-0.5) < 0.05
+
+
+@pytest.mark.parametrize("inject", [False, True])
+def test_injected_code_reaches_the_image_branch(inject):
+    """With the code's direct way into the last MLP cut, the logit depends on the code only
+    when it is injected into the convolutions; one pass with groups=2 still equals two."""
+    torch.manual_seed(0)
+    d = JointDiscriminator(8, 16, width=8, inject=inject).train()
+    with torch.no_grad():
+        d.joint[0].weight[:, -512:] = 0  # the code's hidden layer no longer feeds the joint MLP
+    x = torch.rand(6, 3, 16, 16) * 255
+    z1, z2 = torch.rand(6, 8) * 2 - 1, torch.rand(6, 8) * 2 - 1
+    assert torch.allclose(d(x, z1), d(x, z2)) is not inject
+    both = d(torch.cat([x, x * 0.3]), torch.cat([z1, z2]), groups=2)
+    torch.testing.assert_close(both, torch.cat([d(x, z1), d(x * 0.3, z2)]), rtol=1e-4, atol=1e-5)
+    assert (d.inject is not None) is inject
+    if inject:
+        d(x, z1).sum().backward()
+        assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in d.inject.parameters())
+
+
+def test_bigan_setting_turns_the_injection_on():
+    m = build_method("bigan", MODEL, None, {"z_dim": 4, "d_inject_z": True}, 0)
+    assert len(m.nets["discriminator"].inject) == 1  # 16 px: two convolutions, the second injected

@@ -37,6 +37,7 @@ class BiGANSettings:
     d_input_dropout: float = 0.0  # dropout on the discriminator's inputs (image and code)
     d_norm: bool = True  # BatchNorm in the discriminator's image branch (DCGAN); false: ALI's, dropout only
     d_skip_above: float = 1.0  # the discriminator sits out its step while its batch accuracy is above this
+    d_inject_z: bool = False  # the code also biases every discriminator convolution but the first
     # the encoder's code: tanh (standardised over the batch, then tanh: bounded like the prior, as
     # the reference bounds its encoder's output), uniform (standardised, then through the normal
     # CDF to [-1, 1]: the prior's marginals) or linear (the head's output, unbounded)
@@ -91,7 +92,13 @@ class BiGAN(Method):
         try:
             self.nets["generator"] = Generator(self.z_dim, res, g_width)
             self.nets["discriminator"] = JointDiscriminator(
-                self.z_dim, res, d_width, dropout=d_dropout, norm=st.d_norm, input_dropout=st.d_input_dropout
+                self.z_dim,
+                res,
+                d_width,
+                dropout=d_dropout,
+                norm=st.d_norm,
+                input_dropout=st.d_input_dropout,
+                inject=st.d_inject_z,
             )
         except ValueError as e:
             raise FastSSLError(

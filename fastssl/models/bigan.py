@@ -44,7 +44,12 @@ class JointDiscriminator(nn.Module):
     code, and an MLP on both (LeakyReLU 0.2). ``norm``: BatchNorm after every conv but the first,
     as DCGAN; without it the discriminator is ALI's (Dumoulin et al., ICLR 2017), which relies
     on dropout instead. ``dropout`` after every hidden layer, ``input_dropout`` on the image and
-    the code as they come in: both keep the discriminator from winning outright."""
+    the code as they come in: both keep the discriminator from winning outright.
+
+    ``inject``: the code also enters every convolution of the image branch but the first, as a
+    per-channel bias computed from the code's hidden layer and added before the normalisation
+    (as BiGAN's reference discriminator conditions its layers), so the pair is compared at
+    every scale rather than only in the last MLP."""
 
     def __init__(
         self,
@@ -55,18 +60,23 @@ class JointDiscriminator(nn.Module):
         dropout: float = 0.0,
         norm: bool = True,
         input_dropout: float = 0.0,
+        inject: bool = False,
     ):
         super().__init__()
         n = _stages(res)
         self.input_dropout = nn.Dropout(input_dropout)
-        layers, c_in, c = [], 3, width
+        layers, c_in, c, injected = [], 3, width, []
         for i in range(n):
+            if i:
+                injected.append(nn.Linear(hidden, c))
             layers.append(nn.Conv2d(c_in, c, 4, 2, 1, bias=i == 0 or not norm))
             if i and norm:
                 layers.append(nn.BatchNorm2d(c))
             layers += [nn.LeakyReLU(0.2, True), nn.Dropout(dropout)]
             c_in, c = c, c * 2
         self.image = nn.Sequential(*layers, nn.Flatten())
+        # a bias per channel from the code, for each convolution after the first (None: off)
+        self.inject = nn.ModuleList(injected) if inject else None
         self.code = nn.Sequential(nn.Linear(z_dim, hidden), nn.LeakyReLU(0.2, True), nn.Dropout(dropout))
         self.joint = nn.Sequential(
             nn.Linear(c_in * 16 + hidden, hidden), nn.LeakyReLU(0.2, True), nn.Dropout(dropout), nn.Linear(hidden, 1)
@@ -78,9 +88,15 @@ class JointDiscriminator(nn.Module):
         alone (DCGAN's practice; one forward pass, as DDP wants). Normalised together, the two
         groups let the discriminator compare real and generated images within the batch."""
         h = self.input_dropout(x.float() / 127.5 - 1.0)
+        code = self.code(self.input_dropout(z))
+        convs = 0
         for layer in self.image:
             if isinstance(layer, nn.BatchNorm2d) and groups > 1 and self.training:
                 h = torch.cat([layer(g) for g in h.chunk(groups)])
             else:
                 h = layer(h)
-        return self.joint(torch.cat([h, self.code(self.input_dropout(z))], 1)).squeeze(1)
+            if isinstance(layer, nn.Conv2d):
+                if self.inject is not None and convs:
+                    h = h + self.inject[convs - 1](code)[:, :, None, None].to(h.dtype)
+                convs += 1
+        return self.joint(torch.cat([h, code], 1)).squeeze(1)
