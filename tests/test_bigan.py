@@ -181,3 +181,17 @@ def test_injected_code_reaches_the_image_branch(inject):
 def test_bigan_setting_turns_the_injection_on():
     m = build_method("bigan", MODEL, None, {"z_dim": 4, "d_inject_z": True}, 0)
     assert len(m.nets["discriminator"].inject) == 1  # 16 px: two convolutions, the second injected
+
+
+def test_injection_leaves_the_other_initial_weights_alone():
+    """Off, the discriminator is the one it was before the option (same draws from the seed);
+    on, every other layer starts from the same weights."""
+    torch.manual_seed(0)
+    off = JointDiscriminator(8, 16, width=8)
+    later = torch.nn.Linear(512, 16)  # drawn right after `off`: what `on` draws for its injection
+    torch.manual_seed(0)
+    on = JointDiscriminator(8, 16, width=8, inject=True)
+    assert not any(k.startswith("inject") for k in off.state_dict())
+    for k, v in off.state_dict().items():
+        assert torch.equal(v, on.state_dict()[k]), k
+    torch.testing.assert_close(later.weight, on.inject[0].weight, rtol=0, atol=0)

@@ -65,22 +65,22 @@ class JointDiscriminator(nn.Module):
         super().__init__()
         n = _stages(res)
         self.input_dropout = nn.Dropout(input_dropout)
-        layers, c_in, c, injected = [], 3, width, []
+        layers, c_in, c, channels = [], 3, width, []
         for i in range(n):
-            if i:
-                injected.append(nn.Linear(hidden, c))
+            channels.append(c)
             layers.append(nn.Conv2d(c_in, c, 4, 2, 1, bias=i == 0 or not norm))
             if i and norm:
                 layers.append(nn.BatchNorm2d(c))
             layers += [nn.LeakyReLU(0.2, True), nn.Dropout(dropout)]
             c_in, c = c, c * 2
         self.image = nn.Sequential(*layers, nn.Flatten())
-        # a bias per channel from the code, for each convolution after the first (None: off)
-        self.inject = nn.ModuleList(injected) if inject else None
         self.code = nn.Sequential(nn.Linear(z_dim, hidden), nn.LeakyReLU(0.2, True), nn.Dropout(dropout))
         self.joint = nn.Sequential(
             nn.Linear(c_in * 16 + hidden, hidden), nn.LeakyReLU(0.2, True), nn.Dropout(dropout), nn.Linear(hidden, 1)
         )
+        # a bias per channel from the code, for each convolution after the first (None: off);
+        # made last, so that the other layers draw the same initial weights with it or without
+        self.inject = nn.ModuleList(nn.Linear(hidden, ch) for ch in channels[1:]) if inject else None
 
     def forward(self, x: torch.Tensor, z: torch.Tensor, groups: int = 1) -> torch.Tensor:
         """``groups``: the batch is that many equal groups (real pairs, then generated ones), each
