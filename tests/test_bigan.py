@@ -195,3 +195,16 @@ def test_injection_leaves_the_other_initial_weights_alone():
     for k, v in off.state_dict().items():
         assert torch.equal(v, on.state_dict()[k]), k
     torch.testing.assert_close(later.weight, on.inject[0].weight, rtol=0, atol=0)
+
+
+def test_without_injection_dropout_draws_come_in_their_old_order():
+    """Off, the image branch draws its dropout masks before the code's, so a seeded run with
+    dropout repeats the runs made before the option."""
+    d = JointDiscriminator(8, 16, width=8, dropout=0.3, input_dropout=0.2).train()
+    x, z = torch.rand(4, 3, 16, 16) * 255, torch.rand(4, 8) * 2 - 1
+    torch.manual_seed(3)
+    got = d(x, z)
+    torch.manual_seed(3)
+    h = d.image(d.input_dropout(x / 127.5 - 1.0))
+    want = d.joint(torch.cat([h, d.code(d.input_dropout(z))], 1)).squeeze(1)
+    torch.testing.assert_close(got, want, rtol=0, atol=0)

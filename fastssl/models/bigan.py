@@ -88,7 +88,9 @@ class JointDiscriminator(nn.Module):
         alone (DCGAN's practice; one forward pass, as DDP wants). Normalised together, the two
         groups let the discriminator compare real and generated images within the batch."""
         h = self.input_dropout(x.float() / 127.5 - 1.0)
-        code = self.code(self.input_dropout(z))
+        # the code's dropout masks are drawn after the image branch's when nothing is injected,
+        # as before the option (same random draws); injected, the code is needed first
+        code = self.code(self.input_dropout(z)) if self.inject is not None else None
         convs = 0
         for layer in self.image:
             if isinstance(layer, nn.BatchNorm2d) and groups > 1 and self.training:
@@ -99,4 +101,6 @@ class JointDiscriminator(nn.Module):
                 if self.inject is not None and convs:
                     h = h + self.inject[convs - 1](code)[:, :, None, None].to(h.dtype)
                 convs += 1
+        if code is None:
+            code = self.code(self.input_dropout(z))
         return self.joint(torch.cat([h, code], 1)).squeeze(1)
