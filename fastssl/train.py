@@ -261,8 +261,11 @@ def recipe_changes(old: dict, new: dict, defaults: dict | None = None) -> dict:
     """``{key: [old, new]}`` for every key of two recorded recipes that differs and matters
     for an exact resume. A key the old recipe lacks and the new one holds at its value in
     ``defaults`` (nested as the recipe) is no change: a later version added it, with the
-    behaviour the old run had."""
-    a, b, d = flat(old), flat(new), flat(defaults or {})
+    behaviour the old run had. Every section's ``optim`` has :class:`OptimConfig`'s defaults
+    besides (e.g. ``schedule = "step"``, the only schedule before it was a key)."""
+    optim = dataclasses.asdict(OptimConfig())
+    d = {k: {"optim": optim} for k, v in new.items() if isinstance(v, dict) and isinstance(v.get("optim"), dict)}
+    a, b, d = flat(old), flat(new), {**flat(d), **flat(defaults or {})}
     return {
         k: [a.get(k), b.get(k)]
         for k in sorted({*a, *b})

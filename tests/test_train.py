@@ -505,3 +505,17 @@ def test_filters_cli_prints_stats_and_draws_the_filters(tmp_path, capsys):
     assert (tmp_path / "notes.txt").read_text() == "mine"
     assert main(["filters", str(tmp_path / "missing.pt")]) == 2
     assert "fastssl: error: checkpoint not found" in capsys.readouterr().err
+
+
+def test_an_optim_key_added_later_at_its_default_is_no_recipe_change():
+    from fastssl.train import recipe_changes
+
+    old = {"seed": 0, "supervised": {"epochs": 4, "optim": {"lr": 0.05, "milestones": [3]}}}
+    same = {"seed": 0, "supervised": {"epochs": 4, "optim": {"lr": 0.05, "milestones": [3], "schedule": "step"}}}
+    assert recipe_changes(old, same) == {}  # a run recorded before `schedule` was a key: it stepped
+    cosine = json.loads(json.dumps(same))
+    cosine["supervised"]["optim"]["schedule"] = "cosine"
+    assert recipe_changes(old, cosine) == {"supervised.optim.schedule": [None, "cosine"]}
+    lr = json.loads(json.dumps(same))
+    lr["supervised"]["optim"]["lr"] = 0.1  # a key both hold is compared as before
+    assert recipe_changes(old, lr) == {"supervised.optim.lr": [0.05, 0.1]}
