@@ -53,7 +53,7 @@ def train_one(
                 stream = fixed_dataset(rc, cfg, image=image, progress=progress)
             else:
                 stream = mono_stream(rc, image, cfg.batch_size, cfg.seed)
-            recipe = run_recipe(rc, method)
+            recipe = run_recipe(rc, method, source=stream.source_sha256)
             return Trainer(m, stream, cfg, out, recipe=recipe, allow_changes=allow_changes).fit()
         if str(data).endswith(".beton"):
             src, nc = str(data), len(read_info(data)["classes"])
@@ -67,7 +67,7 @@ def train_one(
             stream = LoaderData(
                 loader((src, None), rc, True, cfg.batch_size, cfg.device, cfg.seed), use_labels=m.needs_labels
             )
-        recipe = run_recipe(rc, method, mono=False)
+        recipe = run_recipe(rc, method)
         return Trainer(m, stream, cfg, out, recipe=recipe, allow_changes=allow_changes).fit()
 
 

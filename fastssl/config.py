@@ -315,17 +315,18 @@ def train_config(rc: dict, method_name: str, progress: bool, resume: bool):
     return cfg
 
 
-def run_recipe(rc: dict, method_name: str, spec: dict | None = None, mono: bool = True) -> dict:
+def run_recipe(rc: dict, method_name: str, spec: dict | None = None, source: str | None = None) -> dict:
     """What a training run records of the recipe (compared on resume): the run-wide values,
     the method's section (with the files it names, by content: ``inputs``) and, for a run on
-    source images, the [mono] stream with ``spec``."""
+    source images (``source``: their digest, see :func:`fastssl.mono.images_digest`), the
+    [mono] stream with ``spec`` and ``source_sha256``."""
     rec = {k: v for k, v in rc.items() if not isinstance(v, dict) and k != "smoke"}
     rec[method_name] = rc[method_name]
     inputs = METHODS[method_name].recipe_inputs(rc[method_name].get("settings"))
     if inputs:
         rec[method_name] = {**rec[method_name], "inputs": inputs}
-    if mono:
-        rec["mono"] = {**rc["mono"], **(spec or {})}
+    if source is not None:
+        rec["mono"] = {**rc["mono"], **(spec or {}), "source_sha256": source}
     return copy.deepcopy(rec)
 
 

@@ -15,6 +15,7 @@ DistributedSampler pads.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import math
 import os
 import re
@@ -67,6 +68,18 @@ def resolve_backend(name: str, device: torch.device) -> str:
     return name
 
 
+def images_digest(images) -> str:
+    """SHA-256 of source images (each one's shape and pixels, in order): which photos a run's
+    patches come from, recorded in its recipe so that a run on other photos is never taken for
+    it."""
+    h = hashlib.sha256()
+    for a in images:
+        a = np.ascontiguousarray(a)
+        h.update(f"{a.shape}:{a.dtype};".encode())
+        h.update(memoryview(a).cast("B"))
+    return h.hexdigest()[:16]
+
+
 class Renderer:
     """Applies sampled parameters with one backend (see :mod:`fastssl.kernels`), which holds the
     pyramid resident on its device. ``compile``: passed to the backend (torch: run the chain
@@ -107,6 +120,7 @@ class Renderer:
         except UnsupportedInput as e:
             raise FastSSLError(str(e)) from None
         self._num_images = len(images)
+        self.source_sha256 = images_digest(images)
         self.impl = self.impls[0]
         self._depths = np.array([num_levels(int(h), int(w)) for h, w in zip(self.heights, self.widths, strict=True)])
         self.pyramid = pyramid if len(images) == 1 else None

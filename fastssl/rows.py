@@ -46,7 +46,7 @@ def train_row(
     cfg = train_config(rc, method_name, progress, resume=True)
     run = out / row
     ck = run / "ckpt.pt"
-    recipe = run_recipe(rc, method_name, spec, mono=isinstance(data, MonoData))
+    recipe = run_recipe(rc, method_name, spec, source=data.source_sha256 if isinstance(data, MonoData) else None)
     if sources:
         recipe["sources"] = sources
     if ck.exists():  # a row of an earlier run: only reused (or resumed) with the same network

@@ -257,12 +257,18 @@ def flat(d: dict, prefix: str = "") -> dict:
     return out
 
 
+# facts of a run that older versions did not record and that have no default: a run recorded
+# without one is taken as it is (one recorded with one is compared)
+RECORDED_LATER = {"mono.source_sha256"}
+
+
 def recipe_changes(old: dict, new: dict, defaults: dict | None = None) -> dict:
     """``{key: [old, new]}`` for every key of two recorded recipes that differs and matters
     for an exact resume. A key the old recipe lacks and the new one holds at its value in
     ``defaults`` (nested as the recipe) is no change: a later version added it, with the
     behaviour the old run had. Every section's ``optim`` has :class:`OptimConfig`'s defaults
-    besides (e.g. ``schedule = "step"``, the only schedule before it was a key)."""
+    besides (e.g. ``schedule = "step"``, the only schedule before it was a key). A key of
+    :data:`RECORDED_LATER` the old recipe lacks is no change either."""
     optim = dataclasses.asdict(OptimConfig())
     d = {k: {"optim": optim} for k, v in new.items() if isinstance(v, dict) and isinstance(v.get("optim"), dict)}
     a, b, d = flat(old), flat(new), {**flat(d), **flat(defaults or {})}
@@ -272,6 +278,7 @@ def recipe_changes(old: dict, new: dict, defaults: dict | None = None) -> dict:
         if a.get(k) != b.get(k)
         and k.rpartition(".")[2] not in RESUMABLE
         and not (k not in a and k in d and b[k] == d[k])
+        and not (k not in a and k in RECORDED_LATER)
     }
 
 

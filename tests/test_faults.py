@@ -578,6 +578,35 @@ def test_resume_refuses_a_changed_recipe_unless_allowed(tmp_path, capsys, change
     assert rc == 0
 
 
+def test_a_run_on_other_source_photos_is_not_taken_for_the_same_run(tmp_path, capsys):
+    photo = tmp_path / "other.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (96, 128, 3), dtype=np.uint8)).save(photo)
+    out = tmp_path / "run"
+    assert main(["train", "--preset", TINY, "--out", str(out), "--quiet", "--set", "train.epochs=1"]) == 0
+    capsys.readouterr()
+    before = (out / "ckpt.pt").read_bytes()
+    args = ["train", "--preset", TINY, "--out", out, "--quiet", "--resume", "--image", photo]
+    one_line(*run(args, capsys), "mono.source_sha256")
+    assert (out / "ckpt.pt").read_bytes() == before
+    # the same photo again is the same run: resumed (here: already done)
+    assert main(["train", "--preset", TINY, "--out", str(out), "--quiet", "--resume"]) == 0
+
+
+def test_repro_does_not_reuse_a_one_image_row_of_another_photo(tmp_path, capsys):
+    a, b = tmp_path / "a.png", tmp_path / "b.png"
+    rng = np.random.default_rng(1)
+    for f in (a, b):
+        Image.fromarray(rng.integers(0, 256, (96, 128, 3), dtype=np.uint8)).save(f)
+    data = tmp_path / "data"
+    _folder(data, per=12)
+    common = ["repro", "--preset", TINY, "--data", data, "--out", tmp_path / "r", "--quiet"]
+    assert main([str(x) for x in [*common, "--image", a]]) == 0
+    capsys.readouterr()
+    probes = (tmp_path / "r" / "probes.json").read_bytes()
+    one_line(*run([*common, "--image", b], capsys), "mono.source_sha256")
+    assert (tmp_path / "r" / "probes.json").read_bytes() == probes
+
+
 # ------------------------------------------------------ arguments that clash
 @pytest.mark.parametrize(
     "args, words",

@@ -519,3 +519,13 @@ def test_an_optim_key_added_later_at_its_default_is_no_recipe_change():
     lr = json.loads(json.dumps(same))
     lr["supervised"]["optim"]["lr"] = 0.1  # a key both hold is compared as before
     assert recipe_changes(old, lr) == {"supervised.optim.lr": [0.05, 0.1]}
+
+
+def test_a_run_recorded_before_its_source_photos_were_is_taken_as_it_is():
+    from fastssl.train import recipe_changes
+
+    old = {"seed": 0, "mono": {"size": 32}}
+    assert recipe_changes(old, {"seed": 0, "mono": {"size": 32, "source_sha256": "ab"}}) == {}
+    recorded = {"seed": 0, "mono": {"size": 32, "source_sha256": "ab"}}
+    other = {"seed": 0, "mono": {"size": 32, "source_sha256": "cd"}}
+    assert recipe_changes(recorded, other) == {"mono.source_sha256": ["ab", "cd"]}

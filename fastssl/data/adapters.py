@@ -24,6 +24,10 @@ class MonoData:
     def __init__(self, src):
         self.src = src
 
+    @property
+    def source_sha256(self) -> str:
+        return self.src.renderer.source_sha256
+
     def __len__(self):
         return len(self.src)
 
@@ -119,6 +123,10 @@ class IndexedPatches(FixedData):
         parts = [renderer.params(a, min(a + chunk, n), seed=seed, epoch=0) for a in range(0, n, chunk)]
         self.params = {f: np.concatenate([getattr(p, f) for p in parts]) for f in self.FIELDS}
         self.size = renderer.spec.size
+
+    @property
+    def source_sha256(self) -> str:
+        return self.renderer.source_sha256
 
     @property
     def nbytes(self) -> int:
