@@ -279,6 +279,7 @@ def cmd_repro(args) -> int:
         n_images=_ints(args.n_images, "--n-images"),
         n_images_from=args.n_images_from,
         ablation=args.ablation,
+        each_image=args.each_image,
         smoke=args.smoke,
         progress=not args.quiet,
     )
@@ -552,6 +553,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     rp.add_argument(
         "--ablation", action="store_true", help="also the rows without scale, rotation/shear or colour jitter"
+    )
+    rp.add_argument(
+        "--each-image",
+        action="store_true",
+        help="the one-image rows once per --image photo (or per photo of a folder), named ROW@PHOTO",
     )
     rp.add_argument(
         "--smoke", action="store_true", help="every stage at the preset's shapes for a few steps (same outputs)"

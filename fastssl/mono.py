@@ -208,14 +208,20 @@ def image_for(image, spec: AugmentSpec) -> np.ndarray:
     return arr
 
 
-def images_for(image, spec: AugmentSpec):
-    """One image (an array), or a list of them for several sources: ``image`` may be a list of
-    paths / arrays, or a folder (its image files in name order)."""
+def folder_images(image):
+    """The image files of a folder, in name order (``image`` itself when it is no folder)."""
     if isinstance(image, (str, os.PathLike)) and Path(image).is_dir():
         files = sorted(p for p in Path(image).iterdir() if p.suffix.lower() in IMAGE_EXTS)
         if not files:
             raise FastSSLError(f"no images in folder {image}")
-        image = files
+        return files
+    return image
+
+
+def images_for(image, spec: AugmentSpec):
+    """One image (an array), or a list of them for several sources: ``image`` may be a list of
+    paths / arrays, or a folder (its image files in name order)."""
+    image = folder_images(image)
     if isinstance(image, (list, tuple)):
         if not image:
             raise FastSSLError("no source image given")

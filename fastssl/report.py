@@ -200,7 +200,7 @@ def mean_std(values) -> tuple[list[float], list[float]]:
 def row_order(names) -> list[str]:
     """random first (then ``random-<change>``), supervised last; between them by method
     (registry order), then by images (one, ten, a thousand, N, the full split), then the
-    ablation variant."""
+    ablation variant, then the photo of a ``ROW@PHOTO`` row."""
 
     rank = {m: i for i, m in enumerate(pretext_methods())}
 
@@ -209,7 +209,8 @@ def row_order(names) -> list[str]:
             return (0, 0 if name == "random" else 1, name)
         if name == "supervised":
             return (2, 0, "")
-        prefix, _, rest = name.partition("-")  # mono / deka / kilo / n<N> / full, then method[-variant]
+        row, _, photo = name.partition("@")
+        prefix, _, rest = row.partition("-")  # mono / deka / kilo / n<N> / full, then method[-variant]
         method, _, variant = rest.partition("-")
         images = int(prefix[1:]) if prefix[:1] == "n" and prefix[1:].isdigit() else 0
         return (
@@ -218,6 +219,7 @@ def row_order(names) -> list[str]:
             {"mono": 0, "deka": 1, "kilo": 2, "full": 9}.get(prefix, 5),
             images,
             variant,
+            photo,
         )
 
     return sorted(names, key=key)

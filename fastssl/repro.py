@@ -3,7 +3,8 @@
 Rows, for ``--method M`` (rotnet, deepcluster or bigan): ``random`` (an untrained AlexNet;
 when the recipe changes M's network in ``[M.model]``, also ``random-<change>``, an untrained
 network of M's architecture, e.g. ``random-sobel``), ``mono-M`` (M on patches of one image;
-several images: named by their count), optionally the N-image rows (``deka-M``, ``kilo-M``,
+several images: named by their count; with ``--each-image``, ``mono-M@PHOTO`` once per
+photo), optionally the N-image rows (``deka-M``, ``kilo-M``,
 ``n<N>-M``) and the ablation rows (``mono-M-no-scale|no-rotation|no-colour``), ``full-M`` (M
 on the labelled train split's images, labels unused: the paper's "millions of images" row at
 this scale) and ``supervised`` (on the labelled train split). DeepCluster trains on fixed
@@ -37,12 +38,13 @@ from .data.prepare import loader, mono_stream, prepare_labelled, source_images, 
 from .errors import FastSSLError
 from .methods import METHODS, pretext_methods
 from .models import AlexNet
+from .mono import folder_images
 from .pretrained import load_trunk
 from .probe import ProbeConfig, train_probes
 from .progress import log
 from .report import report, write_json
 from .repro_distill import repro_distill
-from .rows import check_run, smoke_recipe, train_row
+from .rows import check_run, each_photo, smoke_recipe, train_row
 
 
 def random_rows(rc: dict, method: str) -> dict[str, dict]:
@@ -71,6 +73,7 @@ def repro(
     n_images=None,
     n_images_from=None,
     ablation: bool = False,
+    each_image: bool = False,
     smoke: bool = False,
     progress: bool = True,
 ) -> dict:
@@ -78,7 +81,8 @@ def repro(
     summary of every finished row of ``out``: each cell the mean over seeds, with its std.
 
     Rows: ``random``; ``mono-M`` on ``image`` (several images: named by their count);
-    with ``ablation``, ``mono-M-no-scale`` / ``-no-rotation`` / ``-no-colour``; for each N of
+    with ``ablation``, ``mono-M-no-scale`` / ``-no-rotation`` / ``-no-colour``; with
+    ``each_image``, those rows once per photo of ``image``, ``mono-M@PHOTO``; for each N of
     ``n_images``, M on the first N training images of ``data``, or of the photos of
     ``n_images_from`` (``deka-M`` for 10, ``kilo-M`` for 1000, else ``n<N>-M``); ``full-M``;
     ``supervised``."""
@@ -87,7 +91,7 @@ def repro(
         if n_images or n_images_from or ablation:
             raise FastSSLError("`n_images` and `ablation` are rows of the pretext methods, not of distill")
         kw = dict(image=image, data=data, eval_data=eval_data, out=out, overrides=overrides, seeds=seeds)
-        return repro_distill(preset, **kw, smoke=smoke, progress=progress)
+        return repro_distill(preset, **kw, each_image=each_image, smoke=smoke, progress=progress)
     if data is None:
         raise FastSSLError("`data` is required: a labelled train source (folder, .tar.gz, or cifar10)")
     if method not in pretext_methods():
@@ -96,20 +100,25 @@ def repro(
     if smoke:
         smoke_recipe(rc, method)
     seeds = check_run(rc, seeds, image)
+    each = each_photo(image) if each_image else None
     if n_images and (any(n < 1 for n in n_images) or len(set(n_images)) != len(n_images)):
         raise FastSSLError(f"`n_images` must be distinct counts >= 1, got {n_images}")
     if n_images_from is not None and not n_images:
         raise FastSSLError("`n_images_from` names the photos of the N-image rows: give the counts with `n_images` too")
     with run_folder(out) as out:
-        rows = (n_images or [], n_images_from, ablation)
+        rows = (n_images or [], n_images_from, ablation, each)
         return _repro(rc, preset, method, image, data, eval_data, out, progress, seeds, rows)
 
 
 def _repro(rc, preset, method, image, data, eval_data, out: Path, progress, seeds, rows) -> dict:
-    n_images, photos, ablation = rows
+    n_images, photos, ablation, each = rows
     t_start = time.perf_counter()
     # everything that can refuse the run is checked before the first file is written
     sources = source_images(data, eval_data, rc, n_images, photos)
+    names = [r[0] for r in _image_rows(method, image, sources, ablation, photos, each)]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:  # e.g. ten --image photos and --n-images 10: both rows would be deka-M
+        raise FastSSLError(f"two rows would be named {twice[0]}: drop one of --image and --n-images")
     train_data, val_data, classes = prepare_labelled(rc, data, eval_data, out, progress)
     write_json(
         out / "config.json",
@@ -119,11 +128,12 @@ def _repro(rc, preset, method, image, data, eval_data, out: Path, progress, seed
             "data": str(data),
             "eval_data": str(eval_data) if eval_data else None,
             "n_images_from": str(photos) if photos else None,
+            "each_image": each is not None,
             "seeds": seeds,
             "recipe": rc,
         },
     )
-    extra = (sources, ablation, Path(str(photos)).name if photos else None)
+    extra = (sources, ablation, Path(str(photos)).name if photos else None, each)
     for seed in seeds:
         rcs = copy.deepcopy(rc)
         rcs["seed"] = seed
@@ -141,27 +151,32 @@ ABLATION = {  # the paper's augmentation ablation: each row drops one part of th
 }
 
 
-def _image_rows(method: str, image, source_images: dict, ablation: bool, photos: str | None) -> list[tuple]:
+def _image_rows(method: str, image, source_images: dict, ablation: bool, photos: str | None, each=None) -> list:
     """(row name, images, spec changes, sources) of every row trained on source images;
     ``sources`` names the photos of an N-image row drawn from ``photos`` (recorded in the
-    row's recipe, so that a row of other sources is never reused for it)."""
+    row's recipe, so that a row of other sources is never reused for it). With ``each``
+    ((name, photo) pairs), the one-image rows once per photo, ``mono-M@NAME``."""
 
-    n = len(image) if isinstance(image, (list, tuple)) else 1
-    rows = [(f"{row_prefix(n)}-{method}", image, None, None)]
-    if ablation:
-        rows += [(f"{row_prefix(n)}-{method}-{name}", image, spec, None) for name, spec in ABLATION.items()]
+    items = folder_images(image)  # a folder's photos are counted, as a list's
+    n = len(items) if isinstance(items, (list, tuple)) else 1
+    ones = [(row_prefix(n), "", image)] if each is None else [("mono", f"@{name}", x) for name, x in each]
+    rows = []
+    for prefix, tag, images in ones:
+        rows.append((f"{prefix}-{method}{tag}", images, None, None))
+        if ablation:
+            rows += [(f"{prefix}-{method}-{name}{tag}", images, spec, None) for name, spec in ABLATION.items()]
     for k, images in source_images.items():
         rows.append((f"{row_prefix(k)}-{method}", images, None, photos and f"{photos}: {k} photos"))
     return rows
 
 
 def _rows_of_one_seed(rc, method, image, train_data, val_data, nc: int, out: Path, progress: bool, extra) -> None:
-    source_images, ablation, photos = extra
+    source_images, ablation, photos, each = extra
     out.mkdir(exist_ok=True)
     device = rc["device"]
     bs, seed = int(rc[method]["batch_size"]), int(rc["seed"])
     ckpts = {}
-    for row, images, spec, sources in _image_rows(method, image, source_images, ablation, photos):
+    for row, images, spec, sources in _image_rows(method, image, source_images, ablation, photos, each):
         stream = mono_stream(rc, images, bs, seed, spec)
         ckpts[row] = train_row(row, rc, method, stream, out, nc, progress, image=images, spec=spec, sources=sources)
     rc_full = rc

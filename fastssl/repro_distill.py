@@ -36,7 +36,7 @@ from .errors import FastSSLError
 from .pretrained import load_network
 from .progress import log
 from .report import SMOKE_LINE, bar_chart, mean_std, scores_per_seed, was_smoke, write_json, write_summary
-from .rows import check_run, smoke_recipe, train_row
+from .rows import check_run, each_photo, smoke_recipe, train_row
 
 NOISE_SIDE = 512  # the control image: NOISE_SIDE x NOISE_SIDE uniform random pixels (seed 0)
 SOURCES = ("mono", "full", "noise")  # what each student learns from
@@ -62,10 +62,12 @@ def repro_distill(
     out="runs/distill",
     overrides=None,
     seeds=None,
+    each_image: bool = False,
     smoke: bool = False,
     progress: bool = True,
 ) -> dict:
-    """The four rows for each of ``seeds``, then the summary of every finished row of ``out``."""
+    """The four rows for each of ``seeds``, then the summary of every finished row of ``out``;
+    with ``each_image``, a one-image student per photo of ``image``, ``student-mono@PHOTO``."""
 
     if data is None:
         raise FastSSLError("`data` is required: a labelled train source (folder, .tar.gz, or cifar10)")
@@ -74,36 +76,43 @@ def repro_distill(
     if smoke:
         smoke_recipe(rc, "distill")
     seeds = check_run(rc, seeds, image)  # before anything is written
+    monos = [(f"@{name}", x) for name, x in each_photo(image)] if each_image else [("", image)]
     with run_folder(out) as out:
         t0 = time.perf_counter()
         train_data, val_data, classes = prepare_labelled(rc, data, eval_data, out, progress)
         write_json(
             out / "config.json",
-            {"preset": preset, "image": str(image), "data": str(data), "seeds": seeds, "recipe": rc},
+            {
+                "preset": preset,
+                "image": str(image),
+                "each_image": each_image,
+                "data": str(data),
+                "seeds": seeds,
+                "recipe": rc,
+            },
         )
         for seed in seeds:
             rcs = copy.deepcopy(rc)
             rcs["seed"] = seed
             log(f"seed {seed}")
-            _one_seed(rcs, image, train_data, val_data, len(classes), out / f"seed-{seed}", progress)
+            _one_seed(rcs, monos, train_data, val_data, len(classes), out / f"seed-{seed}", progress)
         result = distill_report(out, seeds, preset=preset)
         log(f"repro: finished in {time.perf_counter() - t0:.0f} s")
         return result
 
 
-def _one_seed(rc, image, train_data, val_data, nc: int, out: Path, progress: bool) -> None:
+def _one_seed(rc, monos, train_data, val_data, nc: int, out: Path, progress: bool) -> None:
+    """The rows of one seed; ``monos``: (row tag, image) of each one-image student."""
     out.mkdir(exist_ok=True)
     seed, bs = int(rc["seed"]), int(rc["distill"]["batch_size"])
     ckpts = {"teacher": train_row("teacher", rc, "supervised", train_data, out, nc, progress)}
     rcd = copy.deepcopy(rc)
     rcd["distill"]["settings"]["teacher"] = str(ckpts["teacher"])
-    sources = {
-        "student-mono": mono_stream(rcd, image, bs, seed),
-        "student-full": train_data,
-        "student-noise": mono_stream(rcd, noise_image(), bs, seed),
-    }
+    sources = {f"student-mono{tag}": lambda x=x: mono_stream(rcd, x, bs, seed) for tag, x in monos}
+    sources["student-full"] = lambda: train_data
+    sources["student-noise"] = lambda: mono_stream(rcd, noise_image(), bs, seed)
     for row, data in sources.items():
-        ckpts[row] = train_row(row, rcd, "distill", data, out, nc, progress)
+        ckpts[row] = train_row(row, rcd, "distill", data(), out, nc, progress)
     sdir = out / "scores"
     sdir.mkdir(exist_ok=True)
     device = resolve_device(rc["device"])
@@ -128,7 +137,9 @@ def distill_report(out, seeds, **info) -> dict:
     per_seed = scores_per_seed(out, seeds, "scores")
     if not per_seed:
         raise FastSSLError(f"no scores in {out} for seeds {seeds}")
-    order = [r for r in ROWS if r in per_seed] + sorted(set(per_seed) - set(ROWS))
+    # each row, then its per-photo rows (ROW@PHOTO), then any other
+    order = [r for base in ROWS for r in sorted(per_seed) if r == base or r.startswith(f"{base}@")]
+    order += sorted(set(per_seed) - set(order))
     rows = {}
     for r in order:
         (mean,), (std,) = mean_std([[v] for v in per_seed[r].values()])

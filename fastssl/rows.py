@@ -3,6 +3,8 @@ refused when its folder holds another network or recipe; and the smoke run's rec
 
 from __future__ import annotations
 
+import os
+import re
 import time
 from pathlib import Path
 
@@ -13,7 +15,7 @@ from .data.adapters import LoaderData, MonoData
 from .data.prepare import fixed_dataset, loader
 from .errors import FastSSLError
 from .methods import METHODS
-from .mono import images_for
+from .mono import folder_images, images_for
 from .progress import log
 from .spec import AugmentSpec
 from .train import Trainer, load_checkpoint, recipe_changes
@@ -27,6 +29,26 @@ def check_run(rc: dict, seeds, image) -> list[int]:
         raise FastSSLError(f"`seeds` must be distinct integers >= 0, got {seeds}")
     images_for(image, AugmentSpec(**{k: v for k, v in rc["mono"].items() if k != "epoch_length"}))
     return seeds
+
+
+def each_photo(image) -> list[tuple[str, object]]:
+    """(name, photo) for each photo of ``image`` (several, or a folder), for runs with one
+    one-image row per photo, named ``ROW@NAME``: ``paper:NAME``'s NAME, a file's stem, or
+    ``imageK`` for an array. Refused for fewer than two photos or two of one name."""
+    items = folder_images(image)
+    if not isinstance(items, (list, tuple)) or len(items) < 2:
+        raise FastSSLError("one row per photo needs at least two photos: repeat --image, or give a folder")
+    named = []
+    for k, x in enumerate(items):
+        raw = f"image{k}"
+        if isinstance(x, (str, os.PathLike)):
+            raw = str(x)[len("paper:") :] if str(x).startswith("paper:") else Path(x).stem
+        named.append((re.sub(r"[^A-Za-z0-9._-]", "_", raw) or f"image{k}", x))
+    names = [n for n, _ in named]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise FastSSLError(f"two photos are named {twice[0]!r}: one row per photo needs distinct names")
+    return named
 
 
 def train_row(

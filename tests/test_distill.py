@@ -293,3 +293,14 @@ def test_repro_distill_trains_and_scores_its_four_rows(tmp_path, capsys):
     assert "teacher: already trained" in said and "score student-noise: done already" in said
     assert json.loads((out / "scores.json").read_text()) == res
     assert main([str(a) for a in [*args, "--n-images", "10"]]) == 2
+    # one student per photo: the teacher, full-data and noise rows reused, two students trained
+    rng = np.random.default_rng(4)
+    for name in ("a", "b"):
+        Image.fromarray(rng.integers(0, 256, (48, 64, 3), dtype=np.uint8)).save(tmp_path / f"{name}.png")
+    photos = ["--image", tmp_path / "a.png", "--image", tmp_path / "b.png", "--each-image"]
+    capsys.readouterr()
+    assert main([str(a) for a in [*args, *photos]]) == 0
+    said = capsys.readouterr().out
+    assert "teacher: already trained" in said and "student-noise: already trained" in said
+    rows = list(json.loads((out / "scores.json").read_text())["rows"])
+    assert rows == ["teacher", "student-mono", "student-mono@a", "student-mono@b", "student-full", "student-noise"]

@@ -126,6 +126,50 @@ def test_repro_trains_the_n_image_and_ablation_rows(tmp_path, capsys):
     assert "n2-rotnet" in json.loads((tmp_path / "run-photos" / "probes.json").read_text())["rows"]
 
 
+@pytest.mark.slow
+def test_repro_each_image_trains_one_row_per_photo(tmp_path, capsys):
+    from PIL import Image
+
+    from fastssl.train import load_checkpoint
+
+    rng = np.random.default_rng(2)
+    for c in "ab":
+        (tmp_path / "imgs" / c).mkdir(parents=True)
+        for i in range(10):
+            Image.fromarray(rng.integers(0, 256, (20, 20, 3), dtype=np.uint8)).save(tmp_path / "imgs" / c / f"{i}.png")
+    photos = tmp_path / "photos"
+    (photos / "sub").mkdir(parents=True)
+    for name in ("left", "right"):
+        Image.fromarray(rng.integers(0, 256, (64, 80, 3), dtype=np.uint8)).save(photos / f"{name}.png")
+    out = tmp_path / "run"
+    tiny = str(Path(__file__).parent / "data" / "tiny.toml")
+    args = ["repro", "--preset", tiny, "--data", str(tmp_path / "imgs"), "--out", str(out), "--quiet", "--each-image"]
+    left, right = str(photos / "left.png"), str(photos / "right.png")
+    assert main([*args, "--image", left, "--image", right]) == 0
+    rows = list(json.loads((out / "probes.json").read_text())["rows"])
+    assert rows == ["random", "mono-rotnet@left", "mono-rotnet@right", "full-rotnet", "supervised"]
+    sha = [load_checkpoint(out / "seed-0" / r / "ckpt.pt")["recipe"]["mono"]["source_sha256"] for r in rows[1:3]]
+    assert sha[0] != sha[1]  # each row trained on its own photo
+    assert json.loads((out / "config.json").read_text())["each_image"] is True
+    # the folder of the same photos names the same rows: reused (another photo would be refused)
+    capsys.readouterr()
+    assert main([*args, "--image", str(photos)]) == 0
+    said = capsys.readouterr().out
+    assert "mono-rotnet@left: already trained" in said and "mono-rotnet@right: already trained" in said
+    # refused before anything is written: one photo, or two photos of one name
+    before = (out / "probes.json").read_bytes()
+    (photos / "sub" / "left.png").write_bytes((photos / "left.png").read_bytes())
+    assert main([*args, "--image", left]) == 2
+    assert "at least two photos" in capsys.readouterr().err
+    assert main([*args, "--image", left, "--image", str(photos / "sub" / "left.png")]) == 2
+    assert "named 'left'" in capsys.readouterr().err
+    # without --each-image a folder of two photos is one row, n2-rotnet: as the N-image row of 2
+    (photos / "sub" / "left.png").unlink()
+    assert main([*args[:-1], "--image", str(photos), "--n-images", "2"]) == 2
+    assert "two rows would be named n2-rotnet" in capsys.readouterr().err
+    assert (out / "probes.json").read_bytes() == before
+
+
 def test_n_image_photos_are_drawn_from_the_photo_folder(tmp_path):
     from PIL import Image
 
