@@ -47,12 +47,17 @@ def paper_image(name: str, cache=None, base_url: str | None = None, progress: bo
     return download(f"{base_url or PAPER_REPO}/{rel}", dest, sha256=sha, progress=progress)
 
 
+def paper_name(path) -> str | None:
+    """NAME of ``paper:NAME``, else None."""
+    return path[len("paper:") :] if isinstance(path, str) and path.startswith("paper:") else None
+
+
 def resolve_image(path) -> Path:
     """A path, ``paper:NAME`` (downloaded on first use) or None (the built-in photo)."""
     if path is None:
         return default_image_path()
-    if isinstance(path, str) and path.startswith("paper:"):
-        return paper_image(path[len("paper:") :])
+    if paper_name(path) is not None:
+        return paper_image(paper_name(path))
     return Path(path)
 
 

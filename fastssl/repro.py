@@ -44,7 +44,7 @@ from .probe import ProbeConfig, train_probes
 from .progress import log
 from .report import report, write_json
 from .repro_distill import repro_distill
-from .rows import check_run, each_photo, smoke_recipe, train_row
+from .rows import check_run, each_photo, repeated, smoke_recipe, train_row
 
 
 def random_rows(rc: dict, method: str) -> dict[str, dict]:
@@ -115,8 +115,7 @@ def _repro(rc, preset, method, image, data, eval_data, out: Path, progress, seed
     t_start = time.perf_counter()
     # everything that can refuse the run is checked before the first file is written
     sources = source_images(data, eval_data, rc, n_images, photos)
-    names = [r[0] for r in _image_rows(method, image, sources, ablation, photos, each)]
-    twice = sorted({n for n in names if names.count(n) > 1})
+    twice = repeated(r[0] for r in _image_rows(method, image, sources, ablation, photos, each))
     if twice:  # e.g. ten --image photos and --n-images 10: both rows would be deka-M
         raise FastSSLError(f"two rows would be named {twice[0]}: drop one of --image and --n-images")
     train_data, val_data, classes = prepare_labelled(rc, data, eval_data, out, progress)

@@ -108,11 +108,12 @@ def _one_seed(rc, monos, train_data, val_data, nc: int, out: Path, progress: boo
     ckpts = {"teacher": train_row("teacher", rc, "supervised", train_data, out, nc, progress)}
     rcd = copy.deepcopy(rc)
     rcd["distill"]["settings"]["teacher"] = str(ckpts["teacher"])
-    sources = {f"student-mono{tag}": lambda x=x: mono_stream(rcd, x, bs, seed) for tag, x in monos}
-    sources["student-full"] = lambda: train_data
-    sources["student-noise"] = lambda: mono_stream(rcd, noise_image(), bs, seed)
-    for row, data in sources.items():
-        ckpts[row] = train_row(row, rcd, "distill", data(), out, nc, progress)
+    # (row, source image; None: the labelled images), each stream built when its row is reached
+    sources = [(f"student-mono{tag}", x) for tag, x in monos]
+    sources += [("student-full", None), ("student-noise", noise_image())]
+    for row, x in sources:
+        data = train_data if x is None else mono_stream(rcd, x, bs, seed)
+        ckpts[row] = train_row(row, rcd, "distill", data, out, nc, progress)
     sdir = out / "scores"
     sdir.mkdir(exist_ok=True)
     device = resolve_device(rc["device"])

@@ -14,6 +14,7 @@ from .config import build_for, method_model, run_recipe, train_config
 from .data.adapters import LoaderData, MonoData
 from .data.prepare import fixed_dataset, loader
 from .errors import FastSSLError
+from .image import paper_name
 from .methods import METHODS
 from .mono import folder_images, images_for
 from .progress import log
@@ -42,13 +43,18 @@ def each_photo(image) -> list[tuple[str, object]]:
     for k, x in enumerate(items):
         raw = f"image{k}"
         if isinstance(x, (str, os.PathLike)):
-            raw = str(x)[len("paper:") :] if str(x).startswith("paper:") else Path(x).stem
+            raw = paper_name(x) or Path(x).stem
         named.append((re.sub(r"[^A-Za-z0-9._-]", "_", raw) or f"image{k}", x))
-    names = [n for n, _ in named]
-    twice = sorted({n for n in names if names.count(n) > 1})
+    twice = repeated(n for n, _ in named)
     if twice:
         raise FastSSLError(f"two photos are named {twice[0]!r}: one row per photo needs distinct names")
     return named
+
+
+def repeated(names) -> list[str]:
+    """The names that occur more than once, sorted."""
+    names = list(names)
+    return sorted({n for n in names if names.count(n) > 1})
 
 
 def train_row(
