@@ -389,8 +389,12 @@ def cmd_report(args) -> int:
 
 def cmd_plan(args) -> int:
     from .plan import plan
+    from .repro import image_row_names
 
     _check_json(args.json)
+    ones = image_row_names(
+        args.method, _images(args.image), _ints(args.n_images, "--n-images"), args.ablation, args.each_image
+    )
     print(f"plan: preset {args.preset}, method {args.method}, {args.steps} timed steps per stage")
     res = plan(
         args.preset,
@@ -399,6 +403,7 @@ def cmd_plan(args) -> int:
         overrides=args.set,
         steps=args.steps,
         train_images=args.train_images,
+        image_rows=ones,
         progress=not args.quiet,
     )
     print(f"total: {res['total_estimated_seconds'] / 3600:.2f} h on {res['device']}")
@@ -627,6 +632,10 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument(
         "--train-images", type=int, default=None, help="labelled training images (default: [mono] epoch_length)"
     )
+    pl.add_argument("--image", action="append", help="as repro's: with --each-image, one row per photo")
+    pl.add_argument("--each-image", action="store_true", help="as repro's: the one-image rows once per photo")
+    pl.add_argument("--n-images", default=None, help="as repro's: the N-image rows, e.g. 10,1000")
+    pl.add_argument("--ablation", action="store_true", help="as repro's: the three ablation rows per one-image row")
     pl.add_argument("--set", action="append", metavar="KEY=VALUE")
     pl.add_argument("--json", default=None)
     pl.add_argument("--quiet", action="store_true")

@@ -23,6 +23,7 @@ from .methods import pretext_methods
 from .models import AlexNet
 from .mono import MonoSource
 from .probe import ProbeConfig, probe_method, probe_train_config
+from .repro import random_rows
 from .repro_distill import SOURCES, check_teacher
 from .spec import AugmentSpec
 from .train import Trainer
@@ -71,9 +72,14 @@ def plan(
     overrides=None,
     steps: int = 3,
     train_images: int | None = None,
+    image_rows: list[str] | None = None,
     progress: bool = True,
 ) -> dict:
-    """The stages of ``fastssl repro --preset PRESET --method METHOD`` with their estimated cost."""
+    """The stages of ``fastssl repro --preset PRESET --method METHOD`` with their estimated cost.
+
+    ``image_rows``: the names of the run's rows trained on source images (default: the one
+    one-image row; ``repro.image_row_names`` gives them for --image / --each-image /
+    --n-images / --ablation). The first is timed, the others cost as much a step."""
 
     if method not in (*pretext_methods(), "distill"):
         raise FastSSLError(f"`method` {method}: choose one of {', '.join(pretext_methods())} or distill")
@@ -109,7 +115,9 @@ def plan(
     with tempfile.TemporaryDirectory() as tmp:
         if method == "distill":  # repro_distill's rows: the teacher, then three students
             rows = [("teacher", "supervised", False), *((f"student-{s}", "distill", s != "full") for s in SOURCES)]
+            ones = image_rows or ["student-mono"]
         else:
+            ones = image_rows or [f"mono-{method}"]
             rows = [
                 (f"mono-{method}", method, True),
                 (f"full-{method}", method, False),
@@ -152,10 +160,18 @@ def plan(
             if dev.type == "cuda":
                 torch.cuda.reset_peak_memory_stats(dev)
             sps = _time_steps(t, make, steps)
-            add(row, cfg.epochs * per_epoch, cfg.epochs * per_epoch * bs, sps, {"data": data})
+            names = ones if row in (f"mono-{method}", "student-mono") else [row]
             sps_c = m.epoch_start_seconds(t.ctx, n_items, res)  # DeepCluster: features and k-means
-            if sps_c:
-                add(f"{row} {m.epoch_start_name}", cfg.epochs, cfg.epochs * n_items, sps_c, {"data": "estimated"})
+            for j, name in enumerate(names):  # the other source-image rows: the same step, not timed again
+                add(
+                    name,
+                    cfg.epochs * per_epoch,
+                    cfg.epochs * per_epoch * bs,
+                    sps,
+                    {"data": f"as {names[0]}" if j else data},
+                )
+                if sps_c:
+                    add(f"{name} {m.epoch_start_name}", cfg.epochs, cfg.epochs * n_items, sps_c, {"data": "estimated"})
             if row == "teacher":  # the students time their steps with this (untrained) teacher
                 t.ckpt_path.parent.mkdir(parents=True, exist_ok=True)
                 t.save()
@@ -177,7 +193,7 @@ def plan(
         )
         y = torch.randint(0, probes.fcs[0].out_features, (bs,), device=dev)
         sps = _time_steps(t, lambda: (x, y), steps)
-        rows = 4
+        rows = len(random_rows(rc, method)) + len(ones) + 2  # random, source-image rows, full, supervised
         add(
             f"probes ({rows} rows)",
             rows * pcfg.epochs * per_epoch,

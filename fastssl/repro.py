@@ -87,9 +87,8 @@ def repro(
     ``n_images_from`` (``deka-M`` for 10, ``kilo-M`` for 1000, else ``n<N>-M``); ``full-M``;
     ``supervised``."""
 
+    check_rows(method, n_images, ablation or n_images_from)
     if method == "distill":  # the follow-up's rows: teacher, students from one image, the data, noise
-        if n_images or n_images_from or ablation:
-            raise FastSSLError("`n_images` and `ablation` are rows of the pretext methods, not of distill")
         kw = dict(image=image, data=data, eval_data=eval_data, out=out, overrides=overrides, seeds=seeds)
         return repro_distill(preset, **kw, each_image=each_image, smoke=smoke, progress=progress)
     if data is None:
@@ -101,8 +100,6 @@ def repro(
         smoke_recipe(rc, method)
     seeds = check_run(rc, seeds, image)
     each = each_photo(image) if each_image else None
-    if n_images and (any(n < 1 for n in n_images) or len(set(n_images)) != len(n_images)):
-        raise FastSSLError(f"`n_images` must be distinct counts >= 1, got {n_images}")
     if n_images_from is not None and not n_images:
         raise FastSSLError("`n_images_from` names the photos of the N-image rows: give the counts with `n_images` too")
     with run_folder(out) as out:
@@ -167,6 +164,25 @@ def _image_rows(method: str, image, source_images: dict, ablation: bool, photos:
     for k, images in source_images.items():
         rows.append((f"{row_prefix(k)}-{method}", images, None, photos and f"{photos}: {k} photos"))
     return rows
+
+
+def check_rows(method: str, n_images, ablation) -> None:
+    """Refuse N-image counts that are not distinct and >= 1, and rows distill does not have."""
+    if method == "distill" and (n_images or ablation):
+        raise FastSSLError("`n_images` and `ablation` are rows of the pretext methods, not of distill")
+    if n_images and (any(n < 1 for n in n_images) or len(set(n_images)) != len(n_images)):
+        raise FastSSLError(f"`n_images` must be distinct counts >= 1, got {n_images}")
+
+
+def image_row_names(method: str, image=None, n_images=(), ablation: bool = False, each_image: bool = False) -> list:
+    """The names of the rows that ``repro`` trains on source images for these options, in
+    order (``fastssl plan`` costs each of them as one more one-image row)."""
+
+    check_rows(method, n_images, ablation)
+    each = each_photo(image) if each_image else None
+    if method == "distill":
+        return [f"student-mono@{name}" for name, _ in each] if each else ["student-mono"]
+    return [r[0] for r in _image_rows(method, image, dict.fromkeys(n_images or ()), ablation, None, each)]
 
 
 def _rows_of_one_seed(rc, method, image, train_data, val_data, nc: int, out: Path, progress: bool, extra) -> None:
