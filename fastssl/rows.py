@@ -97,9 +97,8 @@ def train_row(
     method = build_for(rc, method_name, num_classes)
     if method.fixed_dataset:
         mono = isinstance(data, MonoData)
-        stream = fixed_dataset(
-            rc, cfg, image=image if mono else None, data=None if mono else data, spec=spec, progress=progress
-        )
+        kw = dict(image=image, renderer=data.src.renderer) if mono else dict(data=data)
+        stream = fixed_dataset(rc, cfg, spec=spec, progress=progress, **kw)
     elif isinstance(data, MonoData):
         stream = data
     else:

@@ -1,6 +1,7 @@
 """DeepCluster: its clustering pieces against first principles, and the method in the trainer."""
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -315,3 +316,18 @@ def test_items_split_into_whole_batches_of_the_one_process_run():
     assert split_items(0, 100, 4, 512) == [(0, 0), (0, 0), (0, 0), (0, 100)]
     parts = split_items(7, 5000, 3, 64)
     assert parts[0][0] == 7 and parts[-1][1] == 5000 and all((a - 7) % 64 == 0 for a, _ in parts)
+
+
+def test_a_row_s_fixed_dataset_takes_the_renderer_it_is_given_and_renders_the_same(tmp_path):
+    from fastssl.config import load, train_config
+    from fastssl.data.prepare import fixed_dataset, mono_stream
+
+    rc = load(str(Path(__file__).parent / "data" / "tiny.toml"), None, methods=("deepcluster",))
+    cfg = train_config(rc, "deepcluster", False, False)
+    spec = {"jitter_p": 0.0}
+    built = fixed_dataset(rc, cfg, spec=spec, progress=False)  # builds its own renderer
+    given = mono_stream(rc, None, 16, cfg.seed, spec).src.renderer
+    reused = fixed_dataset(rc, cfg, spec=spec, progress=False, renderer=given)
+    assert reused.renderer is given and built.renderer is not given
+    idx = torch.arange(int(rc["mono"]["epoch_length"]))
+    assert torch.equal(reused._get(idx), built._get(idx))

@@ -106,18 +106,21 @@ def check_fits(n: int, per_item: int, what: str, kind: str) -> None:
         )
 
 
-def fixed_dataset(rc: dict, cfg, *, image=None, data=None, spec=None, progress: bool = True):
+def fixed_dataset(rc: dict, cfg, *, image=None, data=None, spec=None, progress: bool = True, renderer=None):
     """A fixed dataset for methods that need one (DeepCluster): the first ``[mono]
     epoch_length`` patches of ``image`` (epoch 0) as :class:`~fastssl.data.adapters.IndexedPatches`
     (rendered by index when needed, never held: the paper's 1.28M patches fit), or ``data`` (a
-    loader spec) decoded once at ``res`` with the evaluation transform, held in memory."""
+    loader spec) decoded once at ``res`` with the evaluation transform, held in memory.
+    ``renderer``: the image's renderer of this recipe and ``spec`` when one is built already
+    (its pyramid is not built twice)."""
 
     device = resolve_device(cfg.device)
     if data is None:  # every rank sees the whole set (rank 0's clustering labels it for all)
         n = int(rc["mono"]["epoch_length"])
         check_fits(n, IndexedPatches.BYTES_PER_PATCH, "[mono] epoch_length", "patches' parameters")
-        src = mono_stream(rc, image, 1024, cfg.seed, spec, rank=0, world_size=1).src
-        return IndexedPatches(src.renderer, src.epoch_length, cfg.batch_size, device, seed=cfg.seed)
+        if renderer is None:
+            renderer = mono_stream(rc, image, 1024, cfg.seed, spec, rank=0, world_size=1).src.renderer
+        return IndexedPatches(renderer, n, cfg.batch_size, device, seed=cfg.seed)
     ld = loader(data, rc, False, 512, "cpu", cfg.seed, shard=False)
     check_fits(len(ld) * 512, 3 * int(rc["res"]) ** 2, "the train split (or res)", f"images of {rc['res']} px")
     batches = (x.cpu() for x, _ in ld)
