@@ -43,7 +43,7 @@ from .pretrained import load_trunk
 from .probe import ProbeConfig, train_probes
 from .progress import log
 from .report import report, write_json
-from .repro_distill import repro_distill
+from .repro_distill import repro_distill, student_rows
 from .rows import check_run, each_photo, repeated, smoke_recipe, train_row
 
 
@@ -179,9 +179,9 @@ def image_row_names(method: str, image=None, n_images=(), ablation: bool = False
     order (``fastssl plan`` costs each of them as one more one-image row)."""
 
     check_rows(method, n_images, ablation)
-    each = each_photo(image) if each_image else None
     if method == "distill":
-        return [f"student-mono@{name}" for name, _ in each] if each else ["student-mono"]
+        return [row for row, _ in student_rows(image, each_image)]
+    each = each_photo(image) if each_image else None
     return [r[0] for r in _image_rows(method, image, dict.fromkeys(n_images or ()), ablation, None, each)]
 
 

@@ -53,6 +53,14 @@ def check_teacher(rc: dict) -> None:
         raise FastSSLError("the teacher is [supervised.settings] model: set a classifier, e.g. wrn-40-4")
 
 
+def student_rows(image, each_image: bool) -> list[tuple[str, object]]:
+    """(row, image) of each one-image student: ``student-mono``, or with ``each_image`` one
+    ``student-mono@PHOTO`` per photo of ``image``."""
+    if each_image:
+        return [(f"student-mono@{name}", x) for name, x in each_photo(image)]
+    return [("student-mono", image)]
+
+
 def repro_distill(
     preset: str = "cpu-mini-distill",
     *,
@@ -76,7 +84,7 @@ def repro_distill(
     if smoke:
         smoke_recipe(rc, "distill")
     seeds = check_run(rc, seeds, image)  # before anything is written
-    monos = [(f"@{name}", x) for name, x in each_photo(image)] if each_image else [("", image)]
+    monos = student_rows(image, each_image)
     with run_folder(out) as out:
         t0 = time.perf_counter()
         train_data, val_data, classes = prepare_labelled(rc, data, eval_data, out, progress)
@@ -102,14 +110,14 @@ def repro_distill(
 
 
 def _one_seed(rc, monos, train_data, val_data, nc: int, out: Path, progress: bool) -> None:
-    """The rows of one seed; ``monos``: (row tag, image) of each one-image student."""
+    """The rows of one seed; ``monos``: (row, image) of each one-image student."""
     out.mkdir(exist_ok=True)
     seed, bs = int(rc["seed"]), int(rc["distill"]["batch_size"])
     ckpts = {"teacher": train_row("teacher", rc, "supervised", train_data, out, nc, progress)}
     rcd = copy.deepcopy(rc)
     rcd["distill"]["settings"]["teacher"] = str(ckpts["teacher"])
     # (row, source image; None: the labelled images), each stream built when its row is reached
-    sources = [(f"student-mono{tag}", x) for tag, x in monos]
+    sources = list(monos)
     sources += [("student-full", None), ("student-noise", noise_image())]
     for row, x in sources:
         data = train_data if x is None else mono_stream(rcd, x, bs, seed)
