@@ -3,13 +3,15 @@
 For every method (rotnet, deepcluster, bigan, supervised, distill) and the linear probe, and for each
 variant of eager / compiled x fp32 / bf16 (fp16 too on CUDA) x channels-last / contiguous, one
 row: steady-state images/s after warm-up, a step split into data wait, forward, backward and
-optimiser, the data-wait share, peak memory and, compiled, the cold compile seconds.
+optimiser, the data-wait share, peak memory, compiled the cold compile seconds, and the step's
+FLOP rate with its MFU against the device's matrix-product peak measured in the same run.
 
 Each row runs in a fresh process (a cold compile is cold: its own empty inductor cache; peak
 memory is the row's own) with the same threads, through the trainer itself (its AMP,
 layout, compile and DDP wrapping), on the method's real source: the one-image stream for
 RotNet and BiGAN, the one-image fixed dataset for DeepCluster (its clustering is timed once,
-as ``epoch start``), the FFCV ``.beton`` for supervised training and the probes; distill's student on the
+as ``epoch start``), the FFCV ``.beton`` for supervised training and the probes (an image folder
+through the PyTorch loader where FFCV is not installed); distill's student on the
 one-image stream, labelled by an untrained teacher of the recipe's network (its step costs what
 a trained one's does). With the trainer's own choice (``auto``), the pretext methods and distill
 have one more row on the ``.beton`` (the full-data rows of ``repro``) and every method one on a
@@ -114,14 +116,13 @@ def _build(row: Row, setup: dict, tmp: Path):
 
     from .config import build_for, load, train_config
     from .data.adapters import LoaderData
-    from .data.beton import read_info
     from .data.prepare import fixed_dataset, loader, mono_stream
 
     methods = {"probe": (), "distill": ("distill", "supervised")}.get(row.method, (row.method,))
     rc = load(setup["preset"], setup["overrides"], methods=methods)
     rc["device"], rc["workers"] = setup["device"], setup.get("workers", rc.get("workers"))
     if row.method == "distill":
-        _untrained_teacher(rc, len(read_info(setup["data"])["classes"]), tmp / "teacher")
+        _untrained_teacher(rc, num_classes(setup["data"]), tmp / "teacher")
     if row.method == "probe":
         from .checks import method_model, to_dataclass
         from .distributed import resolve_device
@@ -130,7 +131,7 @@ def _build(row: Row, setup: dict, tmp: Path):
 
         pcfg = to_dataclass(ProbeConfig, dict(rc["probe"]), "probe.")
         dev = resolve_device(rc["device"])
-        nc = len(read_info(setup["data"])["classes"])
+        nc = num_classes(setup["data"])
         torch.manual_seed(int(rc["seed"]))
         trunk = AlexNet(10, **method_model(rc, "rotnet"))
         method = probe_method(trunk, nc, pcfg, dev)
@@ -139,7 +140,7 @@ def _build(row: Row, setup: dict, tmp: Path):
     else:
         cfg = train_config(rc, row.method, False, False)
         if row.method == "supervised":
-            nc = len(read_info(setup["data"])["classes"])
+            nc = num_classes(setup["data"])
             method = build_for(rc, row.method, nc)
             data = LoaderData(loader((setup["data"], None), rc, True, cfg.batch_size, cfg.device, cfg.seed))
         else:
@@ -154,6 +155,17 @@ def _build(row: Row, setup: dict, tmp: Path):
                 data = mono_stream(rc, setup["image"], cfg.batch_size, cfg.seed)
     cfg.compile, cfg.amp, cfg.layout, cfg.progress = row.compile, row.amp, row.layout, False
     return method, data, cfg
+
+
+def num_classes(data) -> int:
+    """Classes of the labelled data: a .beton's index, or an image folder's / archive's."""
+    if str(data).endswith(".beton"):
+        from .data.beton import read_info
+
+        return len(read_info(data)["classes"])
+    from .data.sources import open_source
+
+    return len(open_source(data).classes)
 
 
 def _untrained_teacher(rc: dict, num_classes: int, folder: Path) -> None:
@@ -226,6 +238,7 @@ def run_row(row: Row, setup: dict) -> dict:
                 step_s.append(s)
                 n_img += batch[0].shape[0]
         top = _profile(method, tr, batches, int(setup.get("profile", 0))) if setup.get("profile") else None
+        flops = step_flops(method, tr, tr.prepare(next(batches)))
         tr.check_finite()
         total = sum(step_s)
         mean = total / steps
@@ -242,7 +255,11 @@ def run_row(row: Row, setup: dict) -> dict:
             "epoch_start_s": round(epoch_start, 2) if epoch_start > 0.05 else None,
             "warmup_s": round(warm_s, 2),
             "compile_s": round(max(warm_s - warm * mean, 0.0), 1) if tr.setup["compile"] else None,
+            "flops_per_step": flops,
+            "tflops": round(flops / mean / 1e12, 4),
         }
+        if setup.get("peak_tflops"):  # model FLOPs utilisation against the measured matmul peak
+            out["mfu"] = round(out["tflops"] / setup["peak_tflops"], 4)
         if top is not None:
             out["top_ops"] = top
         if dev.type == "cuda":
@@ -252,6 +269,56 @@ def run_row(row: Row, setup: dict) -> dict:
             out["peak_mib"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
             out["peak_of"] = "process RSS"
         return out
+
+
+def step_flops(method, tr, batch) -> int:
+    """Floating-point operations of one training step's convolutions and matrix products,
+    forward and backward (element-wise work and the optimiser are not counted), by torch's FLOP
+    counter on one more step run eagerly (a compiled step runs its eager form here), with conv1
+    as the plain strided convolution: the model's FLOPs, whichever form the CPU runs."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from .models.alexnet import StridedConv
+
+    clock, tr.ctx.clock = tr.ctx.clock, None
+    s2d, StridedConv.space_to_depth = StridedConv.space_to_depth, False
+    try:
+        with torch.compiler.set_stance("force_eager"), FlopCounterMode(display=False) as fc:
+            method.train_step(batch, tr.ctx)
+    finally:
+        tr.ctx.clock = clock
+        StridedConv.space_to_depth = s2d
+    return int(fc.get_total_flops())
+
+
+def matmul_peak(device, dtype=None, seconds: float = 1.0) -> dict:
+    """The device's measured matrix-product rate: TFLOP/s of a large square product on random
+    data (bf16 by default; n = 8192 on CUDA, 2048 on the CPU), the ceiling MFU is taken against."""
+    import torch
+
+    dev = torch.device(device)
+    dtype = dtype or torch.bfloat16
+    n = 8192 if dev.type == "cuda" else 2048
+    g = torch.Generator(device=dev).manual_seed(0)
+    a, b = (torch.randn(n, n, device=dev, dtype=dtype, generator=g) for _ in range(2))
+
+    def sync():
+        if dev.type == "cuda":
+            torch.cuda.synchronize(dev)
+
+    a @ b  # warm-up: library load, kernel choice
+    sync()
+    reps, t0 = 0, time.perf_counter()
+    while True:
+        for _ in range(4):
+            a @ b
+        reps += 4
+        sync()
+        dt = time.perf_counter() - t0
+        if dt >= seconds:
+            break
+    return {"n": n, "dtype": str(dtype).replace("torch.", ""), "tflops": round(2 * n**3 * reps / dt / 1e12, 2)}
 
 
 def _profile(method, tr, batches, top: int, steps: int = 3) -> list[dict]:
@@ -317,14 +384,21 @@ def _in_process(row: Row, setup: dict, timeout: float) -> dict:
 
 
 # --------------------------------------------------------------------------- the run
-def synthetic_beton(folder: Path, image, res: int, per_class: int = 256, classes: int = 10) -> Path:
-    """A labelled .beton of ``classes`` x ``per_class`` JPEG crops of ``image`` (when no
-    ``--data`` is given: what the labelled rows read matters, not what it shows)."""
+def synthetic_labelled(folder: Path, image, res: int, per_class: int = 256, classes: int = 10) -> Path:
+    """Labelled data of ``classes`` x ``per_class`` JPEG crops of ``image`` when no ``--data`` is
+    given (what the labelled rows read matters, not what it shows): a .beton where FFCV is
+    installed, else the image folder, read by the PyTorch loader."""
+    from .data.loaders import ffcv_available
+
+    if ffcv_available():
+        return synthetic_beton(folder, image, res, per_class, classes)
+    return _synthetic_folder(folder, image, res, per_class, classes)
+
+
+def _synthetic_folder(folder: Path, image, res: int, per_class: int, classes: int) -> Path:
     import numpy as np
     from PIL import Image
 
-    from .data.beton import convert
-    from .data.sources import open_source
     from .image import load_image
 
     img = load_image(image)
@@ -338,8 +412,17 @@ def synthetic_beton(folder: Path, image, res: int, per_class: int = 256, classes
             y, x = rng.integers(0, h - side + 1), rng.integers(0, w - side + 1)
             crop = Image.fromarray(img[y : y + side, x : x + side]).resize((res, res), Image.BILINEAR)
             crop.save(d / f"{i:04d}.jpg", quality=90)
+    return folder / "images"
+
+
+def synthetic_beton(folder: Path, image, res: int, per_class: int = 256, classes: int = 10) -> Path:
+    """A labelled .beton of ``classes`` x ``per_class`` JPEG crops of ``image``."""
+    from .data.beton import convert
+    from .data.sources import open_source
+
+    images = _synthetic_folder(folder, image, res, per_class, classes)
     out = folder / "data.beton"
-    convert(open_source(folder / "images"), out, workers=1, progress=False)
+    convert(open_source(images), out, workers=1, progress=False)
     return out
 
 
@@ -397,16 +480,19 @@ def bench_train(
 
     torch.set_num_threads(threads)
     out = {"machine": describe(dev), "preset": preset, "overrides": setup["overrides"], "setup": setup, "rows": []}
+    if data is not None and not str(data).endswith(".beton") and not Path(data).exists():
+        raise FastSSLError(f"--data must be a .beton (fastssl data convert makes one) or an image folder, got {data}")
     with tempfile.TemporaryDirectory(prefix="fastssl-bench-data-") as tmp:
         if data is None:  # every method has a row on labelled data
             res = int(load(preset, overrides)["res"])
-            setup["data"] = str(synthetic_beton(Path(tmp), image, res))
-            out["data"] = f"synthetic: 2,560 JPEG crops of the source image at {res} px, 10 classes"
+            setup["data"] = str(synthetic_labelled(Path(tmp), image, res))
+            kind = "a .beton" if setup["data"].endswith(".beton") else "an image folder (PyTorch loader: no FFCV)"
+            out["data"] = f"synthetic: 2,560 JPEG crops of the source image at {res} px, 10 classes, {kind}"
         else:
-            if not str(data).endswith(".beton"):
-                raise FastSSLError(f"--data must be a .beton (fastssl data convert makes one), got {data}")
             setup["data"] = str(data)
             out["data"] = str(data)
+        out["matmul_peak"] = setup["matmul_peak"] = matmul_peak(dev)
+        setup["peak_tflops"] = out["matmul_peak"]["tflops"]
         runs: dict[Row, list] = {row: [] for row in rows}
         for k in range(rounds):  # round-robin: a slow minute of a shared machine hits every row alike
             if rounds > 1:
@@ -433,7 +519,7 @@ def _median(results: list[dict]) -> dict:
 HEADER = (
     f"  {'method':11s} {'data':8s} {'compile':7s} {'amp':4s} {'layout':6s} {'img/s':>8s} {'vs base':>7s} "
     f"{'ms/step':>8s} {'data':>6s} {'fwd':>6s} {'bwd':>6s} {'optim':>6s} {'wait%':>5s} {'peak MiB':>8s} "
-    f"{'compile s':>9s}"
+    f"{'compile s':>9s} {'TFLOP/s':>8s} {'MFU':>6s}"
 )
 
 
@@ -447,9 +533,12 @@ def format_row(r: dict, base: float | None = None) -> str:
     ms = r["ms"]
     ratio = f"{r['images_per_s'] / base:6.2f}x" if base else "      -"
     comp = f"{r['compile_s']:9.1f}" if r.get("compile_s") is not None else f"{'-':>9s}"
+    tfl = f"{r['tflops']:8.3f}" if r.get("tflops") is not None else f"{'-':>8s}"
+    mfu = f"{100 * r['mfu']:5.1f}%" if r.get("mfu") is not None else f"{'-':>6s}"
     line = (
         f"{head} {r['images_per_s']:8.1f} {ratio} {r['ms_per_step']:8.1f} {ms['data']:6.1f} {ms['forward']:6.1f} "
-        f"{ms['backward']:6.1f} {ms['optimiser']:6.1f} {100 * r['data_share']:5.1f} {r['peak_mib']:8.0f} {comp}"
+        f"{ms['backward']:6.1f} {ms['optimiser']:6.1f} {100 * r['data_share']:5.1f} {r['peak_mib']:8.0f} {comp} "
+        f"{tfl} {mfu}"
     )
     if r.get("epoch_start_s"):
         line += f"  (epoch start {r['epoch_start_s']:.1f} s)"
@@ -488,4 +577,10 @@ def format_train_table(run: dict) -> str:
         "  base: the trainer before its CPU tuning (eager fp32, conv1 a plain strided conv), on the source; "
         f"peak: {', '.join(sorted(peaks)) or '-'}"
     )
+    mp_ = run.get("matmul_peak")
+    if mp_:
+        lines.append(
+            "  TFLOP/s: the step's convolutions and matrix products (torch's FLOP counter) per second; MFU: "
+            f"against the measured {mp_['dtype']} matrix-product peak, {mp_['tflops']} TFLOP/s ({mp_['n']}^3)"
+        )
     return "\n".join(lines)

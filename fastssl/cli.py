@@ -508,7 +508,9 @@ def build_parser() -> argparse.ArgumentParser:
     tb.add_argument("--preset", default="cpu-mini", help="the recipe whose shapes are measured (or a .toml)")
     tb.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a recipe value")
     tb.add_argument("--image", default=None, help="source image of the one-image rows (default: built-in)")
-    tb.add_argument("--data", default=None, help="labelled .beton for supervised and probe (default: a synthetic one)")
+    tb.add_argument(
+        "--data", default=None, help="labelled .beton (or image folder) for supervised and probe (default: synthetic)"
+    )
     tb.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     tb.add_argument("--threads", type=int, default=None, help="torch threads in every row (default: all cores)")
     tb.add_argument("--compile", default="off,on", help="off,on (comma-separated)")

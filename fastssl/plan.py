@@ -199,7 +199,7 @@ def plan(
             rows * pcfg.epochs * per_epoch,
             rows * pcfg.epochs * per_epoch * bs,
             sps,
-            {"data": "resident batches (loading not timed)"},
+            {"data": "resident batches (loading not timed)", "rows": rows},
         )
     return _result(preset, method, dev, steps, stages)
 

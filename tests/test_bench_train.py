@@ -73,6 +73,34 @@ def test_the_probe_supervised_and_full_data_rows_read_a_beton(tmp_path):
         _check_row(run_row(row, _setup(data=str(beton), overrides=TINY + small)), 8)
 
 
+@pytest.mark.slow
+def test_without_ffcv_the_labelled_rows_read_an_image_folder(tmp_path, monkeypatch):
+    import fastssl.data.loaders as loaders
+    from fastssl.bench_train import synthetic_labelled
+
+    monkeypatch.setattr(loaders, "ffcv_available", lambda: False)
+    folder = synthetic_labelled(tmp_path, None, 32, per_class=8, classes=3)
+    assert folder.is_dir() and len(list(folder.glob("class*/*.jpg"))) == 24 and not list(tmp_path.glob("*.beton"))
+    rows = {}
+    for name, batch in (("supervised", 8), ("probe", 16)):
+        r = run_row(Row(name, "off", "off", "channels_last"), _setup(data=str(folder), peak_tflops=1.0))
+        _check_row(r, batch)
+        rows[name] = r
+    # FLOPs follow the network: the probe's frozen trunk costs no backward through its convs
+    assert rows["supervised"]["flops_per_step"] / 8 > rows["probe"]["flops_per_step"] / 16
+    assert all(r["mfu"] == pytest.approx(r["tflops"], abs=1e-4) for r in rows.values())  # a peak of 1 TFLOP/s
+
+
+def test_a_step_counts_its_flops_in_proportion_to_its_batch():
+    from fastssl.bench_train import Row, run_row
+
+    def flops(bs):
+        over = [f"train.batch_size={bs}", "mono.epoch_length=64"]
+        return run_row(Row("rotnet", "off", "off", "channels_last"), _setup(overrides=over, steps=1))["flops_per_step"]
+
+    assert flops(8) == 2 * flops(4) > 0
+
+
 def test_rounds_report_the_median_run_of_a_row():
     from fastssl.bench_train import _median
 
@@ -130,7 +158,7 @@ def test_the_table_names_the_machine_and_compares_with_the_base_row():
         (["--steps", "0"], "--warmup, --steps and --rounds must be >= 1"),
         (["--rounds", "0"], "--warmup, --steps and --rounds must be >= 1"),
         (["--set", "train.batch_size=0"], "batch_size"),
-        (["--data", "x.tar", "--method", "probe"], "--data must be a .beton"),
+        (["--data", "x.tar", "--method", "probe"], "--data must be a .beton (fastssl data convert makes one) or"),
     ],
 )
 def test_bad_input_is_one_line(args, words, capsys, tmp_path):
