@@ -369,7 +369,8 @@ def table(report) -> str:
             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
         ]
         for r in steps:
-            head = f"| {r['method']} | {r['recipe']} | {r['data']} | {r['compile']} | {r['amp']} | {r['layout']} |"
+            data = r["data"] + (f" ({r['augment_backend']})" if r.get("augment_backend") else "")
+            head = f"| {r['method']} | {r['recipe']} | {data} | {r['compile']} | {r['amp']} | {r['layout']} |"
             if "error" in r:
                 lines.append(f"{head} failed: {r['error']} | | | | | |")
                 continue

@@ -255,6 +255,7 @@ def run_row(row: Row, setup: dict) -> dict:
             "epoch_start_s": round(epoch_start, 2) if epoch_start > 0.05 else None,
             "warmup_s": round(warm_s, 2),
             "compile_s": round(max(warm_s - warm * mean, 0.0), 1) if tr.setup["compile"] else None,
+            "augment_backend": _augment_backend(data),
             "flops_per_step": flops,
             "tflops": round(flops / mean / 1e12, 4),
         }
@@ -269,6 +270,12 @@ def run_row(row: Row, setup: dict) -> dict:
             out["peak_mib"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
             out["peak_of"] = "process RSS"
         return out
+
+
+def _augment_backend(data) -> str | None:
+    """The augmentation backend that renders a one-image source (None for labelled data)."""
+    renderer = getattr(data, "renderer", None) or getattr(getattr(data, "src", None), "renderer", None)
+    return getattr(renderer, "backend", None)
 
 
 def step_flops(method, tr, batch) -> int:

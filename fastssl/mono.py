@@ -51,7 +51,7 @@ def backend_available(name: str, device) -> str | None:
 
 def resolve_backend(name: str, device: torch.device) -> str:
     """``auto``: of the backends available on the device's type, the one that ranks first there
-    (each declares its ``auto_rank``: DALI, then torch, on a GPU; Numba, then torch, on the CPU)."""
+    (each declares its ``auto_rank``: torch, then DALI, on a GPU; Numba, then torch, on the CPU)."""
     if name == "auto":
         ranked = []
         for b in BACKENDS:
@@ -189,8 +189,10 @@ class Renderer:
         nhwc = self._render(p)
         if isinstance(nhwc, np.ndarray):
             nhwc = torch.from_numpy(nhwc)
-        if nhwc.device != self.device:
+        if nhwc.device.type == "cpu" and self.device.type == "cuda":
             nhwc = nhwc.pin_memory().to(self.device, non_blocking=True)
+        elif nhwc.device.type != self.device.type:
+            nhwc = nhwc.to(self.device)
         return nhwc.permute(0, 3, 1, 2)
 
     def render_nhwc(self, p: PatchParams) -> np.ndarray:

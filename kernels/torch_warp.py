@@ -168,7 +168,7 @@ class TorchBackend(Backend):
     the compiler fails."""
 
     name = "torch"
-    auto_rank = {"cpu": 1, "cuda": 1}  # auto: where the first is unavailable
+    auto_rank = {"cpu": 1, "cuda": 0}  # auto: first on a GPU (the fastest there, gpu_check), second on the CPU
     many_images = True
 
     def __init__(self, levels, size, resized, device, threads=None, compile=None, **options):

@@ -44,6 +44,7 @@ def test_a_rotnet_row_splits_its_step_and_counts_source_images(base):
     assert len(ops) == 4 and all(0 < o["share"] <= 1 for o in ops) and sum(o["share"] for o in ops) <= 1.001
     assert [o["share"] for o in ops] == sorted((o["share"] for o in ops), reverse=True)
     assert r["amp"] == ("off" if base else "bf16") and r["compile"] == "off" and r["compile_s"] is None
+    assert r["augment_backend"] == "numba"  # auto on the CPU
     assert r["setup"].startswith("cpu, 1 threads")
 
 
@@ -85,6 +86,7 @@ def test_without_ffcv_the_labelled_rows_read_an_image_folder(tmp_path, monkeypat
     for name, batch in (("supervised", 8), ("probe", 16)):
         r = run_row(Row(name, "off", "off", "channels_last"), _setup(data=str(folder), peak_tflops=1.0))
         _check_row(r, batch)
+        assert r["augment_backend"] is None  # labelled data: nothing rendered
         rows[name] = r
     # FLOPs follow the network: the probe's frozen trunk costs no backward through its convs
     assert rows["supervised"]["flops_per_step"] / 8 > rows["probe"]["flops_per_step"] / 16

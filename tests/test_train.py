@@ -53,6 +53,7 @@ def test_small_variant_keeps_five_spatial_stages_and_bn_folds_exactly():
     shapes = [t.shape[2] for t in m.taps(x)]
     assert shapes == [32, 15, 7, 7, 7]
     f = fold_bn(m)
+    assert not any(isinstance(b, torch.nn.BatchNorm2d) for b in f.modules())  # none left (cuDNN refuses eps 0)
     for a, b in zip(m.taps(x), f.taps(x), strict=True):
         torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
     torch.testing.assert_close(m(x), f(x), atol=1e-4, rtol=1e-4)

@@ -236,13 +236,13 @@ class AlexNet(nn.Module):
 
 
 def fold_bn(model: AlexNet) -> AlexNet:
-    """A copy for evaluation with each BatchNorm folded into the conv before it (identity BN left)."""
+    """A copy for evaluation with each BatchNorm folded into the conv before it (an identity in
+    its place)."""
     m = copy.deepcopy(model).eval()
     with torch.no_grad():
-        for conv, bn in zip(m.convs, m.bns, strict=True):
+        for i, (conv, bn) in enumerate(zip(m.convs, m.bns, strict=True)):
             scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
             conv.weight.mul_(scale.view(-1, 1, 1, 1))
             conv.bias.copy_((conv.bias - bn.running_mean) * scale + bn.bias)
-            bn.reset_parameters()  # weight 1, bias 0, mean 0, var 1
-            bn.eps = 0.0
+            m.bns[i] = nn.Identity()  # not an eps-0 BatchNorm: cuDNN refuses eps 0
     return m
