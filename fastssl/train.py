@@ -572,11 +572,13 @@ class Trainer:
                     enabled=self.cfg.progress and self.rank == 0,
                     leave=False,
                 )
-                t0, seen, acc_m, acc_n = time.perf_counter(), 0, {}, 0
+                t0, seen, acc_m, acc_n, wait = time.perf_counter(), 0, {}, 0, 0.0
                 batches = islice(self.data.iter_from(self.step), n_steps - self.step)
                 while True:
+                    tw = time.perf_counter()
                     try:
                         batch = next(batches)
+                        wait += time.perf_counter() - tw  # host time waiting for the batch
                     except StopIteration:
                         break
                     except Exception:  # loader workers stopped by the same Ctrl-C
@@ -591,7 +593,8 @@ class Trainer:
                     for k, v in m.items():  # summed where they are: read at the log step
                         acc_m[k] = acc_m.get(k, 0.0) + (v.detach() if isinstance(v, torch.Tensor) else v)
                     acc_n += 1
-                    rate = seen / max(time.perf_counter() - t0, 1e-9)
+                    elapsed = max(time.perf_counter() - t0, 1e-9)
+                    rate = seen / elapsed
                     bar.update(1)
                     if self.global_step % self.cfg.log_every == 0:
                         self.check_finite()
@@ -600,7 +603,14 @@ class Trainer:
                         acc_m, acc_n = {}, 0
                         bar.set_postfix(img_s=f"{rate:.0f}", **{k: f"{v:.3f}" for k, v in vals.items()})
                         self.log(
-                            {"epoch": self.epoch, "step": self.step, "lr": lr, "img_per_s": round(rate, 1), **vals}
+                            {
+                                "epoch": self.epoch,
+                                "step": self.step,
+                                "lr": lr,
+                                "img_per_s": round(rate, 1),
+                                "data_wait": round(wait / elapsed, 3),  # share of the epoch so far
+                                **vals,
+                            }
                         )
                     if self.global_step % self.cfg.ckpt_every == 0:
                         self.save()
@@ -610,9 +620,10 @@ class Trainer:
                         return "interrupted"
                 bar.close()
                 if self.cfg.progress and self.rank == 0 and not sys.stderr.isatty():  # a log: one line an epoch
+                    elapsed = max(time.perf_counter() - t0, 1e-9)
                     print(
                         f"{self.method.name} epoch {self.epoch + 1}/{self.cfg.epochs}: {self.global_step} steps, "
-                        f"{seen / max(time.perf_counter() - t0, 1e-9):.0f} img/s",
+                        f"{seen / elapsed:.0f} img/s, data wait {100 * wait / elapsed:.0f}%",
                         file=sys.stderr,
                         flush=True,
                     )

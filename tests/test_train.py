@@ -131,6 +131,7 @@ def test_rotnet_steps_and_checkpoints_are_plain_tensors(tmp_path):
     assert not torch.equal(before["convs.0.weight"], ck["nets"]["model"]["convs.0.weight"])
     lines = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert len(lines) == 12 and all(0 <= r["acc"] <= 1 and r["img_per_s"] > 0 for r in lines)
+    assert all(0 <= r["data_wait"] <= 1 for r in lines)  # the share of the epoch spent waiting for batches
 
 
 class _Labelled:
