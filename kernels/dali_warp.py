@@ -1,4 +1,4 @@
-"""The warp + colour jitter as an NVIDIA DALI pipeline.
+"""The warp as an NVIDIA DALI pipeline, the colour jitter in torch on the same device.
 
 One graph, two placements: ``DaliWarp(size, placement="cpu")`` builds it with CPU operators
 (``device_id=None``, what CI can run), ``placement="gpu"`` with GPU operators. It applies the
@@ -13,19 +13,21 @@ same sampled parameters as the other backends:
 - the crop-box fill is a second, nearest-neighbour warp of a constant R x R image with the box
   matrix (``fill_value=0`` outside), multiplied in.
 
-Colour jitter is written with DALI arithmetic, not with DALI's own hue/saturation operators
-(those work in YIQ, not in the HSV formula the other backends share): the four operations run
-in each patch's own order through DALI conditionals, and contrast blends towards the mean
-grey of the strided sample points (a second warp at every 4th row and column, carried through
-the same operations), exactly as in the Numba and torch backends.
+The pipeline hands the float warp to torch (on the GPU without leaving it), where the colour
+jitter runs as in the torch backend (:func:`~kernels.torch_warp.colour`: each patch's four
+operations in its own order, contrast towards the mean grey of every 4th row and column),
+then the rounding to uint8. The jitter was first written in DALI arithmetic with one DALI
+conditional per operation and position, which split and merge the batch sample by sample: on
+the CPU placement that form rendered 2,698 patches/s at S = 16 against 25,180 for this one
+(``fastssl bench augment --only fastssl-dali``), and on an H200 it held the pipeline to a few
+thousand patches/s at every patch size (``docs/benchmarks.md``).
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from .backend import GREY as _W
-from .backend import MEAN_STRIDE, Backend
+from .backend import Backend
 from .pyramid import atlas_of
 
 
@@ -76,66 +78,6 @@ def gather_crops(image, origin, shape, level, xy0, side: int):
     return image[ys[:, :, None], xs[:, None, :]]
 
 
-def _clamp(v):
-    import nvidia.dali.math as dm
-
-    return dm.clamp(v, 0.0, 255.0)
-
-
-def _hue(r, g, b, shift):
-    """Hue rotation through HSV without branches, in DALI arithmetic: the torch backend's
-    form (f(n) = V - C * clamp(min(k, 4 - k), 0, 1), k = (n + 6h) mod 6), which gives the
-    colour of HSV's sector table as the Numba kernel's own form does, to rounding."""
-    import nvidia.dali.math as dm
-
-    maxc = dm.max(r, dm.max(g, b))
-    minc = dm.min(r, dm.min(g, b))
-    cr = maxc - minc
-    inv = (cr > 0.0) / dm.max(cr, 1e-20)
-    rc = (maxc - r) * inv
-    gc = (maxc - g) * inv
-    bc = (maxc - b) * inv
-    is_r = maxc == r
-    is_g = (maxc == g) * (1 - is_r)
-    is_b = (1 - is_r) * (1 - is_g)
-    h = is_r * (bc - gc) + is_g * (2.0 + rc - bc) + is_b * (4.0 + gc - rc)
-    h = h / 6.0 + 1.0 + shift
-    h6 = (h - dm.floor(h)) * 6.0
-    out = []
-    for n in (5.0, 3.0, 1.0):
-        k = h6 + n
-        k = k - 6.0 * (k >= 6.0)
-        out.append(maxc - cr * dm.clamp(dm.min(k, 4.0 - k), 0.0, 1.0))
-    return out[0], out[1], out[2]
-
-
-def _colour_ops(r, g, b, sr, sg, sb, fac, order):
-    """Brightness / contrast / saturation / hue in each patch's order (DALI conditionals)."""
-    from nvidia.dali import fn
-
-    for k in range(4):
-        op = order[k]
-        if op == 0:
-            f = fac[0]
-            r, g, b = _clamp(r * f), _clamp(g * f), _clamp(b * f)
-            sr, sg, sb = _clamp(sr * f), _clamp(sg * f), _clamp(sb * f)
-        elif op == 1:
-            f = fac[1]
-            m = (1.0 - f) * fn.reductions.mean(_W[0] * sr + _W[1] * sg + _W[2] * sb)
-            r, g, b = _clamp(f * r + m), _clamp(f * g + m), _clamp(f * b + m)
-            sr, sg, sb = _clamp(f * sr + m), _clamp(f * sg + m), _clamp(f * sb + m)
-        elif op == 2:
-            f = fac[2]
-            grey = (1.0 - f) * (_W[0] * r + _W[1] * g + _W[2] * b)
-            sgrey = (1.0 - f) * (_W[0] * sr + _W[1] * sg + _W[2] * sb)
-            r, g, b = _clamp(f * r + grey), _clamp(f * g + grey), _clamp(f * b + grey)
-            sr, sg, sb = _clamp(f * sr + sgrey), _clamp(f * sg + sgrey), _clamp(f * sb + sgrey)
-        else:
-            r, g, b = _hue(r, g, b, fac[3])
-            sr, sg, sb = _hue(sr, sg, sb, fac[3])
-    return r, g, b
-
-
 class DaliWarp:
     """A built DALI pipeline for patches of side ``size`` (crop box of side ``resized``)."""
 
@@ -149,52 +91,31 @@ class DaliWarp:
         self.size, self.resized, self.placement, self.max_batch = size, resized, placement, max_batch
         self.device_id = device_id
         dev = "gpu" if placement == "gpu" else "cpu"
-        small = -(-size // MEAN_STRIDE)
-
-        def warp(crop, ones, mat, box, side):
-            # float in, float out: the interpolated value is not rounded before the colour ops
-            img = fn.warp_affine(
-                crop,
-                matrix=mat,
-                size=(side, side),
-                interp_type=types.INTERP_LINEAR,
-                inverse_map=True,
-                dtype=types.FLOAT,
-            )
-            mask = fn.warp_affine(
-                ones, matrix=box, size=(side, side), interp_type=types.INTERP_NN, inverse_map=True, fill_value=0
-            )
-            return img * mask
 
         @pipeline_def(
             batch_size=max_batch,
             num_threads=threads,
             device_id=device_id if dev == "gpu" else None,
             prefetch_queue_depth=1,
-            enable_conditionals=True,
         )
         def graph():
-            import nvidia.dali.math as dm
-
             crop = fn.external_source(name="crop", layout="HWC", device=dev)
             ones = fn.external_source(name="ones", layout="HWC", device=dev)
             mat = fn.external_source(name="mat")
             box = fn.external_source(name="box")
-            smat = fn.external_source(name="smat")
-            sbox = fn.external_source(name="sbox")
-            fac = fn.external_source(name="fac")
-            order = fn.external_source(name="order")
-            jit = fn.external_source(name="jit")
-            x = warp(crop, ones, mat, box, size)
-            r, g, b = x[:, :, 0], x[:, :, 1], x[:, :, 2]
-            if jit:
-                xs = warp(crop, ones, smat, sbox, small)
-                # the factors enter GPU arithmetic, so they move there; the op order and the
-                # jitter flag drive conditionals, which take CPU predicates
-                facs = fac.gpu() if dev == "gpu" else fac
-                r, g, b = _colour_ops(r, g, b, xs[:, :, 0], xs[:, :, 1], xs[:, :, 2], facs, order)
-            out = fn.stack(r, g, b, axis=2)
-            return fn.cast(dm.floor(_clamp(out) + 0.5), dtype=types.UINT8)
+            # float out: the interpolated value is not rounded before the colour jitter
+            img = fn.warp_affine(
+                crop,
+                matrix=mat,
+                size=(size, size),
+                interp_type=types.INTERP_LINEAR,
+                inverse_map=True,
+                dtype=types.FLOAT,
+            )
+            mask = fn.warp_affine(
+                ones, matrix=box, size=(size, size), interp_type=types.INTERP_NN, inverse_map=True, fill_value=0
+            )
+            return img * mask
 
         self.pipe = graph()
         self.pipe.build()
@@ -218,24 +139,22 @@ class DaliWarp:
         """(n, S, S, 3) uint8 for the given parameters: numpy in the CPU placement, a CUDA tensor
         in the GPU one. ``atlas``: a :class:`~kernels.pyramid.Atlas` whose image is a numpy array
         (CPU) or a uint8 CUDA tensor resident on the device (GPU)."""
+        import torch
+
+        from .torch_warp import colour, to_uint8_nhwc
+
         xy0, side, m = dense_crops(level_matrix, level, atlas.shape, self.size)
         crops = gather_crops(atlas.image, atlas.origin, atlas.shape, level, xy0, side)  # one dense batch
         # box maps output pixels to normalised crop-box coords (p + 0.5) / R; DALI wants R-space
         # pixels, and R * box is already R-space in its pixel-edge convention
         box_r = box * self.resized
         box_r[:, :, 2] -= 0.5
-        sub = np.diag([float(MEAN_STRIDE), float(MEAN_STRIDE), 1.0])  # small pixel i <- output pixel 4i
         n = len(level)
         feeds = {
             "crop": crops,
             "ones": self._ones[:n],
             "mat": to_edge_convention(m).astype(np.float32),
             "box": to_edge_convention(box_r).astype(np.float32),
-            "smat": to_edge_convention(m @ sub).astype(np.float32),
-            "sbox": to_edge_convention(box_r @ sub).astype(np.float32),
-            "fac": np.asarray(factors, np.float32),
-            "order": np.asarray(order, np.int32),
-            "jit": np.asarray(jitter, bool).reshape(n),
         }
         for name, data in feeds.items():
             self.pipe.feed_input(name, data)
@@ -243,13 +162,21 @@ class DaliWarp:
         if self.placement == "gpu":
             # DALI reuses its output buffer, so the batch is copied once into a torch tensor, on
             # torch's current stream, ordered after DALI's work by the plugin's copy_to_external
-            import torch
             from nvidia.dali.plugin.pytorch import feed_ndarray
 
             t = out.as_tensor()
-            dst = torch.empty(t.shape(), dtype=torch.uint8, device=torch.device("cuda", self.device_id))
-            return feed_ndarray(t, dst, cuda_stream=torch.cuda.current_stream(dst.device))
-        return np.array(out.as_tensor())
+            dev = torch.device("cuda", self.device_id)
+            x = feed_ndarray(t, torch.empty(t.shape(), dtype=torch.float32, device=dev), torch.cuda.current_stream(dev))
+        else:
+            dev = torch.device("cpu")
+            x = torch.from_numpy(np.array(out.as_tensor()))
+
+        def t(a, dt):
+            return torch.as_tensor(a, dtype=dt).to(dev, non_blocking=True)
+
+        x = colour(x.permute(0, 3, 1, 2), t(jitter, torch.bool), t(factors, torch.float32), t(order, torch.int64))
+        nhwc = to_uint8_nhwc(x).permute(0, 2, 3, 1)  # NHWC view of the channels-last batch
+        return nhwc if self.placement == "gpu" else nhwc.numpy()
 
 
 class DaliBackend(Backend):
