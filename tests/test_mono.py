@@ -86,3 +86,13 @@ def test_missing_dali_is_named_as_the_reason(photo, monkeypatch):
     with pytest.raises(FastSSLError, match="DALI is not installed"):
         MonoSource(photo, AugmentSpec(size=8), backend="dali")
     assert resolve_backend("auto", torch.device("cpu")) == "numba"
+
+
+def test_a_device_named_with_its_index_takes_a_batch_already_there(photo):
+    """A device given as ``cpu:0`` (or ``cuda``, whose batches come back on ``cuda:0``) compares
+    unequal to its batches' device; the batch must stay where it is, not be pinned and copied."""
+    from fastssl.mono import Renderer
+
+    r = Renderer(photo, AugmentSpec(size=8), "torch", device="cpu:0")
+    x = r.render(r.params(0, 4, seed=0))
+    assert x.shape == (4, 3, 8, 8) and x.device.type == "cpu" and not x.is_pinned()
