@@ -13,6 +13,8 @@ whose estimate no longer fits in ``--budget`` is skipped, not started):
    and 2048; torch compiled and eager at 2048, since every new shape costs the compiled form a
    compile; kornia at 256 when installed) at S = 64 and 224, the pyramid resident on the device;
    synchronised every 8 batches, so host and device work overlap as in a training loop;
+   then where the torch backend's time goes at each size (torch.profiler, batch 2048: its top
+   kernels by device time, section ``profile``);
 3. train: ``fastssl bench train`` rows of RotNet at the paper's shapes (224 px, batch 192 x 4
    rotations) on the one-image stream, through the trainer: eager fp32 NCHW, eager bf16
    channels-last, compiled bf16 channels-last; images/s, the step's split, data-wait share, MFU;
@@ -137,6 +139,25 @@ def _kornia(dev, S, batch, seconds, image):
         return {**row, "error": _error(e)}
     print(f"  augment kornia   S={S:4d} batch={batch:5d}: {rate:12.0f} patches/s", flush=True)
     return {**row, "patches_per_s": round(rate, 1)}
+
+
+def profile(dev, sizes, image, batch):
+    """The torch backend's top ops by device time (CPU time on the CPU), per size: which
+    kernel holds the chain below its target."""
+    from fastssl.bench import profile_torch
+
+    rows = []
+    for S in sizes:
+        try:
+            r = profile_torch(image, S, torch.get_num_threads(), "torch", str(dev), batches=3, top=10, batch=batch)
+        except Exception as e:  # reported, not fatal
+            r = {"size": S, "error": _error(e)}
+            print(f"  profile torch S={S:4d}: {r['error']}", flush=True)
+        else:
+            head = ", ".join(f"{o['op'][:40]} {100 * o['share']:.0f}%" for o in r["top_ops"][:3])
+            print(f"  profile torch S={S:4d} batch={batch}: {head}", flush=True)
+        rows.append(r)
+    return rows
 
 
 # --------------------------------------------------------------------------- environment
@@ -361,6 +382,10 @@ def table(report) -> str:
         if isinstance(r, dict) and "backend" in r:
             val = f"{r['patches_per_s']:,.0f}" if "patches_per_s" in r else r.get("error", "")
             lines.append(f"| {r['backend']} | {r['size']} | {r.get('batch', '')} | {val} |")
+    for r in report.get("profile", []) if isinstance(report.get("profile"), list) else []:
+        if "top_ops" in r:
+            ops = ", ".join(f"{o['op'][:48]} {100 * o['share']:.0f}%" for o in r["top_ops"][:4])
+            lines.append(f"\ntorch backend at S={r['size']}, batch {r['batch']}, where the time goes: {ops}")
     steps = [r for k in ("train", "methods") for r in report.get(k, []) if isinstance(r, dict) and "method" in r]
     if steps:
         lines += [
@@ -421,6 +446,7 @@ ESTIMATE_S = {
     "environment": 15,
     "sampler": 10,
     "augment": 120,
+    "profile": 40,
     "train": 90,
     "methods": 60,
     "plan": 60,
@@ -531,6 +557,7 @@ def main(argv=None) -> int:
                 dev, sizes, [256, 2048] if gpu else [32], seconds, image, backends + ["torch-eager", "kornia"]
             ),
         ),
+        ("profile", lambda: profile(dev, sizes, image, 2048 if gpu else 32)),
         ("train", lambda: training(setups(), peak())),
         ("methods", lambda: methods(setups(), peak())),
         ("plan", lambda: plans(dev, plan_recipes, gain())),

@@ -307,17 +307,27 @@ def profile_numba(image: np.ndarray, size: int, threads: int, batches: int = 20)
 
 
 def profile_torch(
-    image: np.ndarray, size: int, threads: int, backend: str = "torch", device="cpu", batches: int = 5, top: int = 12
+    image: np.ndarray,
+    size: int,
+    threads: int,
+    backend: str = "torch",
+    device="cpu",
+    batches: int = 5,
+    top: int = 12,
+    batch: int = BATCH,
 ) -> dict:
-    """torch.profiler over a few batches of a torch-side backend: the ops where the time goes."""
+    """torch.profiler over a few batches of a torch-side backend: the ops where the time goes
+    (on a GPU by device time: the kernels)."""
     import torch
     from torch.profiler import ProfilerActivity, profile
+
+    from .bench_train import top_ops
 
     src = MonoSource(
         image,
         AugmentSpec(size=size),
         backend=backend,
-        batch_size=BATCH,
+        batch_size=batch,
         device=device,
         threads=threads,
         epoch_length=10**9,
@@ -329,12 +339,10 @@ def profile_torch(
             src.batch(b)
         if torch.device(device).type == "cuda":
             torch.cuda.synchronize()
-    key = "self_cuda_time_total" if ProfilerActivity.CUDA in acts else "self_cpu_time_total"
-    events = sorted(prof.key_averages(), key=lambda e: getattr(e, key, 0), reverse=True)[:top]
-    total = sum(getattr(e, key, 0) for e in prof.key_averages()) or 1
     return {
         "size": size,
         "backend": backend,
         "device": str(device),
-        "top_ops": [{"op": e.key, "share": round(getattr(e, key, 0) / total, 3), "calls": e.count} for e in events],
+        "batch": batch,
+        "top_ops": top_ops(prof, ProfilerActivity.CUDA in acts, top, batches),
     }

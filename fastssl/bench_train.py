@@ -342,15 +342,24 @@ def _profile(method, tr, batches, top: int, steps: int = 3) -> list[dict]:
             method.train_step(tr.prepare(next(batches)), tr.ctx)
         if cuda:
             torch.cuda.synchronize(tr.device)
-    key = "self_device_time_total" if cuda else "self_cpu_time_total"
+    return top_ops(prof, cuda, top, steps)
+
+
+def top_ops(prof, cuda: bool, top: int, steps: int = 1) -> list[dict]:
+    """The ``top`` ops of a finished ``torch.profiler`` run by their own time (on a GPU the
+    device's: the kernels), each with its share of all ops' time and its ms per step."""
     events = prof.key_averages()
-    total = sum(getattr(e, key, 0) for e in events) or 1
-    best = sorted(events, key=lambda e: getattr(e, key, 0), reverse=True)[:top]
+    key = "self_cpu_time_total"
+    if cuda:  # the device time's name has changed across torch releases
+        key = next((k for k in ("self_device_time_total", "self_cuda_time_total") if hasattr(events[0], k)), key)
+    total = sum(getattr(e, key) for e in events) or 1
+    best = sorted(events, key=lambda e: getattr(e, key), reverse=True)[:top]
     return [
         {
             "op": e.key,
-            "share": round(getattr(e, key, 0) / total, 3),
-            "ms_per_step": round(getattr(e, key, 0) / 1e3 / steps, 2),
+            "share": round(getattr(e, key) / total, 3),
+            "ms_per_step": round(getattr(e, key) / 1e3 / steps, 2),
+            "calls": e.count,
         }
         for e in best
     ]

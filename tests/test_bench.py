@@ -107,6 +107,12 @@ def test_gpu_check_dry_run_on_cpu(tmp_path):
     done = {(a["backend"], a["size"]) for a in rep["augment"] if "patches_per_s" in a}
     assert {("numba", 16), ("numba", 32), ("torch", 16), ("torch", 32)} <= done
     assert [r["size"] for r in rep["sampler"]] == [16, 32] and all(r["patches_per_s"] > 0 for r in rep["sampler"])
+    # where the torch backend's time goes, per size: its torch ops, largest share first
+    assert [r["size"] for r in rep["profile"]] == [16, 32]
+    for r in rep["profile"]:
+        shares = [o["share"] for o in r["top_ops"]]
+        assert all(o["op"].startswith("aten::") for o in r["top_ops"]), r
+        assert shares == sorted(shares, reverse=True) and 0 < sum(shares) <= 1.0001
     peak = rep["environment"]["matmul_peak"]["tflops"]
     # the training rows: through the trainer, each with its FLOP rate and MFU against the peak
     steps = [r for r in rep["train"] + rep["methods"] if "method" in r]
