@@ -86,10 +86,11 @@ class Renderer:
     under ``torch.compile``; default on CUDA).
 
     ``image`` is one (h, w, 3) uint8 array or a list of them: with several, each patch's source
-    image is sampled with its parameters. A backend that takes several images at once (torch,
-    DALI: ``many_images``) holds every pyramid in one atlas and renders a batch from many images
-    in one call; otherwise one backend instance holds each image's pyramid and a batch is
-    rendered image by image into one output.
+    image is sampled with its parameters. A backend that takes several images at once (numba,
+    torch, DALI: ``many_images``) holds every pyramid in one atlas (numba: one texel buffer) and
+    renders a batch from many images in one call; otherwise, or when they are too large together,
+    one backend instance holds each image's pyramid and a batch is rendered image by image into
+    one output.
     """
 
     def __init__(self, image, spec: AugmentSpec, backend: str = "auto", device="cpu", threads=None, compile=None):
@@ -112,9 +113,12 @@ class Renderer:
         try:
             if together:
                 levels = [p.levels for p in pyramids]
-                self.impls.append(cls(levels, spec.size, spec.resized, self.device, threads, compile=compile))
-                self._first = np.cumsum([0] + [len(lv) for lv in levels[:-1]]).astype(np.int64)
-            else:
+                try:
+                    self.impls.append(cls(levels, spec.size, spec.resized, self.device, threads, compile=compile))
+                    self._first = np.cumsum([0] + [len(lv) for lv in levels[:-1]]).astype(np.int64)
+                except UnsupportedInput:  # too large together (e.g. 32-bit indices): one instance each
+                    together = False
+            if not together:
                 for p in pyramids:
                     self.impls.append(cls(p.levels, spec.size, spec.resized, self.device, threads, compile=compile))
         except UnsupportedInput as e:

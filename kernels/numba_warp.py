@@ -596,6 +596,12 @@ def prepare(level_matrix, box, level, jitter, factors, order):
     )
 
 
+def texel_count(levels) -> int:
+    """The length of :func:`pack_texels`' buffer for these levels (each with its one-texel
+    border, plus the trailing zero texel), without building it."""
+    return sum((lv.shape[0] + 2) * (lv.shape[1] + 2) for lv in levels) + 1
+
+
 class NumbaBackend(Backend):
     """The CPU kernel: one fused warp + colour pass per patch, written in place into a NumPy
     buffer, threads over patches (``threads``: Numba's thread count)."""
@@ -604,6 +610,9 @@ class NumbaBackend(Backend):
     writes_into = True
     auto_rank = {"cpu": 0}  # auto: first on the CPU
     profiler = "stages"
+    # several images' levels packed one after another: a batch from many photos is one parallel
+    # call, not one per photo (each call wakes the thread pool; beside torch's, that dominated)
+    many_images = True
 
     @classmethod
     def unavailable(cls, device_type: str) -> str | None:
@@ -611,12 +620,16 @@ class NumbaBackend(Backend):
 
     def __init__(self, levels, size, resized, device, threads=None, **options):
         super().__init__(levels, size, resized, device, threads)
-        self.pyramid = pack_texels(levels)
-        if len(self.pyramid.texels) >= 2**31:  # the kernel's texel indices are 32-bit
+        several = isinstance(levels[0], list)  # several images: their levels numbered one after another
+        flat = [lv for image in levels for lv in image] if several else levels
+        texels = texel_count(flat)
+        if texels >= 2**31:  # the kernel's texel indices are 32-bit; refused before packing
+            what = "these images together" if several else "image"
             raise UnsupportedInput(
-                f"image too large for the numba backend: its pyramid has {len(self.pyramid.texels):,} texels "
-                "(at most 2**31); downscale it first"
+                f"{what} too large for the numba backend: the pyramid has {texels:,} texels (at most 2**31); "
+                "downscale first"
             )
+        self.pyramid = pack_texels(flat)
         if threads:
             nb.set_num_threads(int(threads))
         self.threads = nb.get_num_threads()

@@ -292,14 +292,11 @@ def test_row_prefetch_is_a_hint_that_never_changes_a_pixel(photo):
 def test_numba_backend_refuses_a_pyramid_beyond_32_bit_texel_indices(monkeypatch, photo):
     from fastssl.errors import FastSSLError
     from fastssl.kernels import numba_warp
+    from fastssl.kernels.pyramid import build_pyramid
 
-    real = numba_warp.pack_texels
-
-    def huge(levels):
-        p = real(levels)
-        return dataclasses.replace(p, texels=np.broadcast_to(np.uint32(0), (2**31,)))  # no memory
-
-    monkeypatch.setattr(numba_warp, "pack_texels", huge)
+    levels = build_pyramid(photo[:90, :70], 3).levels
+    assert numba_warp.texel_count(levels) == len(numba_warp.pack_texels(levels).texels)
+    monkeypatch.setattr(numba_warp, "texel_count", lambda levels: 2**31)  # counted, never allocated
     with pytest.raises(FastSSLError, match="too large for the numba backend"):
         Renderer(photo, AugmentSpec(size=8), "numba")
 
