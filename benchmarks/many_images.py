@@ -15,20 +15,21 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 
 import numpy as np
 
 
 def rate(renderer, params, batch: int, seconds: float) -> float:
+    """Patches/s of ``renderer`` on batches at random indices of ``params``."""
+    from fastssl.bench import _run_in_process
+
     rng = np.random.default_rng(0)
     n = len(params.level)
-    renderer.render_nhwc(params.subset(rng.integers(0, n, batch)))  # warm-up (compiles the kernel)
-    done, t0 = 0, time.perf_counter()
-    while time.perf_counter() - t0 < seconds:
+
+    def one():
         renderer.render_nhwc(params.subset(rng.integers(0, n, batch)))
-        done += batch
-    return done / (time.perf_counter() - t0)
+
+    return _run_in_process(lambda: (one, batch), seconds)  # one warm-up call (compiles the kernel)
 
 
 def main(argv=None) -> int:
