@@ -24,7 +24,7 @@ from numba.core import cgutils, types
 from numba.extending import intrinsic
 
 from .backend import GREY, MEAN_STRIDE, Backend, UnsupportedInput
-from .pyramid import pack_texels
+from .pyramid import pack_texels, texel_count
 
 _f32 = np.float32
 _ZERO = _f32(0.0)
@@ -594,12 +594,6 @@ def prepare(level_matrix, box, level, jitter, factors, order):
         np.ascontiguousarray(factors, dtype=np.float32),
         np.ascontiguousarray(order, dtype=np.int8),
     )
-
-
-def texel_count(levels) -> int:
-    """The length of :func:`pack_texels`' buffer for these levels (each with its one-texel
-    border, plus the trailing zero texel), without building it."""
-    return sum((lv.shape[0] + 2) * (lv.shape[1] + 2) for lv in levels) + 1
 
 
 class NumbaBackend(Backend):

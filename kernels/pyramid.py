@@ -133,3 +133,9 @@ def pack_texels(levels: list) -> TexelPyramid:
         np.array([lv.shape[1] for lv in levels], np.int64),
         np.array([lv.shape[1] + 2 for lv in levels], np.int64),
     )
+
+
+def texel_count(levels) -> int:
+    """The length of :func:`pack_texels`' buffer for these levels (each with its one-texel
+    border, plus the trailing zero texel), without building it."""
+    return sum((lv.shape[0] + 2) * (lv.shape[1] + 2) for lv in levels) + 1

@@ -1,115 +1,144 @@
-"""Warp + colour jitter with torch ops: one ``grid_sample`` over the pyramid atlas, batched colour ops.
+"""Warp + colour jitter with torch ops: bilinear taps gathered from the packed pyramid, colour ops
+in float32, the same formulas as the Numba kernel.
 
-Runs on CPU and CUDA with the same parameters as the Numba kernel. It is the portable GPU path
-and the cross-check for every other backend: same coordinates (pixel centres at integers,
-clamp-to-edge inside the crop box, fill 0 outside), same colour formulas in float32, same
-strided mean for contrast, rounding once at the end (round half up).
+Runs on CPU and CUDA with the same parameters as the Numba kernel, and reads the same packed
+texels (:func:`~kernels.pyramid.pack_texels`: each level inside a one-texel border, one
+``int32`` word R | G << 8 | B << 16 a texel). It is the portable GPU path and the cross-check for
+every other backend: same coordinates (pixel centres at integers, float32, clamped to
+[-1, side - 1], which with the border is clamp-to-edge), same taps and interpolation order,
+fill 0 outside the crop box, same colour formulas in float32, same strided mean for contrast,
+rounding once at the end (round half up). Everything is elementwise arithmetic and four
+gathers per pixel, so that under ``torch.compile`` the chain fuses into a pass for contrast's
+mean over the strided pixels and one over every output pixel, with no float64 and no float
+batch stored in between.
 """
 
 from __future__ import annotations
 
 import warnings
 
+import numpy as np
 import torch
-import torch.nn.functional as F
 
 from .backend import GREY as _W
-from .backend import MEAN_STRIDE, Backend
-from .pyramid import atlas_of
+from .backend import MEAN_STRIDE, Backend, UnsupportedInput
+from .pyramid import pack_texels, texel_count
+
+_BYTE = 255
+EAGER_CHUNK_PIXELS = 1 << 18  # output pixels per eager pass on the CPU (see TorchBackend.render)
 
 
 class TorchPyramid:
-    """The pyramid as one float32 (1, 3, H, W) atlas on one device (of several images: each
-    image's atlas on shelves of one sheet, ``first[i]`` the index of image i's level 0).
-
-    Level 0 sits at the left, the smaller levels stacked in a column to its right, each with a
-    one-texel border replicating its edge. Sampling a level at coordinates clamped to its own
-    extent is then exactly ``padding_mode="border"`` on that level alone, and the whole batch,
-    whatever its levels, is one ``grid_sample`` call with no host synchronisation.
-    """
+    """The packed texels of one image's levels, or of several images' (a list of level lists,
+    their levels numbered image after image), resident on one device, with each level's
+    (offset, width, height, stride) as an (L, 4) int32 table."""
 
     def __init__(self, levels, device):
         self.device = torch.device(device)
-        at, self.first = atlas_of(levels)
-        height, width = at.image.shape[:2]
-        self.atlas = torch.from_numpy(at.image).to(self.device).permute(2, 0, 1).unsqueeze(0).float().contiguous()
-        self.origin = torch.tensor(at.origin, dtype=torch.float64, device=self.device)
-        self.limit = torch.tensor(at.shape - 1, dtype=torch.float64, device=self.device)
-        self.scale = torch.tensor([2.0 / width, 2.0 / height], dtype=torch.float64, device=self.device)
+        flat = [lv for image in levels for lv in image] if isinstance(levels[0], list) else levels
+        count = texel_count(flat)
+        if count >= 2**31:  # indexed with int32, as in the Numba kernel; refused before packing
+            raise UnsupportedInput(
+                f"too large for the torch backend: the pyramid has {count:,} texels (at most 2**31); downscale first"
+            )
+        tp = pack_texels(flat)
+        self.texels = torch.from_numpy(tp.texels.view(np.int32)).to(self.device)
+        geometry = np.stack([tp.offsets, tp.widths, tp.heights, tp.strides], axis=1)
+        self.geometry = torch.from_numpy(geometry.astype(np.int32)).to(self.device)
 
 
-def _grey(x):
-    return _W[0] * x[:, 0] + _W[1] * x[:, 1] + _W[2] * x[:, 2]
+def _grey(r, g, b):
+    return _W[0] * r + _W[1] * g + _W[2] * b
 
 
-def _hue(x, shift):
-    """Hue rotation through HSV without branches: h from the max channel, then each channel
-    f(n) = V - (max - min) * clamp(min(k, 4 - k), 0, 1), k = (n + 6h) mod 6 for n = 5, 3, 1
-    (R, G, B). The same colour as HSV's sector table, as the Numba kernel's own form (there
-    min + C * t with t from |h - c| per channel) gives, to rounding; grey pixels stay grey."""
-    r, g, b = x[:, 0], x[:, 1], x[:, 2]
+def _hue(r, g, b, shift):
+    """Hue rotation through HSV without branches, as the Numba kernel writes it: the hue in
+    sixths of a turn is 0, 2 or 4 (by which channel is the maximum) plus a difference over the
+    chroma C = max - min; rotated by 6 * shift and wrapped to [0, 6), each channel is
+    min + C * t with t = clamp(|h - 3| - 1), clamp(2 - |h - 2|), clamp(2 - |h - 4|). A grey
+    pixel (C = 0) stays itself. Channels (m, h, w), ``shift`` broadcastable to them."""
     maxc = torch.maximum(torch.maximum(r, g), b)
     minc = torch.minimum(torch.minimum(r, g), b)
     cr = maxc - minc
-    inv = torch.where(cr > 0, 1.0 / torch.where(cr > 0, cr, torch.ones_like(cr)), torch.zeros_like(cr))
-    rc = (maxc - r) * inv
-    gc = (maxc - g) * inv
-    bc = (maxc - b) * inv
-    h = torch.where(maxc == r, bc - gc, torch.where(maxc == g, 2.0 + rc - bc, 4.0 + gc - rc))
-    h = h / 6.0 + 1.0 + shift.view(-1, 1, 1)
-    h6 = (h - torch.floor(h)) * 6.0
-    out = []
-    for n in (5.0, 3.0, 1.0):
-        k = h6 + n
-        k = torch.where(k >= 6.0, k - 6.0, k)
-        out.append(maxc - cr * torch.minimum(k, 4.0 - k).clamp(0.0, 1.0))
-    return torch.stack(out, dim=1)
+    inv = 1.0 / cr.clamp_min(1e-12)
+    isr = maxc == r
+    isg = maxc == g
+    num = torch.where(isr, g - b, torch.where(isg, b - r, r - g))
+    s6 = 6.0 * shift
+    h = num * inv + torch.where(isr, s6, torch.where(isg, 2.0 + s6, 4.0 + s6))
+    h6 = h - 6.0 * torch.floor(h * np.float32(1.0 / 6.0))
+    tr = ((h6 - 3.0).abs() - 1.0).clamp(0.0, 1.0)
+    tg = (2.0 - (h6 - 2.0).abs()).clamp(0.0, 1.0)
+    tb = (2.0 - (h6 - 4.0).abs()).clamp(0.0, 1.0)
+    return minc + cr * tr, minc + cr * tg, minc + cr * tb
 
 
 def _apply_op(x, op, fac):
-    """One colour op on a (m, 3, S, S) float tensor, per-patch factors (m,)."""
+    """One colour op on a (m, 3, h, w) float tensor, per-patch factors (m,)."""
     if op == 0:
         return (x * fac.view(-1, 1, 1, 1)).clamp_(0, 255)
     if op == 1:
-        mean = _grey(x[:, :, ::MEAN_STRIDE, ::MEAN_STRIDE]).mean(dim=(1, 2))
+        mean = _grey(*x[:, :, ::MEAN_STRIDE, ::MEAN_STRIDE].unbind(1)).mean(dim=(1, 2))
         f = fac.view(-1, 1, 1, 1)
         return (f * x + ((1.0 - fac) * mean).view(-1, 1, 1, 1)).clamp_(0, 255)
     if op == 2:
         f = fac.view(-1, 1, 1, 1)
-        return (f * x + (1.0 - f) * _grey(x).unsqueeze(1)).clamp_(0, 255)
-    return _hue(x, fac)
+        return (f * x + (1.0 - f) * _grey(*x.unbind(1)).unsqueeze(1)).clamp_(0, 255)
+    return torch.stack(_hue(*x.unbind(1), fac.view(-1, 1, 1)), dim=1)
 
 
-def _base(size: int, dev) -> torch.Tensor:
-    """(1, S*S, 3) homogeneous output pixel centres (x, y, 1)."""
-    ys, xs = torch.meshgrid(
-        torch.arange(size, device=dev, dtype=torch.float32),
-        torch.arange(size, device=dev, dtype=torch.float32),
-        indexing="ij",
-    )
-    return torch.stack([xs, ys, torch.ones_like(xs)], dim=-1).view(1, size * size, 3)
+def sample(pyr: TorchPyramid, level_matrix, box, level, xs, ys):
+    """The output pixels at columns ``xs`` and rows ``ys`` (float32 vectors of pixel centres) as
+    three float32 (n, len(ys), len(xs)) channels, bilinear from each patch's level, 0 outside its
+    crop box. As the Numba kernel: float32 coordinates u = m0 x + (m1 y + m2) clamped to
+    [-1, w - 1] (the border makes that clamp-to-edge), the top-left tap at
+    ``offset + floor(v) * stride + floor(u)``, interpolated along x, then y."""
+    n = level.shape[0]
+    m = level_matrix.float().view(n, 6, 1, 1).unbind(1)
+    bx = box.float().view(n, 6, 1, 1).unbind(1)
+    off, w, h, stride = pyr.geometry[level].view(n, 4, 1, 1).unbind(1)
+    x = xs.view(1, 1, -1)
+    y = ys.view(1, -1, 1)
+    u = torch.minimum((m[0] * x + (m[1] * y + m[2])).clamp_min(-1.0), (w - 1).float())
+    v = torch.minimum((m[3] * x + (m[4] * y + m[5])).clamp_min(-1.0), (h - 1).float())
+    fu = torch.floor(u)
+    fv = torch.floor(v)
+    ax = u - fu
+    ay = v - fv
+    i = off + fv.int() * stride + fu.int()  # int32: half the index traffic of int64 in eager mode
+    j = i + stride
+    tex = pyr.texels
+    t00, t01, t10, t11 = tex[i], tex[i + 1], tex[j], tex[j + 1]
+    s = bx[0] * x + bx[1] * y + bx[2]
+    t = bx[3] * x + bx[4] * y + bx[5]
+    inside = (s >= 0) & (s < 1) & (t >= 0) & (t < 1)
+    out = []
+    for shift in (0, 8, 16):
+        a = ((t00 >> shift) & _BYTE).float()
+        b = ((t01 >> shift) & _BYTE).float()
+        c = ((t10 >> shift) & _BYTE).float()
+        d = ((t11 >> shift) & _BYTE).float()
+        top = a + ax * (b - a)
+        bottom = c + ax * (d - c)
+        out.append(torch.where(inside, top + ay * (bottom - top), 0.0))
+    return tuple(out)
+
+
+def _pixels(size: int, dev, step: int = 1):
+    return torch.arange(0, size, step, device=dev, dtype=torch.float32)
 
 
 def warp(pyr: TorchPyramid, level_matrix, box, level, size: int):
-    """Sample (n, 3, S, S) float32 patches; tensors already on ``pyr.device``. One ``grid_sample``
-    over the atlas; no host synchronisation."""
-    n = level.shape[0]
-    base = _base(size, pyr.device)
-    # float64 up to the grid: the atlas is large, and float32 atlas coordinates would add ~2e-4 px
-    uv = base.double() @ level_matrix.double().transpose(1, 2)  # (n, S*S, 2), pixel centres in the level
-    uv = torch.minimum(uv.clamp_min(0.0), pyr.limit[level].unsqueeze(1)) + pyr.origin[level].unsqueeze(1)
-    # atlas pixel centres -> grid_sample's [-1, 1] with align_corners=False
-    grid = ((uv + 0.5) * pyr.scale - 1.0).float().view(n, size, size, 2)
-    out = F.grid_sample(
-        pyr.atlas.expand(n, -1, -1, -1), grid, mode="bilinear", padding_mode="border", align_corners=False
-    )
-    st = base @ box.float().transpose(1, 2)  # (n, S*S, 2)
-    inside = ((st >= 0) & (st < 1)).all(dim=-1).view(n, 1, size, size)
-    return out * inside
+    """Sample (n, 3, S, S) float32 patches; tensors already on the pyramid's device, no host
+    synchronisation."""
+    px = _pixels(size, pyr.device)
+    return torch.stack(sample(pyr, level_matrix, box, level, px, px), dim=1)
 
 
 def colour(x, jitter, factors, order):
-    """Colour jitter in place of a (n, 3, S, S) float tensor; each patch its own op order."""
+    """Colour jitter in place of a (n, 3, S, S) float tensor, each op applied only to the patches
+    that have it at that position (eager: least arithmetic, but one host synchronisation per
+    group)."""
     sel = jitter.nonzero().squeeze(1)
     if len(sel) == 0:
         return x
@@ -125,20 +154,37 @@ def colour(x, jitter, factors, order):
     return x
 
 
-def colour_masked(x, jitter, factors, order):
-    """The same jitter with no host synchronisation and fixed shapes, for ``torch.compile``: at
-    each of the four positions every op is evaluated for the whole batch and each patch keeps the
-    one it has there. Four times the arithmetic of :func:`colour`, free once fused into one
-    kernel, wasteful in eager mode."""
-    n = x.shape[0]
-    on = jitter.view(n, 1, 1, 1)
+def _position(rgb, op, f, on, mean):
+    """Each patch's op at one position of its order, in one branch-free form on the channels
+    ``rgb``: brightness, contrast and saturation are all ``a x + b grey + c`` (clamped), hue is
+    chosen per patch; patches with ``on`` false stay as they are. ``op``, ``f``, ``on``, ``mean``:
+    (n, 1, 1). Elementwise only, so that a compiler fuses the four positions into one pass."""
+    a = torch.where(on & (op != 3), f, 1.0)
+    b = torch.where(on & (op == 2), 1.0 - f, 0.0)
+    c = torch.where(on & (op == 1), (1.0 - f) * mean, 0.0)
+    grey = b * _grey(*rgb)
+    hue = _hue(*rgb, f)
+    is_hue = on & (op == 3)
+    return tuple(torch.where(is_hue, q, (a * p + grey + c).clamp(0.0, 255.0)) for p, q in zip(rgb, hue, strict=True))
+
+
+def colour_fixed(rgb, jitter, factors, order, strided):
+    """The jitter of :func:`colour` with fixed shapes and no host synchronisation, for
+    ``torch.compile``, on three (n, h, w) channels: contrast's mean first, from ``strided`` (the
+    channels of the pixels on every ``MEAN_STRIDE``-th row and column) run through the ops that
+    precede contrast; then all four positions, every patch its own op at each."""
+    n = jitter.shape[0]
+    order = order.long()
+    fk = factors.gather(1, order).view(n, 4, 1, 1).unbind(1)
+    ok = order.view(n, 4, 1, 1).unbind(1)
+    on = jitter.view(n, 1, 1)
+    before = (order == 1).long().argmax(dim=1).view(n, 1, 1)  # contrast's position
+    for k in range(3):
+        strided = _position(strided, ok[k], fk[k], on & (before > k), 0.0)
+    mean = _grey(*strided).mean(dim=(1, 2)).view(n, 1, 1)
     for k in range(4):
-        op = order[:, k].view(n, 1, 1, 1)
-        y = x
-        for j in range(4):
-            y = torch.where(on & (op == j), _apply_op(x, j, factors[:, j]), y)
-        x = y
-    return x
+        rgb = _position(rgb, ok[k], fk[k], on, mean)
+    return rgb
 
 
 def to_uint8_nhwc(x):
@@ -147,19 +193,29 @@ def to_uint8_nhwc(x):
     return y.contiguous(memory_format=torch.channels_last)
 
 
+def _to_uint8(c):
+    return torch.floor(c + 0.5).clamp(0, 255).to(torch.uint8)
+
+
 def run(pyr: TorchPyramid, level_matrix, box, level, jitter, factors, order, size: int):
-    """The whole chain: (n, 3, S, S) uint8 channels-last on ``pyr.device``."""
+    """The whole chain, eager: (n, 3, S, S) uint8 channels-last on the pyramid's device."""
     x = warp(pyr, level_matrix, box, level, size)
     x = colour(x, jitter, factors, order)
     return to_uint8_nhwc(x)
 
 
 def run_fixed(pyr: TorchPyramid, level_matrix, box, level, jitter, factors, order, size: int):
-    """:func:`run` with :func:`colour_masked`: no data-dependent shapes, no host synchronisation,
-    so ``torch.compile`` takes it whole (the GPU path)."""
-    x = warp(pyr, level_matrix, box, level, size)
-    x = colour_masked(x, jitter, factors, order)
-    return to_uint8_nhwc(x)
+    """:func:`run` with no data-dependent shapes and no host synchronisation, so that
+    ``torch.compile`` takes it whole (the GPU path): the strided pixels contrast's mean needs are
+    sampled on their own (a sixteenth of the work), so that the full batch is sampled, jittered
+    and rounded without a float batch stored in between."""
+    full = _pixels(size, pyr.device)
+    strided = _pixels(size, pyr.device, MEAN_STRIDE)
+    rgb = sample(pyr, level_matrix, box, level, full, full)
+    s = sample(pyr, level_matrix, box, level, strided, strided)
+    rgb = colour_fixed(rgb, jitter, factors, order, s)
+    # rounded channel by channel into NHWC: the float batch is never stored
+    return torch.stack([_to_uint8(c) for c in rgb], dim=-1).permute(0, 3, 1, 2)
 
 
 class TorchBackend(Backend):
@@ -188,8 +244,8 @@ class TorchBackend(Backend):
 
         args = (
             self.pyramid,
-            t(p.level_matrix, torch.float64),
-            t(p.box, torch.float64),
+            t(p.level_matrix, torch.float32),  # float32 coordinates, as the Numba kernel's
+            t(p.box, torch.float32),
             t(p.level, torch.int64),
             t(p.jitter, torch.bool),
             t(p.factors, torch.float32),
@@ -204,4 +260,14 @@ class TorchBackend(Backend):
                     f"torch.compile of the torch backend failed, running eager: {type(e).__name__}: {e}", stacklevel=2
                 )
                 self._compiled = None
-        return run(*args).permute(0, 2, 3, 1)  # NHWC view of the channels-last batch
+        if dev.type != "cpu":
+            return run(*args).permute(0, 2, 3, 1)  # NHWC view of the channels-last batch
+        # eager on the CPU: each op is a pass over the whole batch, so the batch goes in chunks
+        # that stay in cache (224 px, 256 patches: 2.5-3.7x the patches/s of one pass)
+        n, size = p.n, self.size
+        nhwc = torch.empty((n, size, size, 3), dtype=torch.uint8)
+        step = max(1, EAGER_CHUNK_PIXELS // (size * size))
+        for i in range(0, n, step):
+            part = (a[i : i + step] for a in args[1:7])
+            nhwc[i : i + step] = run(self.pyramid, *part, size).permute(0, 2, 3, 1)
+        return nhwc

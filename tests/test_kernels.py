@@ -26,10 +26,10 @@ def test_numba_and_torch_agree_pixel_by_pixel(photo, size):
     a, b = both(photo, spec, p)
     assert a.shape == b.shape == (96, size, size, 3) and a.dtype == b.dtype == np.uint8
     d = np.abs(a.astype(int) - b.astype(int))
-    # measured: at most 1 LSB, on <0.3% of values (float32 grid coordinates over the pyramid
-    # atlas in grid_sample, float32 colour)
+    # the same float32 formulas: measured at most 1 LSB, on 0.002-0.004% of values (a fused
+    # multiply-add here and there)
     assert d.max() <= 1
-    assert d.mean() < 0.01
+    assert (d > 0).mean() < 5e-4
 
 
 def test_agreement_holds_for_every_colour_op_alone_and_for_flips(photo):
@@ -72,8 +72,8 @@ def test_fixed_shape_chain_equals_the_grouped_one(photo):
 @pytest.mark.slow
 def test_compiled_torch_backend_is_one_graph_and_agrees_with_numba(photo):
     """The GPU form of the torch backend compiles whole (fullgraph: no data-dependent shape, no
-    host synchronisation) and renders what Numba renders (measured on CPU: <0.2% of values off
-    by 1 LSB)."""
+    host synchronisation) and renders what Numba renders (measured on CPU: 0.002-0.004% of
+    values off by 1 LSB)."""
     import torch
 
     from fastssl.kernels import torch_warp
@@ -84,7 +84,7 @@ def test_compiled_torch_backend_is_one_graph_and_agrees_with_numba(photo):
     out = torch.compile(torch_warp.run_fixed, fullgraph=True)(*_torch_args(r, p))
     a = Renderer(photo, spec, "numba").render_nhwc(p).astype(int)
     d = np.abs(a - out.permute(0, 2, 3, 1).numpy().astype(int))
-    assert d.max() <= 1 and d.mean() < 0.01
+    assert d.max() <= 1 and (d > 0).mean() < 5e-4
     assert out.is_contiguous(memory_format=torch.channels_last)
 
 
@@ -289,16 +289,19 @@ def test_row_prefetch_is_a_hint_that_never_changes_a_pixel(photo):
     assert np.array_equal(on, off) and on.any()
 
 
-def test_numba_backend_refuses_a_pyramid_beyond_32_bit_texel_indices(monkeypatch, photo):
+@pytest.mark.parametrize("backend", ["numba", "torch"])
+def test_a_pyramid_beyond_32_bit_texel_indices_is_refused(monkeypatch, photo, backend):
+    import importlib
+
     from fastssl.errors import FastSSLError
-    from fastssl.kernels import numba_warp
-    from fastssl.kernels.pyramid import build_pyramid
+    from fastssl.kernels.pyramid import build_pyramid, pack_texels, texel_count
 
     levels = build_pyramid(photo[:90, :70], 3).levels
-    assert numba_warp.texel_count(levels) == len(numba_warp.pack_texels(levels).texels)
-    monkeypatch.setattr(numba_warp, "texel_count", lambda levels: 2**31)  # counted, never allocated
-    with pytest.raises(FastSSLError, match="too large for the numba backend"):
-        Renderer(photo, AugmentSpec(size=8), "numba")
+    assert texel_count(levels) == len(pack_texels(levels).texels)
+    module = importlib.import_module(f"fastssl.kernels.{backend}_warp")
+    monkeypatch.setattr(module, "texel_count", lambda levels: 2**31)  # counted, never allocated
+    with pytest.raises(FastSSLError, match=f"too large for the {backend} backend"):
+        Renderer(photo, AugmentSpec(size=8), backend)
 
 
 def test_grey_p_turns_patches_grey_after_their_jitter_and_leaves_the_rest(photo):
