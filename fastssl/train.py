@@ -237,6 +237,19 @@ class _Ctx:
         """A line in metrics.jsonl (rank 0), e.g. DeepCluster's clustering statistics."""
         self.t.log(rec)
 
+    def check_stop(self) -> None:
+        """For long work between two steps (an epoch's start: DeepCluster's features of its whole
+        dataset): :class:`StopRequested` once a stop signal came, so that the run stops within a
+        batch instead of at the next step. Single process only: under DDP the ranks agree on a
+        stop between steps, where they all are."""
+        flag = self.t._stop_flag
+        if self.t.world == 1 and flag is not None and flag["n"]:
+            raise StopRequested
+
+
+class StopRequested(Exception):
+    """A stop signal came during work between steps (see :meth:`_Ctx.check_stop`)."""
+
 
 # recipe keys whose change keeps a resume exact (the length of the run, how often it logs and
 # saves, where and how fast it runs, where a file lies that the recipe records by content as
@@ -345,6 +358,7 @@ class Trainer:
         self.epoch = self.step = self.global_step = 0
         self._pending: list = []  # (loss on the device, epoch, step, global step) not yet checked
         self.ctx = _Ctx(self)
+        self._stop_flag = None  # the signal flag while fit() runs (see _Ctx.check_stop)
         self.ckpt_path = self.out / "ckpt.pt"
 
     # ------------------------------------------------------------ checkpoints
@@ -529,6 +543,7 @@ class Trainer:
         lock = run_lock(self.out) if self.rank == 0 else contextlib.nullcontext()
         try:
             with lock, deferred("stopping after this step, then saving a checkpoint") as flag:
+                self._stop_flag = flag
                 return self._fit(flag)
         finally:
             if self._tb:
@@ -558,7 +573,10 @@ class Trainer:
                 if self._stop_requested(flag):
                     return "interrupted"  # at an epoch boundary: its checkpoint is saved
                 if self.step == 0:
-                    self.method.on_epoch_start(self.epoch, self.ctx)
+                    try:
+                        self.method.on_epoch_start(self.epoch, self.ctx)
+                    except StopRequested:  # nothing of this epoch is trained: the boundary's checkpoint stands
+                        return "interrupted"
                 self.data.set_epoch(self.epoch)
                 lr = self.lr_at(self.epoch)
                 for o in self.optims.values():

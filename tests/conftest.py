@@ -74,6 +74,9 @@ class BareCtx:
     def step(self, loss, name):
         loss.backward()
 
+    def check_stop(self):
+        pass
+
 
 @pytest.fixture
 def bare_ctx():

@@ -131,6 +131,49 @@ def test_deepcluster_resumes_mid_epoch_exactly(tmp_path):
         assert torch.equal(a, b), k
 
 
+def test_a_stop_during_the_clustering_is_taken_within_a_batch(tmp_path, monkeypatch):
+    """SIGTERM while DeepCluster computes its dataset's features (minutes at the paper's scale)
+    stops the run at the next feature batch, not after the clustering; the checkpoint of the
+    epoch boundary stands, and resuming from it gives the weights of a run never stopped."""
+    import os
+    import signal
+
+    import fastssl.methods.deepcluster as dc
+
+    monkeypatch.setattr(dc, "FEATURE_BATCH", 32)  # 6 feature batches an epoch
+    x, _ = _colour_blocks(n=192)
+
+    class Signalled(TensorData):
+        """SIGTERM to this process as feature batch ``at`` is handed out (epoch 0 has 6)."""
+
+        def __init__(self, *a, at):
+            super().__init__(*a)
+            self.at, self.feature_batches = at, 0
+
+        def range_batches(self, lo, hi, batch_size):
+            for b in super().range_batches(lo, hi, batch_size):
+                self.feature_batches += 1
+                if self.feature_batches == self.at:
+                    os.kill(os.getpid(), signal.SIGTERM)
+                yield b
+
+    def run(out, data, resume=False):
+        torch.manual_seed(0)
+        m = build_method("deepcluster", MODEL, method_kw=dict(k=3, pca_dim=8, iters=5))
+        return m, Trainer(m, data, _cfg(epochs=2, resume=resume), out).fit()
+
+    full, _ = run(tmp_path / "a", TensorData(x, 32, "cpu"))
+    data = Signalled(x, 32, "cpu", at=8)  # the second of epoch 1
+    _, how = run(tmp_path / "b", data)
+    assert how == "interrupted" and data.feature_batches == 8  # 12 without the check
+    ck = load_checkpoint(tmp_path / "b" / "ckpt.pt")
+    assert (ck["epoch"], ck["step"]) == (1, 0)
+    resumed, how = run(tmp_path / "b", TensorData(x, 32, "cpu"), resume=True)
+    assert how == "done"
+    for (k, a), (_, b) in zip(full.trunk().state_dict().items(), resumed.trunk().state_dict().items(), strict=True):
+        assert torch.equal(a, b), k
+
+
 def test_deepcluster_refuses_a_stream_without_index_access(tmp_path):
     from fastssl import AugmentSpec, MonoSource
     from fastssl.data.adapters import MonoData
@@ -259,6 +302,9 @@ class _Ctx:
         return contextlib.nullcontext()
 
     def log(self, rec):
+        pass
+
+    def check_stop(self):
         pass
 
 

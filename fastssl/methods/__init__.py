@@ -6,7 +6,8 @@ says which parameters each optimiser updates (``param_groups``: optimiser name -
 ``train_step(batch, ctx)`` computes its losses and calls ``ctx.step(loss, name)`` once per
 optimiser, in the order it needs: RotNet and supervised use one optimiser; BiGAN calls it for
 the discriminator, then for generator + encoder. ``on_epoch_start(epoch, ctx)`` runs between
-epochs (DeepCluster re-clusters the data there and re-initialises its head). ``trunk()``
+epochs (DeepCluster re-clusters the data there and re-initialises its head; long work there
+calls ``ctx.check_stop()`` now and then, so that a stop signal is taken within a batch). ``trunk()``
 returns the AlexNet whose conv layers the linear probes read.
 
 A batch is ``(images, labels)``: uint8 channels-last images on the device and int64 labels,

@@ -242,7 +242,7 @@ class DeepCluster(Method):
         fit_parts, rest_parts = split_items(0, fit_n, world), split_items(fit_n, data.n, world)
         with torch.no_grad(), ctx.autocast():
             lo, hi = fit_parts[rank]
-            fit = list(self._features_of(data, lo, hi))
+            fit = list(self._features_of(data, lo, hi, ctx))
             width = net.head[-1].in_features
             fit = torch.cat(fit) if fit else torch.zeros(0, width, device=ctx.device)
             mom = list(moments(fit))
@@ -255,17 +255,18 @@ class DeepCluster(Method):
                     torch.distributed.broadcast(t, 0)
             codes = [pca_apply(fit, *basis)]
             lo, hi = rest_parts[rank]
-            codes += [pca_apply(f, *basis) for f in self._features_of(data, lo, hi)]
+            codes += [pca_apply(f, *basis) for f in self._features_of(data, lo, hi, ctx)]
         net.train(was)
         codes = F.normalize(torch.cat(codes), dim=1)
         if world == 1:
             return codes
         return gather_in_order(codes, fit_parts, rest_parts, rank, world)
 
-    def _features_of(self, data, lo: int, hi: int):
+    def _features_of(self, data, lo: int, hi: int, ctx):
         net = self.trunk()
         hidden = net.head[:-2] if self.pre_relu else net.head[:-1]  # fc7 before / after its ReLU
         for x in data.range_batches(lo, hi, FEATURE_BATCH):
+            ctx.check_stop()  # a whole dataset's features take minutes: a stop need not wait for them
             yield hidden(net.features(x)).float()
 
     def on_epoch_start(self, epoch: int, ctx) -> None:
