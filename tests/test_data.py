@@ -277,6 +277,30 @@ def test_ffcv_crops_and_flips_follow_seed_epoch_and_sample(tmp_path):
 
 
 @needs_ffcv
+def test_a_cpu_ffcv_loader_runs_no_torch_copy_in_its_thread(tmp_path, monkeypatch):
+    """On the CPU the batch stays where FFCV's pipeline wrote it. A torch copy in FFCV's thread
+    (its ToDevice) starts an OpenMP team there that lives beside the training step's: more
+    threads than cores, so libgomp no longer lets idle threads spin, and the step in the main
+    thread ran 1.6x slower while the loader's thread was alive."""
+    import threading
+
+    folder = make_folder(tmp_path / "imgs", per_class=8, size=(28, 36))
+    dst = tmp_path / "d.beton"
+    assert main(["data", "convert", str(folder), str(dst), "--quiet", "--workers", "1"]) == 0
+    threads = []
+    real = torch.Tensor.copy_
+
+    def spy(self, *args, **kwargs):
+        threads.append(threading.current_thread())
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.Tensor, "copy_", spy)
+    x, y = _epoch_of(Loader(str(dst), batch_size=8, train=True, res=12, workers=1, seed=0), 0)
+    assert x.shape == (24, 3, 12, 12) and y.shape == (24,)
+    assert all(t is threading.main_thread() for t in threads)
+
+
+@needs_ffcv
 def test_convert_skips_corrupt_images_or_fails_with_strict(tmp_path, capsys):
     folder = make_folder(tmp_path / "imgs")
     (folder / "dog" / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")

@@ -198,8 +198,13 @@ class Loader:
             image = [self._crop]
         else:
             image = [CenterCropRGBImageDecoder((res, res), ratio=crop_ratio)]
-        image += [ToTensor(), ToDevice(self.device, non_blocking=nb), ToTorchImage(channels_last=True)]
-        label = [IntDecoder(), ToTensor(), Squeeze(1), ToDevice(self.device, non_blocking=nb)]
+        # on the CPU the batch stays where the pipeline wrote it: a ToDevice there is a torch copy
+        # in FFCV's thread, whose OpenMP team then lives beside the training step's for as long
+        # as that thread does, more threads than cores, and libgomp stops letting idle threads
+        # spin (the step ran 1.6x slower: benchmarks/ffcv_thread.py)
+        move = [ToDevice(self.device, non_blocking=nb)] if self.device.type != "cpu" else []
+        image += [ToTensor(), *move, ToTorchImage(channels_last=True)]
+        label = [IntDecoder(), ToTensor(), Squeeze(1), *move]
         with keep_threads():  # FFCV's constructor sets the process's thread counts to its workers'
             self._ffcv = FFCVLoader(
                 path,
