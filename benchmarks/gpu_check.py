@@ -118,8 +118,21 @@ def augment(dev, sizes, batches, seconds, image, backends):
                     rows.append(row)
                     continue
                 row["patches_per_s"] = round(rate, 1)
+                if be in ("torch", "torch-eager"):
+                    # the device's own rate: four batches sampled beforehand, rendered in turn (the
+                    # gap to the row's rate is the host's sampling, where it does not overlap)
+                    held = [src.params(k) for k in range(1, 5)]
+                    turn = {"i": 0}
+
+                    def render(src=src, held=held, turn=turn):
+                        turn["i"] += 1
+                        return src.renderer.render(held[turn["i"] % 4])
+
+                    row["render_only_patches_per_s"] = round(_timed(render, dev, seconds / 2) * batch, 1)
                 rows.append(row)
-                print(f"  augment {be:8s} S={S:4d} batch={batch:5d}: {rate:12.0f} patches/s", flush=True)
+                alone = row.get("render_only_patches_per_s")
+                only = f" (rendering alone {alone:.0f})" if alone else ""
+                print(f"  augment {be:8s} S={S:4d} batch={batch:5d}: {rate:12.0f} patches/s{only}", flush=True)
     return rows
 
 
@@ -381,6 +394,8 @@ def table(report) -> str:
     for r in report.get("augment", []):
         if isinstance(r, dict) and "backend" in r:
             val = f"{r['patches_per_s']:,.0f}" if "patches_per_s" in r else r.get("error", "")
+            if "render_only_patches_per_s" in r:
+                val += f" (rendering alone {r['render_only_patches_per_s']:,.0f})"
             lines.append(f"| {r['backend']} | {r['size']} | {r.get('batch', '')} | {val} |")
     for r in report.get("profile", []) if isinstance(report.get("profile"), list) else []:
         if "top_ops" in r:

@@ -240,7 +240,13 @@ class TorchBackend(Backend):
         dev = self.device
 
         def t(a, dt):
-            return torch.as_tensor(a, dtype=dt).to(dev, non_blocking=True)
+            x = torch.as_tensor(a, dtype=dt)
+            if dev.type == "cuda":
+                # pinned, the copy is queued behind the batches already on the stream instead of
+                # waiting for them (from pageable memory the driver may sync with the stream), so
+                # the host samples the next batch while the device renders this one
+                x = x.pin_memory()
+            return x.to(dev, non_blocking=True)
 
         args = (
             self.pyramid,
