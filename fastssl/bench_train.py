@@ -27,6 +27,7 @@ from __future__ import annotations
 import itertools
 import multiprocessing as mp
 import os
+import queue as queue_module
 import resource
 import tempfile
 import time
@@ -373,6 +374,22 @@ def _child(row, setup, queue):
         queue.put({**asdict(row), "error": f"{type(e).__name__}: {msg}"[:300]})
 
 
+def _result(queue, proc, timeout: float):
+    """The row's result from ``queue``; the process's exit code if it ended without one (killed,
+    a crash in native code); None after ``timeout`` seconds."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        try:
+            return queue.get(timeout=min(1.0, max(end - time.monotonic(), 0.01)))
+        except queue_module.Empty:
+            if not proc.is_alive():
+                try:  # a result put just before it ended may still be in the pipe
+                    return queue.get(timeout=1.0)
+                except queue_module.Empty:
+                    return proc.exitcode
+    return None
+
+
 def _in_process(row: Row, setup: dict, timeout: float) -> dict:
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
@@ -388,9 +405,11 @@ def _in_process(row: Row, setup: dict, timeout: float) -> dict:
             else:
                 os.environ["TORCHINDUCTOR_CACHE_DIR"] = old
         try:
-            res = queue.get(timeout=timeout)
-        except Exception:
-            res = {**asdict(row), "error": f"no result within {timeout:.0f} s"}
+            res = _result(queue, p, timeout)
+            if res is None:
+                res = {**asdict(row), "error": f"no result within {timeout:.0f} s"}
+            elif isinstance(res, int):  # the process ended without a result: a crash, not a hang
+                res = {**asdict(row), "error": f"the row's process died (exit code {res})"}
         finally:
             p.join(5)
             if p.is_alive():

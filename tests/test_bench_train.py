@@ -192,3 +192,26 @@ def test_the_run_is_written_as_json(tmp_path, capsys, monkeypatch):
     rc, _ = run(["bench", "train", "--method", "rotnet", "--compile", "off", "--amp", "bf16", "--json", out], capsys)
     assert rc == 0 and json.loads(out.read_text()) == fake
     assert seen["methods"] == ["rotnet"] and seen["compiles"] == ["off"] and seen["amps"] == ["bf16"]
+
+
+def test_a_row_whose_process_dies_is_reported_at_once_not_waited_for():
+    """A row's process that ends without a result (killed, a crash in native code) is reported
+    with its exit code as soon as it has ended, not after the row's timeout."""
+    import multiprocessing as mp
+    import os
+    import time
+
+    from fastssl.bench_train import _result
+
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    p = ctx.Process(target=os._exit, args=(3,))
+    p.start()
+    t0 = time.monotonic()
+    assert _result(queue, p, timeout=120) == 3
+    assert time.monotonic() - t0 < 30
+    p.join()
+    ok = ctx.Process(target=queue.put, args=({"images_per_s": 1.0},))
+    ok.start()
+    assert _result(queue, ok, timeout=120) == {"images_per_s": 1.0}
+    ok.join()
