@@ -23,8 +23,8 @@ from llvmlite import ir
 from numba.core import cgutils, types
 from numba.extending import intrinsic
 
-from .backend import GREY, MEAN_STRIDE, Backend, UnsupportedInput
-from .pyramid import pack_texels, texel_count
+from .backend import GREY, MEAN_STRIDE, Backend
+from .pyramid import pack_indexed
 
 _f32 = np.float32
 _ZERO = _f32(0.0)
@@ -614,16 +614,7 @@ class NumbaBackend(Backend):
 
     def __init__(self, levels, size, resized, device, threads=None, **options):
         super().__init__(levels, size, resized, device, threads)
-        several = isinstance(levels[0], list)  # several images: their levels numbered one after another
-        flat = [lv for image in levels for lv in image] if several else levels
-        texels = texel_count(flat)
-        if texels >= 2**31:  # the kernel's texel indices are 32-bit; refused before packing
-            what = "these images together" if several else "image"
-            raise UnsupportedInput(
-                f"{what} too large for the numba backend: the pyramid has {texels:,} texels (at most 2**31); "
-                "downscale first"
-            )
-        self.pyramid = pack_texels(flat)
+        self.pyramid = pack_indexed(levels, "numba")  # the kernel's texel indices are 32-bit
         if threads:
             nb.set_num_threads(int(threads))
         self.threads = nb.get_num_threads()

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .backend import UnsupportedInput
+
 
 @dataclass
 class Pyramid:
@@ -139,3 +141,19 @@ def texel_count(levels) -> int:
     """The length of :func:`pack_texels`' buffer for these levels (each with its one-texel
     border, plus the trailing zero texel), without building it."""
     return sum((lv.shape[0] + 2) * (lv.shape[1] + 2) for lv in levels) + 1
+
+
+def pack_indexed(levels, backend: str) -> TexelPyramid:
+    """:func:`pack_texels` for a kernel that indexes texels with 32 bits: of one image's levels,
+    or of several images' (a list of level lists, their levels numbered image after image),
+    refused before packing when the buffer would not fit such indices."""
+    several = isinstance(levels[0], list)
+    flat = [lv for image in levels for lv in image] if several else levels
+    count = texel_count(flat)
+    if count >= 2**31:
+        what = "these images together" if several else "image"
+        raise UnsupportedInput(
+            f"{what} too large for the {backend} backend: the pyramid has {count:,} texels (at most 2**31); "
+            "downscale first"
+        )
+    return pack_texels(flat)

@@ -21,8 +21,8 @@ import numpy as np
 import torch
 
 from .backend import GREY as _W
-from .backend import MEAN_STRIDE, Backend, UnsupportedInput
-from .pyramid import pack_texels, texel_count
+from .backend import MEAN_STRIDE, Backend
+from .pyramid import pack_indexed
 
 _BYTE = 255
 EAGER_CHUNK_PIXELS = 1 << 18  # output pixels per eager pass on the CPU (see TorchBackend.render)
@@ -35,13 +35,7 @@ class TorchPyramid:
 
     def __init__(self, levels, device):
         self.device = torch.device(device)
-        flat = [lv for image in levels for lv in image] if isinstance(levels[0], list) else levels
-        count = texel_count(flat)
-        if count >= 2**31:  # indexed with int32, as in the Numba kernel; refused before packing
-            raise UnsupportedInput(
-                f"too large for the torch backend: the pyramid has {count:,} texels (at most 2**31); downscale first"
-            )
-        tp = pack_texels(flat)
+        tp = pack_indexed(levels, "torch")  # indexed with int32, as in the Numba kernel
         self.texels = torch.from_numpy(tp.texels.view(np.int32)).to(self.device)
         geometry = np.stack([tp.offsets, tp.widths, tp.heights, tp.strides], axis=1)
         self.geometry = torch.from_numpy(geometry.astype(np.int32)).to(self.device)
@@ -187,14 +181,14 @@ def colour_fixed(rgb, jitter, factors, order, strided):
     return rgb
 
 
-def to_uint8_nhwc(x):
-    """Round half up, clamp, and return a uint8 (n, 3, S, S) tensor in channels-last memory."""
-    y = torch.floor(x + 0.5).clamp_(0, 255).to(torch.uint8)
-    return y.contiguous(memory_format=torch.channels_last)
-
-
 def _to_uint8(c):
+    """Round half up and clamp to uint8."""
     return torch.floor(c + 0.5).clamp(0, 255).to(torch.uint8)
+
+
+def to_uint8_nhwc(x):
+    """:func:`_to_uint8` of a (n, 3, S, S) tensor, in channels-last memory."""
+    return _to_uint8(x).contiguous(memory_format=torch.channels_last)
 
 
 def run(pyr: TorchPyramid, level_matrix, box, level, jitter, factors, order, size: int):
