@@ -87,10 +87,10 @@ class Renderer:
 
     ``image`` is one (h, w, 3) uint8 array or a list of them: with several, each patch's source
     image is sampled with its parameters. A backend that takes several images at once (numba,
-    torch, DALI: ``many_images``) holds every pyramid in one buffer (numba, torch: packed texels; DALI: an atlas) and
-    renders a batch from many images in one call; otherwise, or when they are too large together,
-    one backend instance holds each image's pyramid and a batch is rendered image by image into
-    one output.
+    torch, DALI: ``many_images``) holds every pyramid in one buffer (numba, torch: packed texels;
+    DALI: an atlas) and renders a batch from many images in one call; otherwise, or when they are
+    too large together, one backend instance holds each image's pyramid and a batch is rendered
+    image by image into one output.
     """
 
     def __init__(self, image, spec: AugmentSpec, backend: str = "auto", device="cpu", threads=None, compile=None):
